@@ -1,0 +1,233 @@
+"""``dp2``: the one command line for operators, vendors and developers.
+
+Why one entry point: a new user should need two commands (``make run``,
+``make test``) and then discover everything else with ``dp2 --help``. Each
+sub-command is a thin layer over a module that tests drive directly; this file
+only parses arguments, prints, and turns :class:`Dp2Error` into a two-line
+message and exit code 2 instead of a stack trace.
+
+Exit codes: 0 ok, 1 something is not running/healthy (status), 2 an error the
+message explains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from brokers.kafka_runner import (
+    ClusterSpec,
+    LocalKafka,
+    ensure_jars,
+    port_is_listening,
+    recorded_base_port,
+)
+from brokers.logs import configure_logging
+from brokers.settings import Settings
+from brokers.topics import TOPICS, ensure_topics
+from schemas.errors import Dp2Error
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _cluster(settings: Settings, nodes: int, port: int | None = None) -> LocalKafka:
+    """The local cluster of this size; its port: --port, else as last started, else settings."""
+    root = settings.home / "kafka" / f"{nodes}-node"
+    spec = ClusterSpec(
+        root=root,
+        nodes=nodes,
+        base_port=port or recorded_base_port(root) or settings.kafka_port,
+        heap_mb=settings.kafka_heap_mb,
+        libs=settings.kafka_libs,
+        deploy_dir=settings.kafka_deploy_dir,
+    )
+    return LocalKafka(spec, progress=_say)
+
+
+def _known_clusters(settings: Settings, port: int | None = None) -> list[LocalKafka]:
+    """Every local cluster that has been started under DP2_HOME (1- and 3-node)."""
+    clusters = [_cluster(settings, n, port) for n in (1, 3)]
+    return [c for c in clusters if c.spec.root.exists()]
+
+
+# --- dp2 kafka ------------------------------------------------------------------
+def cmd_kafka_start(settings: Settings, args: argparse.Namespace) -> int:
+    kafka = _cluster(settings, args.nodes, args.port)
+    kafka.start(timeout=args.timeout)
+    print(kafka.bootstrap)
+    return 0
+
+
+def cmd_kafka_fetch(settings: Settings, args: argparse.Namespace) -> int:
+    libs = ensure_jars(_cluster(settings, 1).spec, progress=_say)
+    print(libs)
+    return 0
+
+
+def cmd_kafka_stop(settings: Settings, args: argparse.Namespace) -> int:
+    clusters = (
+        [_cluster(settings, args.nodes, args.port)]
+        if args.nodes
+        else _known_clusters(settings, args.port)
+    )
+    if not any(s.running for c in clusters for s in c.status()):
+        _say("no local Kafka is running")
+    for kafka in clusters:
+        kafka.stop(timeout=args.timeout)
+    return 0
+
+
+def _kafka_report(settings: Settings, port: int | None = None) -> list[dict[str, Any]]:
+    report = []
+    for kafka in _known_clusters(settings, port):
+        nodes = kafka.status()
+        if not any(n.running for n in nodes):
+            continue
+        healthy = all(n.running and n.listening for n in nodes)
+        report.append(
+            {
+                "name": "kafka" if kafka.spec.nodes == 1 else f"kafka-{kafka.spec.nodes}-node",
+                "url": f"kafka://{kafka.bootstrap}",
+                "health": "up" if healthy else "degraded",
+                "version": kafka.spec.kafka_version,
+                "nodes": [dataclasses.asdict(n) for n in nodes],
+            }
+        )
+    if settings.kafka_is_external:
+        first = settings.kafka_bootstrap.split(",")[0]
+        host, _, port_text = first.rpartition(":")
+        up = port_is_listening(int(port_text), host)
+        report.append(
+            {
+                "name": "kafka (external)",
+                "url": f"kafka://{settings.kafka_bootstrap}",
+                "health": "up" if up else "down",
+            }
+        )
+    return report
+
+
+def cmd_kafka_status(settings: Settings, args: argparse.Namespace) -> int:
+    report = _kafka_report(settings, args.port)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    elif not report:
+        print("Kafka: not running (start it with: dp2 kafka start)")
+    for entry in [] if args.json else report:
+        print(f"{entry['name']}: {entry['health']} at {entry['url']}")
+        for node in entry.get("nodes", []):
+            state = "running" if node["running"] else "stopped"
+            print(f"  node {node['node_id']}: {state}, pid {node['pid']}, {node['data_dir']}")
+    return 0 if report and all(e["health"] == "up" for e in report) else 1
+
+
+# --- dp2 up / down / status -------------------------------------------------------
+def _services_report(settings: Settings) -> list[dict[str, Any]]:
+    services = _kafka_report(settings)
+    if not services:
+        services.append(
+            {"name": "kafka", "url": f"kafka://{settings.kafka_bootstrap}", "health": "down"}
+        )
+    return services
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    services = _services_report(settings)
+    if args.json:
+        print(json.dumps({"services": services}, indent=2))
+    else:
+        width = max(len(s["name"]) for s in services)
+        for s in services:
+            print(f"{s['name']:<{width}}  {s['health']:<8}  {s['url']}")
+    return 0 if all(s["health"] == "up" for s in services) else 1
+
+
+def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    if not settings.kafka_is_external:
+        _cluster(settings, 1).start()
+    created = asyncio.run(ensure_topics(settings.kafka_bootstrap, TOPICS))
+    if created:
+        _say(f"created topics: {', '.join(created)}")
+    cmd_status(settings, argparse.Namespace(json=False))
+    if args.detach:
+        _say("running in the background; stop everything with: dp2 down")
+        return 0
+    _say("running; press Ctrl-C to stop everything")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    return cmd_down(settings, args)
+
+
+def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
+    for kafka in _known_clusters(settings):
+        kafka.stop()
+    return 0
+
+
+# --- parser -------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dp2",
+        description="DP2: open message-broker infrastructure for secure digital post.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    kafka = sub.add_parser("kafka", help="local Kafka broker(s) from the Maven jars")
+    ksub = kafka.add_subparsers(dest="kafka_command", required=True, metavar="ACTION")
+    fetch = ksub.add_parser("fetch", help="copy the Kafka jars from Maven Central (once)")
+    fetch.set_defaults(func=cmd_kafka_fetch)
+    start = ksub.add_parser("start", help="fetch (once), format (once) and start Kafka")
+    start.add_argument("--nodes", type=int, choices=(1, 3), default=1)
+    start.add_argument("--port", type=int, help="first client port (default DP2_KAFKA_PORT)")
+    start.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for ready")
+    start.set_defaults(func=cmd_kafka_start)
+    stop = ksub.add_parser("stop", help="stop local Kafka cleanly (SIGKILL after --timeout)")
+    stop.add_argument("--nodes", type=int, choices=(1, 3), help="only this cluster size")
+    stop.add_argument("--port", type=int)
+    stop.add_argument("--timeout", type=float, default=60.0)
+    stop.set_defaults(func=cmd_kafka_stop)
+    status = ksub.add_parser("status", help="is local Kafka running, where, with what data")
+    status.add_argument("--port", type=int)
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_kafka_status)
+
+    up = sub.add_parser("up", help="run the whole stack on the embedded default")
+    up.add_argument("--detach", action="store_true", help="return once everything is up")
+    up.set_defaults(func=cmd_up)
+    down = sub.add_parser("down", help="stop everything that dp2 up started")
+    down.set_defaults(func=cmd_down)
+    st = sub.add_parser("status", help="every service with its URL and health")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        configure_logging(settings.log_format)
+        code: int = args.func(settings, args)
+    except Dp2Error as exc:
+        _say(f"dp2: error: {exc.reason_code}: {exc.message}")
+        if exc.hint:
+            _say(f"  how to fix: {exc.hint}")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""`dp2 kafka start | status | stop` from the command line, as an operator runs them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from brokers.kafka_runner import free_base_port
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+
+def dp2(home: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DP2_HOME": str(home), "DP2_LOG_FORMAT": "json"}
+    env.pop("DP2_KAFKA_BOOTSTRAP", None)
+    return subprocess.run(
+        [sys.executable, "-m", "brokers.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+async def _produce_one(bootstrap: str, topic: str, replication: int = 1) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 1, replication)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, b"kept across restarts", key=b"k")
+    finally:
+        await producer.stop()
+
+
+async def _consume_all(bootstrap: str, topic: str) -> list[bytes]:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+    )
+    await consumer.start()
+    try:
+        batch = await consumer.getmany(timeout_ms=10_000)
+        return [m.value for messages in batch.values() for m in messages]
+    finally:
+        await consumer.stop()
+
+
+def test_start_status_stop_and_data_survives_restart(tmp_path: Path) -> None:
+    """A started broker reports itself, keeps its data over a stop/start, and stops cleanly."""
+    port = str(free_base_port())
+    started = dp2(tmp_path, "kafka", "start", "--port", port)
+    try:
+        assert started.returncode == 0, started.stderr
+        bootstrap = started.stdout.strip()
+        assert bootstrap == f"127.0.0.1:{port}"
+
+        status = dp2(tmp_path, "kafka", "status", "--port", port, "--json")
+        assert status.returncode == 0, status.stderr
+        [cluster] = json.loads(status.stdout)
+        assert cluster["health"] == "up"
+        assert cluster["nodes"][0]["running"] is True
+        assert cluster["nodes"][0]["data_dir"].startswith(str(tmp_path))
+
+        overall = dp2(tmp_path, "status", "--json")
+        assert overall.returncode == 0
+        assert json.loads(overall.stdout)["services"][0]["name"] == "kafka"
+
+        again = dp2(tmp_path, "kafka", "start", "--port", port)
+        assert again.returncode == 0 and "already running" in again.stderr
+
+        asyncio.run(_produce_one(bootstrap, "restart-check"))
+        stopped = dp2(tmp_path, "kafka", "stop", "--port", port)
+        assert stopped.returncode == 0, stopped.stderr
+        down = dp2(tmp_path, "kafka", "status", "--port", port)
+        assert down.returncode == 1
+
+        restarted = dp2(tmp_path, "kafka", "start", "--port", port)
+        assert restarted.returncode == 0, restarted.stderr
+        assert "formatting" not in restarted.stderr
+        assert asyncio.run(_consume_all(bootstrap, "restart-check")) == [b"kept across restarts"]
+    finally:
+        final = dp2(tmp_path, "kafka", "stop", "--port", port)
+    assert final.returncode == 0
+    assert dp2(tmp_path, "kafka", "stop", "--port", port).returncode == 0, "stop is safe twice"
+
+
+def test_port_in_use_and_stale_pid_get_clear_messages(tmp_path: Path) -> None:
+    """A taken port is a two-line error naming the port; a stale pid file is cleaned up."""
+    port = free_base_port()
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", port))
+    blocker.listen()
+    try:
+        result = dp2(tmp_path, "kafka", "start", "--port", str(port))
+    finally:
+        blocker.close()
+    assert result.returncode == 2
+    assert f"port {port}" in result.stderr and "how to fix" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    node_dir = tmp_path / "kafka" / "1-node" / "node-1"
+    node_dir.mkdir(parents=True, exist_ok=True)
+    (node_dir / "kafka.pid").write_text("999999\n")
+    try:
+        started = dp2(tmp_path, "kafka", "start", "--port", str(port))
+        assert started.returncode == 0, started.stderr
+        assert "stale pid file" in started.stderr
+    finally:
+        dp2(tmp_path, "kafka", "stop", "--port", str(port))
+
+
+def test_three_node_cluster_replicates(tmp_path: Path) -> None:
+    """`--nodes 3` starts three brokers on distinct ports that replicate a topic three ways."""
+    port = free_base_port(nodes=3)
+    started = dp2(tmp_path, "kafka", "start", "--nodes", "3", "--port", str(port), timeout=300)
+    try:
+        assert started.returncode == 0, started.stderr
+        bootstrap = started.stdout.strip()
+        assert bootstrap.count(",") == 2
+        asyncio.run(_produce_one(bootstrap, "replicated", replication=3))
+        assert asyncio.run(_consume_all(bootstrap, "replicated")) == [b"kept across restarts"]
+        status = json.loads(dp2(tmp_path, "kafka", "status", "--port", str(port), "--json").stdout)
+        assert [n["running"] for n in status[0]["nodes"]] == [True, True, True]
+    finally:
+        stopped = dp2(tmp_path, "kafka", "stop", "--port", str(port), timeout=300)
+    assert stopped.returncode == 0, stopped.stderr
