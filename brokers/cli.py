@@ -16,12 +16,23 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import mimetypes
 import signal
 import sys
 import threading
 from collections.abc import Sequence
+from datetime import date
+from pathlib import Path
 from typing import Any
 
+from brokers import demo, stack
+from brokers.contacts import (
+    ContactRegister,
+    pseudonym_key,
+    publish_contacts,
+    read_contact_file,
+)
+from brokers.crypto import Pseudonymizer
 from brokers.kafka_runner import (
     ClusterSpec,
     LocalKafka,
@@ -30,9 +41,13 @@ from brokers.kafka_runner import (
     recorded_base_port,
 )
 from brokers.logs import configure_logging
+from brokers.pki import add_pki_commands
 from brokers.settings import Settings
 from brokers.topics import TOPICS, ensure_topics
+from connectors.sdk import Document
 from schemas.errors import Dp2Error
+from schemas.models import to_avro
+from tracing.client import add_trace_command
 
 
 def _say(text: str) -> None:
@@ -130,13 +145,17 @@ def cmd_kafka_status(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if report and all(e["health"] == "up" for e in report) else 1
 
 
-# --- dp2 up / down / status -------------------------------------------------------
+# --- dp2 up / down / status / run -----------------------------------------------------
 def _services_report(settings: Settings) -> list[dict[str, Any]]:
     services = _kafka_report(settings)
     if not services:
         services.append(
             {"name": "kafka", "url": f"kafka://{settings.kafka_bootstrap}", "health": "down"}
         )
+    services += [
+        {"name": s["name"], "url": s["url"], "health": s["health"], "pid": s["pid"]}
+        for s in stack.running_services(settings)
+    ]
     return services
 
 
@@ -154,9 +173,14 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     if not settings.kafka_is_external:
         _cluster(settings, 1).start()
-    created = asyncio.run(ensure_topics(settings.kafka_bootstrap, TOPICS))
+    demo.ensure_development_pki(settings, _say)
+    providers = [p for p in stack.providers_in_pki(settings) if p != demo.PRINT_PROVIDER]
+    created = asyncio.run(stack.prepare_topics(settings, providers))
     if created:
         _say(f"created topics: {', '.join(created)}")
+    stack.start_processes(settings, stack.stack_services(providers), _say)
+    if args.demo:
+        asyncio.run(demo.run_demo(settings, _say))
     cmd_status(settings, argparse.Namespace(json=False))
     if args.detach:
         _say("running in the background; stop everything with: dp2 down")
@@ -170,8 +194,58 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
+    stack.stop_processes(settings, _say)
     for kafka in _known_clusters(settings):
         kafka.stop()
+    return 0
+
+
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    asyncio.run(stack.run_service(args.service, settings, args.port, args.provider))
+    return 0
+
+
+# --- dp2 contacts / send ------------------------------------------------------------
+def cmd_contacts_load(settings: Settings, args: argparse.Namespace) -> int:
+    pseudonyms = Pseudonymizer(pseudonym_key(settings.home))
+    records = read_contact_file(Path(args.file), pseudonyms)
+    asyncio.run(ensure_topics(settings.kafka_bootstrap, TOPICS))
+    count = asyncio.run(publish_contacts(settings.kafka_bootstrap, records))
+    print(f"loaded {count} contact records into dp2.contacts")
+    return 0
+
+
+async def _show_contact(settings: Settings, ref: str) -> dict[str, Any] | None:
+    register = ContactRegister(settings.kafka_bootstrap)
+    await register.start()
+    try:
+        record = register.get(ref)
+    finally:
+        await register.stop()
+    return None if record is None else to_avro(record)
+
+
+def cmd_contacts_show(settings: Settings, args: argparse.Namespace) -> int:
+    ref = Pseudonymizer(pseudonym_key(settings.home)).ref(args.type, args.id)
+    record = asyncio.run(_show_contact(settings, ref))
+    if record is None:
+        print(f"no contact record for that {args.type} number (pseudonym {ref})")
+        return 1
+    print(json.dumps(record, indent=2, default=str))
+    return 0
+
+
+def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
+    documents = [
+        Document(
+            Path(path).name,
+            mimetypes.guess_type(path)[0] or "application/octet-stream",
+            Path(path).read_bytes(),
+        )
+        for path in args.file
+    ]
+    receipt = asyncio.run(demo.send_one(settings, args, documents))
+    print(receipt.message_uuid)
     return 0
 
 
@@ -204,9 +278,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="run the whole stack on the embedded default")
     up.add_argument("--detach", action="store_true", help="return once everything is up")
+    up.add_argument("--demo", action="store_true", help="send sample post once it is up")
     up.set_defaults(func=cmd_up)
+    run = sub.add_parser("run", help="run one service in the foreground (dp2 up uses this)")
+    run.add_argument("service", choices=("tracing", "validator", "router", "mailbox"))
+    run.add_argument("--port", type=int, default=0, help="HTTP port for /healthz and /metrics")
+    run.add_argument("--provider", help="mailbox provider id (for mailbox)")
+    run.set_defaults(func=cmd_run)
+
+    contacts = sub.add_parser("contacts", help="the contact register (dp2.contacts)")
+    csub = contacts.add_subparsers(dest="contacts_command", required=True, metavar="ACTION")
+    load = csub.add_parser("load", help="load a CSV or JSON contact file (ids pseudonymised)")
+    load.add_argument("file")
+    load.set_defaults(func=cmd_contacts_load)
+    show = csub.add_parser("show", help="show the record of a CPR or CVR number")
+    show.add_argument("id")
+    show.add_argument("--type", choices=("CPR", "CVR"), default="CPR")
+    show.set_defaults(func=cmd_contacts_show)
+
+    send = sub.add_parser("send", help="sign, encrypt and submit a message; prints its UUID")
+    send.add_argument("--as", dest="identity", required=True, help="PKI identity to sign with")
+    send.add_argument("--sender-cvr", help="CVR to send as (default: the identity's own)")
+    send.add_argument("--to", required=True, help="recipient CPR (10 digits) or CVR (8)")
+    send.add_argument("--to-type", choices=("CPR", "CVR"), default="CPR")
+    send.add_argument("--label", required=True, help="the letter's title")
+    send.add_argument("--file", action="append", default=[], help="a document (repeatable)")
+    send.add_argument("--notification", help="notification text (160 characters at most)")
+    send.add_argument("--not-before", type=date.fromisoformat, help="doNotDeliverUntilDate")
+    send.add_argument("--nemsms", action="store_true", help="a NemSMS: --notification only")
+    send.set_defaults(func=cmd_send)
     down = sub.add_parser("down", help="stop everything that dp2 up started")
     down.set_defaults(func=cmd_down)
+    add_pki_commands(sub)
+    add_trace_command(sub)
     st = sub.add_parser("status", help="every service with its URL and health")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)

@@ -56,6 +56,11 @@ TOPICS: tuple[TopicSpec, ...] = (
         config={"retention.ms": _YEAR_MS},
     ),
     TopicSpec("dp2.notify", "recipient pseudonym", "notification requests"),
+    TopicSpec(
+        "dp2.commands",
+        "message UUID",
+        "signed requests of senders about their own messages (recall)",
+    ),
 )
 
 

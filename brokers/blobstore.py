@@ -1,0 +1,146 @@
+"""Blob store for the claim check: large documents travel beside Kafka, not through it.
+
+Why it exists: a message may carry up to 99.5 MB of documents, far above what a
+Kafka record should hold. Above a threshold, brokers.crypto puts the *encrypted*
+file into a blob store and the envelope carries only ``BlobContent(ref, sha256,
+size)``. The store never sees plaintext, so it needs no access control beyond
+availability, and a wrong or damaged blob is caught by the SHA-256 in the signed
+envelope (``BLOB_CORRUPT`` in brokers.crypto) rather than here.
+
+The seam is the small :class:`BlobStore` protocol. :class:`FileBlobStore` is the
+default (a folder, shared by the services of one deployment);
+:class:`MemoryBlobStore` keeps blobs in a dict for tests and single-process tools.
+
+References are content addresses, ``sha256:<64 lowercase hex>`` of the stored
+bytes, so ``put`` is idempotent and two services agree on a name without talking.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Final, Protocol
+
+from schemas.errors import Dp2Error
+
+_REF = re.compile(r"sha256:([0-9a-f]{64})")
+REF_PREFIX: Final = "sha256:"
+
+
+class BlobMissingError(Dp2Error):
+    """No blob under this reference (never stored, deleted, or not a reference at all)."""
+
+    reason_code = "BLOB_MISSING"
+    hint = (
+        "Make the sender and the reader share one blob store (DP2_HOME/blobs), "
+        "and keep blobs until every message that references them is delivered."
+    )
+
+
+def blob_ref(data: bytes) -> str:
+    """The content address of `data`: ``sha256:`` and the lowercase hex digest."""
+    return REF_PREFIX + hashlib.sha256(data).hexdigest()
+
+
+def _digest_of(ref: str) -> str:
+    match = _REF.fullmatch(ref)
+    if match is None:
+        raise BlobMissingError(
+            "the blob reference is not of the form sha256:<64 lowercase hex digits>",
+            hint="Use the reference exactly as BlobStore.put returned it.",
+        )
+    return match.group(1)
+
+
+class BlobStore(Protocol):
+    """Where encrypted documents above the claim-check threshold are kept."""
+
+    def put(self, data: bytes) -> str:
+        """Store `data` (idempotent) and return its reference."""
+        ...
+
+    def get(self, ref: str) -> bytes:
+        """The bytes stored under `ref`; raises BlobMissingError (BLOB_MISSING)."""
+        ...
+
+
+class FileBlobStore:
+    """Blobs as files under `root`, fanned out by the first two hex digits of the digest.
+
+    ``root/ab/abcdef...`` holds the blob ``sha256:abcdef...``. A blob is written to a
+    temporary file in the same folder, flushed to disk and renamed into place, so a
+    reader never sees half a blob and a crash leaves at most a stray ``.tmp`` file.
+    The blob is durable before ``put`` returns: the sender publishes the envelope
+    that references it right after.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path_of(self, ref: str) -> Path:
+        """Where the blob `ref` lives (or would live) on disk."""
+        digest = _digest_of(ref)
+        return self.root / digest[:2] / digest
+
+    def put(self, data: bytes) -> str:
+        ref = blob_ref(data)
+        path = self.path_of(ref)
+        try:
+            if path.stat().st_size == len(data):
+                return ref  # same address and size: the same bytes are already there
+        except FileNotFoundError:
+            pass
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(path.parent)
+        return ref
+
+    def get(self, ref: str) -> bytes:
+        try:
+            return self.path_of(ref).read_bytes()
+        except FileNotFoundError:
+            raise BlobMissingError(f"no blob {ref} in {self.root}") from None
+
+
+class MemoryBlobStore:
+    """Blobs in a dict: for tests and tools that seal and open in one process."""
+
+    def __init__(self) -> None:
+        self._blobs: dict[str, bytes] = {}
+
+    def put(self, data: bytes) -> str:
+        ref = blob_ref(data)
+        self._blobs[ref] = bytes(data)
+        return ref
+
+    def get(self, ref: str) -> bytes:
+        _digest_of(ref)
+        try:
+            return self._blobs[ref]
+        except KeyError:
+            raise BlobMissingError(f"no blob {ref} in this in-memory store") from None
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

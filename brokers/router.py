@@ -1,0 +1,253 @@
+"""Router: decides where an accepted message goes — digital, print, or later.
+
+Why a separate service: routing depends on the contact register and on time
+(``doNotDeliverUntilDate``), not on the message's validity; keeping it apart from
+the validator lets each scale and fail on its own.
+
+* REGISTERED recipient → ``dp2.deliver.<provider>`` and ROUTED (channel digital);
+* EXEMPT or UNKNOWN recipient, or none in the register → ``dp2.print`` and ROUTED
+  (channel print);
+* ``doNotDeliverUntilDate`` in the future → held in a durable schedule (SQLite, and
+  the envelope on ``dp2.scheduled``) with SCHEDULED; released on the date (ROUTED
+  then follows) unless its sender recalls it first (RECALLED; it is never
+  delivered).
+
+The envelope must be encrypted for the provider it is routed to; one encrypted for
+another provider (the register changed after the sender looked) is FAILED with
+``ENCRYPTED_FOR_OTHER_PROVIDER`` so the sender re-sends, never misdelivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import structlog
+from aiokafka import ConsumerRecord
+
+from brokers import crypto
+from brokers.contacts import ContactRegister, recipient_ref
+from brokers.crypto import Pseudonymizer
+from brokers.pki import TrustStore
+from brokers.service import Output, lifecycle_output
+from brokers.topics import provider_topic
+from schemas import codec
+from schemas.errors import Dp2Error
+from schemas.models import ContactStatus, Envelope, LifecycleEvent, LifecycleState
+
+COMMANDS_TOPIC = "dp2.commands"
+PRINT_TOPIC = "dp2.print"
+PRINT_PROVIDER = "print"
+SCHEDULED_TOPIC = "dp2.scheduled"
+log = structlog.get_logger("dp2.router")
+
+
+class ScheduleStore:
+    """Messages waiting for their ``doNotDeliverUntilDate``; survives restarts."""
+
+    def __init__(self, path: Path | str) -> None:
+        self._db = sqlite3.connect(str(path))
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS scheduled ("
+            " message_uuid TEXT PRIMARY KEY, due TEXT NOT NULL, sender_id TEXT NOT NULL,"
+            " recipient_ref TEXT NOT NULL, envelope BLOB NOT NULL,"
+            " state TEXT NOT NULL DEFAULT 'waiting')"
+        )
+        self._db.commit()
+
+    def hold(self, message_uuid: str, due: date, sender_id: str, ref: str, raw: bytes) -> bool:
+        """Store a message until ``due``; False if it was already held (redelivery)."""
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO scheduled (message_uuid, due, sender_id, recipient_ref,"
+            " envelope) VALUES (?, ?, ?, ?, ?)",
+            (message_uuid, due.isoformat(), sender_id, ref, raw),
+        )
+        self._db.commit()
+        return cursor.rowcount == 1
+
+    def due(self, today: date) -> list[tuple[str, bytes]]:
+        return list(
+            self._db.execute(
+                "SELECT message_uuid, envelope FROM scheduled"
+                " WHERE state = 'waiting' AND due <= ? ORDER BY due",
+                (today.isoformat(),),
+            )
+        )
+
+    def mark(self, message_uuid: str, state: str, only_if: str = "waiting") -> bool:
+        cursor = self._db.execute(
+            "UPDATE scheduled SET state = ? WHERE message_uuid = ? AND state = ?",
+            (state, message_uuid, only_if),
+        )
+        self._db.commit()
+        return cursor.rowcount == 1
+
+    def sender_of(self, message_uuid: str) -> tuple[str, str] | None:
+        row = self._db.execute(
+            "SELECT sender_id, state FROM scheduled WHERE message_uuid = ?", (message_uuid,)
+        ).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class Router:
+    """Routing decisions; pure apart from the injected register, schedule and clock."""
+
+    actor = "router"
+
+    def __init__(
+        self,
+        *,
+        contacts: ContactRegister,
+        trust: TrustStore,
+        pseudonyms: Pseudonymizer,
+        schedule: ScheduleStore,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._contacts = contacts
+        self._trust = trust
+        self._pseudonyms = pseudonyms
+        self._schedule = schedule
+        self._clock = clock
+        self.provider_topics: set[str] = set()
+
+    async def handle(self, record: ConsumerRecord[bytes, bytes]) -> Sequence[Output]:
+        envelope = codec.decode(record.value or b"", Envelope)
+        header = envelope.header
+        ref = recipient_ref(envelope, self._pseudonyms)
+        due = header.doNotDeliverUntilDate
+        if due is not None and due > self._clock().date():
+            self._schedule.hold(header.messageUUID, due, header.sender.senderID, ref, record.value)
+            return [
+                Output(SCHEDULED_TOPIC, record.value, key=header.messageUUID.encode()),
+                lifecycle_output(
+                    header.messageUUID,
+                    LifecycleState.SCHEDULED,
+                    self.actor,
+                    sender_id=header.sender.senderID,
+                    recipient_ref=ref,
+                    attributes={"doNotDeliverUntilDate": due.isoformat()},
+                ),
+            ]
+        return self.route_now(envelope, record.value, ref)
+
+    def route_now(self, envelope: Envelope, raw: bytes, ref: str) -> list[Output]:
+        header = envelope.header
+        contact = self._contacts.get(ref)
+        digital = contact is not None and contact.status is ContactStatus.REGISTERED
+        provider = contact.mailboxProvider if digital and contact else PRINT_PROVIDER
+        topic = provider_topic(provider).name if digital and provider else PRINT_TOPIC
+        common = {"sender_id": header.sender.senderID, "recipient_ref": ref}
+        key_id = envelope.encryption.recipientKeyId if envelope.encryption else None
+        try:
+            expected_key_id, _ = self._trust.provider_key(provider or PRINT_PROVIDER)
+        except Dp2Error as exc:
+            return [self._failed(header.messageUUID, exc.reason_code, exc.message, common)]
+        if key_id is not None and key_id != expected_key_id:
+            return [
+                self._failed(
+                    header.messageUUID,
+                    "ENCRYPTED_FOR_OTHER_PROVIDER",
+                    f"the documents are encrypted for key {key_id[:12]}…, not for "
+                    f"{provider!r} (key {expected_key_id[:12]}…), where the recipient receives "
+                    "post now. Look the recipient up again and send the message anew",
+                    common,
+                )
+            ]
+        if digital:
+            self.provider_topics.add(topic)
+        channel = "digital" if digital else "print"
+        reason = None if digital else f"recipient {contact.status.value if contact else 'UNKNOWN'}"
+        return [
+            Output(topic, raw, key=ref.encode()),
+            lifecycle_output(
+                header.messageUUID,
+                LifecycleState.ROUTED,
+                self.actor,
+                channel=channel,
+                reason_text=reason,
+                attributes={"topic": topic, "provider": provider or PRINT_PROVIDER},
+                **common,
+            ),
+        ]
+
+    def _failed(self, message_uuid: str, code: str, text: str, common: dict[str, str]) -> Output:
+        return lifecycle_output(
+            message_uuid,
+            LifecycleState.FAILED,
+            self.actor,
+            reason_code=code,
+            reason_text=text,
+            **common,
+        )
+
+    def release_due(self) -> list[Output]:
+        """Outputs for every held message whose date has come (marks them released)."""
+        outputs: list[Output] = []
+        for message_uuid, raw in self._schedule.due(self._clock().date()):
+            envelope = codec.decode(raw, Envelope)
+            if self._schedule.mark(message_uuid, "released"):
+                outputs += self.route_now(envelope, raw, recipient_ref(envelope, self._pseudonyms))
+        return outputs
+
+    def recall(self, message_uuid: str, requester_may_send_as: Callable[[str], bool]) -> Output:
+        """RECALLED if the message still waits and the requester may act for its sender."""
+        held = self._schedule.sender_of(message_uuid)
+        if held is None or held[1] != "waiting":
+            state = "unknown" if held is None else held[1]
+            raise Dp2Error(
+                f"message {message_uuid} is not waiting for delivery (it is {state})",
+                reason_code="NOT_RECALLABLE",
+                hint="Only a scheduled message can be recalled, before its delivery date.",
+            )
+        sender_id = held[0]
+        if not requester_may_send_as(sender_id):
+            raise Dp2Error(
+                f"the requester may not act for sender {sender_id}",
+                reason_code="RECALL_NOT_ALLOWED",
+                hint="Recall with the certificate of the sender or its authorised vendor.",
+            )
+        self._schedule.mark(message_uuid, "recalled")
+        return lifecycle_output(
+            message_uuid, LifecycleState.RECALLED, self.actor, sender_id=sender_id
+        )
+
+    async def handle_command(self, record: ConsumerRecord[bytes, bytes]) -> Sequence[Output]:
+        """A signed recall request (a RECALLED event from the sender's connector)."""
+        request = codec.decode(record.value or b"", LifecycleEvent)
+        if request.state is not LifecycleState.RECALLED:
+            return []
+        try:
+            self._trust.reload()
+            certificate = self._trust.certificate(request.attributes.get("signer", ""))
+            self._trust.verify_certificate(certificate, self._clock())
+            crypto.verify_event(request, certificate)
+            return [
+                self.recall(
+                    request.messageUUID, lambda cvr: self._trust.may_send_as(certificate, cvr)
+                )
+            ]
+        except Dp2Error as exc:
+            if exc.retriable:
+                raise
+            log.warning(
+                "recall_refused", message_id=request.messageUUID, reason_code=exc.reason_code
+            )
+            return []
+
+
+async def release_loop(
+    router: Router, send: Callable[[list[Output]], Awaitable[None]], interval: float = 1.0
+) -> None:
+    """Release due messages every ``interval`` seconds (dates have a day's granularity)."""
+    while True:
+        outputs = router.release_due()
+        if outputs:
+            await send(outputs)
+        await asyncio.sleep(interval)

@@ -1,0 +1,526 @@
+"""The consume → handle → produce loop that every DP2 service runs, written once.
+
+Why one loop: the guarantees operators rely on must not depend on which service a
+message is in. Here they are, for every worker:
+
+* **At least once, idempotent effects.** A batch's outputs are produced (idempotent
+  producer, ``acks=all``) and acknowledged *before* its offsets are committed; a
+  crash in between redelivers the batch, and handlers de-duplicate by message UUID
+  or event id.
+* **A poison record never stops a consumer and never disappears.** Bytes that do
+  not decode, or a handler that raises an unexpected error, send the original
+  record to ``dp2.deadletter`` with its reason (headers ``dp2-reason-code``,
+  ``dp2-reason``, ``dp2-source``), count it, and put a REJECTED event on the
+  message's timeline (the UUID from the ``dp2-message-uuid`` header, or a stable
+  UUID derived from topic/partition/offset) — then the loop goes on.
+* **Retriable trouble waits, it does not drop.** A :class:`Dp2Error` with
+  ``retriable = True`` (Kafka unavailable, a store busy) leaves the batch
+  uncommitted and is retried with capped exponential backoff.
+* **Trace context travels.** ``traceparent`` is read from each record and a child
+  is written on every output; ``message_id`` is bound in structlog's contextvars.
+* **Metrics**: ``dp2_records_in_total``, ``dp2_records_out_total``,
+  ``dp2_rejections_total{reason}``, ``dp2_deadletters_total{reason}``,
+  ``dp2_processing_seconds`` and ``dp2_consumer_lag`` per service, in an injected
+  registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from schemas import codec
+from schemas.errors import Dp2Error, SchemaError
+from schemas.models import LifecycleEvent, LifecycleState
+from tracing import context
+
+DEADLETTER_TOPIC = "dp2.deadletter"
+LIFECYCLE_TOPIC = "dp2.lifecycle"
+MESSAGE_UUID_HEADER = "dp2-message-uuid"
+_DEADLETTER_NAMESPACE = uuid.UUID("5b1f0e4c-3c1b-4d0e-9b59-2f1d5f3b7a10")
+_EVENT_NAMESPACE = uuid.UUID("0c5d3a8e-8f0e-4b8e-a3c6-6d1f4f2f9b21")
+_MAX_BACKOFF_S = 30.0
+
+log = structlog.get_logger("dp2.service")
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One record a handler wants produced; ``traceparent`` is filled in by the loop."""
+
+    topic: str
+    value: bytes
+    key: bytes | None = None
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+Handler = Callable[[ConsumerRecord[bytes, bytes]], Awaitable[Sequence[Output]]]
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def source_of(record: ConsumerRecord[bytes, bytes]) -> str:
+    """Where a record came from: ``topic/partition/offset``."""
+    return f"{record.topic}/{record.partition}/{record.offset}"
+
+
+def lifecycle_output(
+    message_uuid: str,
+    state: LifecycleState,
+    actor: str,
+    *,
+    reason_code: str | None = None,
+    reason_text: str | None = None,
+    sender_id: str | None = None,
+    recipient_ref: str | None = None,
+    channel: str | None = None,
+    related: str | None = None,
+    attributes: dict[str, str] | None = None,
+    occurred_at: datetime | None = None,
+    source: str | None = None,
+) -> Output:
+    """A lifecycle event as an output record on dp2.lifecycle, keyed by message UUID.
+
+    With ``source`` (the input's topic/partition/offset) the event id is derived
+    from actor, message, state and source, so re-processing a redelivered input
+    re-emits the *same* event, which the trace store keeps once.
+    """
+    event_id = (
+        uuid.uuid5(_EVENT_NAMESPACE, f"{actor}|{message_uuid}|{state.value}|{source}")
+        if source
+        else uuid.uuid4()
+    )
+    event = LifecycleEvent(
+        eventId=str(event_id),
+        messageUUID=message_uuid,
+        state=state,
+        reasonCode=reason_code,
+        reasonText=reason_text,
+        actor=actor,
+        occurredAt=occurred_at or now(),
+        # Per-actor ordering hint for events within the same microsecond.
+        sequence=time.monotonic_ns(),
+        senderID=sender_id,
+        recipientRef=recipient_ref,
+        channel=channel,
+        relatedMessageUUID=related,
+        attributes=attributes or {},
+    )
+    return Output(LIFECYCLE_TOPIC, codec.encode(event), key=message_uuid.encode())
+
+
+def rejection_output(message_uuid: str, actor: str, error: Dp2Error, **kwargs: Any) -> Output:
+    """REJECTED with the error's stable reason code and its how-to-fix sentence."""
+    return lifecycle_output(
+        message_uuid,
+        LifecycleState.REJECTED,
+        actor,
+        reason_code=error.reason_code,
+        reason_text=f"{error.message.rstrip('.')}. {error.hint}",
+        **kwargs,
+    )
+
+
+class ServiceMetrics:
+    """The metrics every worker exports, registered in an injected registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.records_in = Counter(
+            "dp2_records_in", "Records consumed", ["service", "topic"], registry=registry
+        )
+        self.records_out = Counter(
+            "dp2_records_out", "Records produced", ["service", "topic"], registry=registry
+        )
+        self.rejections = Counter(
+            "dp2_rejections", "Messages rejected", ["service", "reason"], registry=registry
+        )
+        self.deadletters = Counter(
+            "dp2_deadletters",
+            "Records sent to the dead-letter topic",
+            ["service", "reason"],
+            registry=registry,
+        )
+        self.processing = Histogram(
+            "dp2_processing_seconds",
+            "Handler time per record",
+            ["service"],
+            registry=registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
+        )
+        self.lag = Gauge(
+            "dp2_consumer_lag",
+            "Records not yet consumed",
+            ["service", "topic", "partition"],
+            registry=registry,
+        )
+
+
+async def read_from_start(
+    consumer: AIOKafkaConsumer,
+    topics: Sequence[str],
+    *,
+    to_end: bool = False,
+    wait_s: float = 30.0,
+) -> list[TopicPartition]:
+    """Subscribe a group-less consumer to every partition of ``topics`` and seek.
+
+    Without a group, aiokafka assigns all partitions on subscribe; but only once
+    it has fetched metadata, so wait for the assignment. Seeks to the beginning,
+    or to the end with ``to_end`` (to see only what comes next).
+
+    Create the consumer with ``auto_offset_reset`` "earliest" (or "latest" with
+    ``to_end``): the assignment's own offset reset can land after our seek.
+    """
+    consumer.subscribe(list(topics))
+    async with asyncio.timeout(wait_s):
+        while not consumer.assignment():
+            await asyncio.sleep(0.05)
+    partitions = sorted(consumer.assignment())
+    if to_end:
+        await consumer.seek_to_end(*partitions)
+        for tp in partitions:  # resolve the position now, before anything is produced
+            await consumer.position(tp)
+    else:
+        await consumer.seek_to_beginning(*partitions)
+    return partitions
+
+
+async def behind(consumer: AIOKafkaConsumer, end: dict[TopicPartition, int]) -> bool:
+    """True while the consumer's position is before ``end`` on any partition."""
+    for tp, offset in end.items():
+        if await consumer.position(tp) < offset:
+            return True
+    return False
+
+
+def new_producer(bootstrap: str, **overrides: Any) -> AIOKafkaProducer:
+    """The one producer configuration DP2 uses: idempotent, acks=all, batched."""
+    settings: dict[str, Any] = {
+        "bootstrap_servers": bootstrap,
+        "enable_idempotence": True,
+        "acks": "all",
+        "linger_ms": 5,
+        "max_request_size": 8 * 1024 * 1024,
+        "compression_type": None,
+    }
+    settings.update(overrides)
+    return AIOKafkaProducer(**settings)
+
+
+class KafkaWorker:
+    """Consumes ``topics`` as consumer group ``group_id`` and runs ``handler`` per record.
+
+    ``start()``/``stop()`` are safe to call twice; ``async with`` works too.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        bootstrap: str,
+        topics: Sequence[str],
+        *,
+        group_id: str,
+        handler: Handler,
+        metrics: ServiceMetrics,
+        producer: AIOKafkaProducer | None = None,
+        batch_size: int = 500,
+        auto_offset_reset: str = "earliest",
+    ) -> None:
+        self.name = name
+        self._bootstrap = bootstrap
+        self._topics = list(topics)
+        self._group_id = group_id
+        self._handler = handler
+        self._metrics = metrics
+        self._own_producer = producer is None
+        self._producer = producer or new_producer(bootstrap)
+        self._batch_size = batch_size
+        self._auto_offset_reset = auto_offset_reset
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.processed = 0
+        self.last_error: str | None = None
+
+    async def __aenter__(self) -> KafkaWorker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        if self._task is not None:
+            return
+        if self._own_producer:
+            await self._producer.start()
+        self._consumer = AIOKafkaConsumer(
+            *self._topics,
+            bootstrap_servers=self._bootstrap,
+            group_id=self._group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=self._auto_offset_reset,
+            max_poll_records=self._batch_size,
+            fetch_max_bytes=16 * 1024 * 1024,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+        )
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._run(), name=f"worker:{self.name}")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await consumer.stop()
+        if self._own_producer:
+            await self._producer.stop()
+
+    def _require_consumer(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            raise RuntimeError(f"worker {self.name} is not started")
+        return self._consumer
+
+    def health(self) -> dict[str, Any]:
+        running = self._task is not None and not self._task.done()
+        return {
+            "worker": self.name,
+            "running": running,
+            "processed": self.processed,
+            "last_error": self.last_error,
+        }
+
+    async def _run(self) -> None:
+        consumer = self._require_consumer()
+        backoff = 0.5
+        while True:
+            batch = await consumer.getmany(timeout_ms=500)
+            pending = list(batch.items())
+            while pending:
+                tp, records = pending[0]
+                try:
+                    await self._process_partition(tp, records)
+                except (Dp2Error, KafkaError) as exc:
+                    # Only retriable errors get here (see _handle_one): rewind the
+                    # partitions not yet committed and try again after a pause.
+                    self.last_error = repr(exc)
+                    log.warning("batch_retry", service=self.name, error=str(exc), wait_s=backoff)
+                    for unfinished_tp, unfinished in pending:
+                        consumer.seek(unfinished_tp, unfinished[0].offset)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, _MAX_BACKOFF_S)
+                    break
+                pending.pop(0)
+                backoff = 0.5
+            await self._update_lag(consumer)
+
+    async def _process_partition(
+        self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]
+    ) -> None:
+        consumer = self._require_consumer()
+        outputs: list[Output] = []
+        for record in records:
+            self._metrics.records_in.labels(self.name, record.topic).inc()
+            outputs.extend(await self._handle_one(record))
+        await self._produce(outputs)
+        # Outputs acknowledged: only now is the input done.
+        await consumer.commit({tp: records[-1].offset + 1})
+        self.processed += len(records)
+
+    async def _handle_one(self, record: ConsumerRecord[bytes, bytes]) -> list[Output]:
+        parent = context.from_headers(record.headers)
+        message_uuid = _message_uuid_header(record)
+        bound = {"service": self.name, "trace_id": context.trace_id(parent)}
+        if message_uuid:
+            bound["message_id"] = message_uuid
+        with structlog.contextvars.bound_contextvars(**bound):
+            started = time.perf_counter()
+            try:
+                produced = list(await self._handler(record))
+            except SchemaError as exc:
+                produced = self._dead_letter(record, exc)
+            except Dp2Error as exc:
+                if exc.retriable:
+                    raise
+                produced = self._dead_letter(record, exc)
+            except KafkaError:
+                raise
+            except Exception as exc:  # a bug must not stop the line: park the record
+                log.exception("handler_failed", topic=record.topic, offset=record.offset)
+                produced = self._dead_letter(
+                    record,
+                    Dp2Error(
+                        f"{self.name} failed on this record: {exc!r}",
+                        reason_code="PROCESSING_FAILED",
+                        hint="Operators: inspect the dead letter and re-drive it once fixed.",
+                    ),
+                )
+            finally:
+                self._metrics.processing.labels(self.name).observe(time.perf_counter() - started)
+        child = context.child_of(parent)
+        return [
+            Output(o.topic, o.value, o.key, [*o.headers, (context.HEADER, child.encode())])
+            for o in produced
+        ]
+
+    def _dead_letter(self, record: ConsumerRecord[bytes, bytes], error: Dp2Error) -> list[Output]:
+        source = source_of(record)
+        message_uuid = _message_uuid_header(record) or str(
+            uuid.uuid5(_DEADLETTER_NAMESPACE, source)
+        )
+        self.last_error = f"{error.reason_code} at {source}"
+        self._metrics.deadletters.labels(self.name, error.reason_code).inc()
+        self._metrics.rejections.labels(self.name, error.reason_code).inc()
+        log.warning(
+            "dead_letter", source=source, reason_code=error.reason_code, message_id=message_uuid
+        )
+        headers = [(k, v) for k, v in (record.headers or ()) if k != context.HEADER] + [
+            ("dp2-reason-code", error.reason_code.encode()),
+            ("dp2-reason", f"{error.message} {error.hint}".encode()),
+            ("dp2-source", source.encode()),
+            ("dp2-service", self.name.encode()),
+            (MESSAGE_UUID_HEADER, message_uuid.encode()),
+        ]
+        return [
+            Output(DEADLETTER_TOPIC, record.value or b"", record.key, headers),
+            lifecycle_output(
+                message_uuid,
+                LifecycleState.REJECTED,
+                self.name,
+                reason_code=error.reason_code,
+                reason_text=f"{error.message.rstrip('.')}. {error.hint}",
+                attributes={"deadLetter": source},
+                source=source,
+            ),
+        ]
+
+    async def _produce(self, outputs: Iterable[Output]) -> None:
+        futures = []
+        for output in outputs:
+            futures.append(
+                await self._producer.send(
+                    output.topic, output.value, key=output.key, headers=output.headers
+                )
+            )
+            self._metrics.records_out.labels(self.name, output.topic).inc()
+        for future in futures:
+            await future
+
+    async def _update_lag(self, consumer: AIOKafkaConsumer) -> None:
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                continue
+            position = await consumer.position(tp)
+            self._metrics.lag.labels(self.name, tp.topic, str(tp.partition)).set(
+                max(highwater - position, 0)
+            )
+
+
+def _message_uuid_header(record: ConsumerRecord[bytes, bytes]) -> str | None:
+    raw = context.header_value(record.headers, MESSAGE_UUID_HEADER)
+    if raw is None:
+        return None
+    try:
+        return str(uuid.UUID(raw.decode("ascii")))
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+class ServiceHost:
+    """Runs a service's workers plus its HTTP endpoints (/healthz, /metrics, extras).
+
+    One per process under ``dp2 run``; tests run several in one event loop.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        workers: Sequence[KafkaWorker],
+        registry: CollectorRegistry,
+        *,
+        port: int = 0,
+        app: web.Application | None = None,
+        on_start: Sequence[Callable[[], Awaitable[None]]] = (),
+        on_stop: Sequence[Callable[[], Awaitable[None]]] = (),
+    ) -> None:
+        self.name = name
+        self.workers = list(workers)
+        self._registry = registry
+        self._port = port
+        self._app = app or web.Application()
+        self._app.router.add_get("/healthz", self._healthz)
+        self._app.router.add_get("/metrics", self._metrics)
+        self._on_start = list(on_start)
+        self._on_stop = list(on_stop)
+        self._runner: web.AppRunner | None = None
+        self.url: str | None = None
+
+    async def start(self) -> None:
+        if self._runner is not None:
+            return
+        for hook in self._on_start:
+            await hook()
+        for worker in self.workers:
+            await worker.start()
+        self._runner = web.AppRunner(self._app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", self._port)
+        await site.start()
+        port = self._runner.addresses[0][1]  # the real port when 0 asked for any
+        self.url = f"http://127.0.0.1:{port}"
+        log.info("service_started", service=self.name, url=self.url)
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+        for worker in self.workers:
+            await worker.stop()
+        for hook in self._on_stop:
+            await hook()
+
+    async def __aenter__(self) -> ServiceHost:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def health(self) -> dict[str, Any]:
+        workers = [w.health() for w in self.workers]
+        ok = all(w["running"] for w in workers)
+        return {"service": self.name, "status": "ok" if ok else "failing", "workers": workers}
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        report = self.health()
+        return web.json_response(report, status=200 if report["status"] == "ok" else 503)
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(self._registry),
+            headers={"Content-Type": CONTENT_TYPE_LATEST},
+        )

@@ -1,0 +1,392 @@
+"""The DP2 SDK for connectors: build, seal, sign and submit messages; follow them.
+
+Why this exists: a connector vendor should not have to know Avro, AES-GCM, X.509 or
+Kafka's delivery semantics to send post safely. Three steps::
+
+    message = build_message(sender_cvr="29189846", sender_label="Aarhus Kommune",
+                            recipient_id="0101011234", label="Afgørelse",
+                            documents=[Document("brev.pdf", "application/pdf", pdf)])
+    async with Dp2Client.from_settings(settings, identity_name="aarhus") as client:
+        receipt = await client.send(message)              # synchronous receipt
+        event = await client.wait_for(receipt.message_uuid, {"DELIVERED", "REJECTED"})
+
+``send`` checks what only the plaintext shows (CPR is 10 digits, CVR 8), looks the
+recipient up in the contact register, encrypts the documents for the recipient's
+mailbox provider (or the print provider), moves CPR numbers into the sealed part,
+signs the canonical envelope, and publishes it idempotently (``acks=all``). The
+receipt carries the message UUID and the Kafka position; the business receipts
+(ACCEPTED, ROUTED, DELIVERED, ...) arrive as lifecycle events the client follows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from brokers import crypto
+from brokers.blobstore import BlobStore, FileBlobStore
+from brokers.contacts import ContactRegister, pseudonym_key
+from brokers.pki import Identity, Pki, TrustStore
+from brokers.router import COMMANDS_TOPIC, PRINT_PROVIDER
+from brokers.service import (
+    LIFECYCLE_TOPIC,
+    MESSAGE_UUID_HEADER,
+    lifecycle_output,
+    new_producer,
+    read_from_start,
+)
+from brokers.settings import Settings
+from brokers.validator import SIGNER_CERT_HEADER
+from schemas import codec
+from schemas.errors import Dp2Error, SchemaError
+from schemas.models import (
+    AdditionalDocument,
+    CaseID,
+    ContactStatus,
+    ContentData,
+    Envelope,
+    File,
+    IdType,
+    InlineContent,
+    LifecycleEvent,
+    LifecycleState,
+    MainDocument,
+    MessageBody,
+    MessageHeader,
+    MessageType,
+    Recipient,
+    Sender,
+)
+from tracing import context
+
+SUBMITTED_TOPIC = "dp2.submitted"
+
+
+class MessageError(Dp2Error):
+    """The message cannot be sent as built; nothing was published."""
+
+    reason_code = "INVALID_MESSAGE"
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    filename: str
+    mime_type: str
+    data: bytes
+    label: str | None = None
+    language: str = "da"
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """The synchronous receipt: the message is durably on the backbone."""
+
+    message_uuid: str
+    topic: str
+    partition: int
+    offset: int
+    submitted_at: datetime
+    traceparent: str
+
+
+def build_message(
+    *,
+    sender_cvr: str,
+    sender_label: str,
+    recipient_id: str,
+    label: str,
+    documents: Sequence[Document] = (),
+    recipient_id_type: IdType = IdType.CPR,
+    notification: str | None = None,
+    message_uuid: str | None = None,
+    message_type: MessageType = MessageType.DIGITALPOST,
+    do_not_deliver_until: date | None = None,
+    reply: bool = False,
+    case_id: str | None = None,
+    label_is_sensitive: bool = True,
+) -> Envelope:
+    """A plain (unsealed, unsigned) MeMo 1.2 message from values."""
+    files = [
+        File(
+            encodingFormat=d.mime_type,
+            filename=d.filename,
+            language=d.language,
+            content=InlineContent(data=d.data),
+        )
+        for d in documents
+    ]
+    body = None
+    if message_type is MessageType.DIGITALPOST:
+        main, *rest = files or [None]
+        body = MessageBody(
+            createdDateTime=datetime.now(UTC),
+            mainDocument=MainDocument(label=label, file=[main] if main else []),
+            additionalDocument=[
+                AdditionalDocument(label=d.label or d.filename, file=[f])
+                for d, f in zip(documents[1:], rest, strict=True)
+            ],
+        )
+    return Envelope(
+        memoVersion="1.2",
+        header=MessageHeader(
+            messageType=message_type,
+            messageUUID=message_uuid or str(uuid.uuid4()),
+            label=label,
+            notification=notification,
+            reply=reply,
+            doNotDeliverUntilDate=do_not_deliver_until,
+            sender=Sender(senderID=sender_cvr, idType=IdType.CVR, label=sender_label),
+            recipient=Recipient(recipientID=recipient_id, idType=recipient_id_type),
+            contentData=ContentData(caseID=CaseID(caseID=case_id)) if case_id else None,
+            labelIsSensitive=label_is_sensitive,
+        ),
+        body=body,
+    )
+
+
+def check_plain(message: Envelope) -> None:
+    """What only the plaintext shows; the validator checks the rest after sealing."""
+    for role, identifier, id_type in (
+        ("sender", message.header.sender.senderID, message.header.sender.idType),
+        ("recipient", message.header.recipient.recipientID, message.header.recipient.idType),
+    ):
+        digits = {IdType.CPR: 10, IdType.CVR: 8}.get(id_type)
+        if digits is None or len(identifier) != digits or not identifier.isdigit():
+            raise MessageError(
+                f"the {role}'s {id_type.value} number must be {digits or '8 or 10'} digits "
+                f"as a string; got {len(identifier)} characters",
+                reason_code=f"INVALID_{id_type.value}" if digits else "INVALID_ID",
+                hint="Keep CPR (10) and CVR (8) numbers as strings with their leading zeros.",
+            )
+
+
+class Dp2Client:
+    """A connector's connection to the backbone: ``start()``/``stop()``, ``async with``."""
+
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        identity: Identity,
+        trust: TrustStore,
+        pseudonyms: crypto.Pseudonymizer,
+        blob_store: BlobStore,
+        contacts: ContactRegister | None = None,
+        actor: str | None = None,
+        blob_threshold: int = 512 * 1024,
+    ) -> None:
+        self._bootstrap = bootstrap
+        self.identity = identity
+        self._trust = trust
+        self._pseudonyms = pseudonyms
+        self._blobs = blob_store
+        self._contacts = contacts or ContactRegister(bootstrap)
+        self._owns_contacts = contacts is None
+        self.actor = actor or f"connector:{identity.name}"
+        self._threshold = blob_threshold
+        self._producer: AIOKafkaProducer | None = None
+        self._events: dict[str, list[LifecycleEvent]] = {}
+        self._changed = asyncio.Condition()
+        self._follower: AIOKafkaConsumer | None = None
+        self._follow_task: asyncio.Task[None] | None = None
+        self._cert_der = identity.certificate.public_bytes(Encoding.DER)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, identity_name: str, **kwargs: Any) -> Dp2Client:
+        pki = Pki(settings.home / "pki")
+        return cls(
+            bootstrap=settings.kafka_bootstrap,
+            identity=pki.identity(identity_name),
+            trust=TrustStore(settings.home / "pki"),
+            pseudonyms=crypto.Pseudonymizer(pseudonym_key(settings.home)),
+            blob_store=FileBlobStore(settings.home / "blobs"),
+            **kwargs,
+        )
+
+    async def __aenter__(self) -> Dp2Client:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        if self._producer is not None:
+            return
+        self._producer = new_producer(self._bootstrap)
+        await self._producer.start()
+        if self._owns_contacts:
+            await self._contacts.start()
+        await self._start_following()
+
+    async def stop(self) -> None:
+        task, self._follow_task = self._follow_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        follower, self._follower = self._follower, None
+        if follower is not None:
+            await follower.stop()
+        if self._owns_contacts:
+            await self._contacts.stop()
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()
+
+    # --- sending ---------------------------------------------------------------
+    def seal_and_sign(self, message: Envelope) -> tuple[Envelope, str]:
+        """The envelope as it travels (encrypted, pseudonymised, signed) and its key."""
+        check_plain(message)
+        recipient = message.header.recipient
+        ref = self._pseudonyms.ref(recipient.idType.value, recipient.recipientID)
+        contact = self._contacts.get(ref)
+        provider = (
+            contact.mailboxProvider
+            if contact is not None
+            and contact.status is ContactStatus.REGISTERED
+            and contact.mailboxProvider
+            else PRINT_PROVIDER
+        )
+        key_id, key = self._trust.provider_key(provider)
+        sealed = crypto.seal_envelope(
+            message, key, key_id, self._pseudonyms, self._blobs, self._threshold
+        )
+        signed = crypto.sign_envelope(sealed, self.identity.private_key, self.identity.fingerprint)
+        return signed, ref
+
+    async def send(self, message: Envelope) -> Receipt:
+        """Seal, sign and publish; returns once Kafka has the message (acks=all)."""
+        signed, ref = self.seal_and_sign(message)
+        return await self.submit(codec.encode(signed), signed.header.messageUUID, ref)
+
+    async def submit(self, raw: bytes, message_uuid: str, key: str) -> Receipt:
+        """Publish already encoded bytes (``send`` does this; tests use it for bad input)."""
+        producer = self._require_producer()
+        traceparent = context.new_traceparent()
+        headers = [
+            (context.HEADER, traceparent.encode()),
+            (MESSAGE_UUID_HEADER, message_uuid.encode()),
+            (SIGNER_CERT_HEADER, self._cert_der),
+        ]
+        metadata = await producer.send_and_wait(
+            SUBMITTED_TOPIC, raw, key=key.encode(), headers=headers
+        )
+        submitted = lifecycle_output(message_uuid, LifecycleState.SUBMITTED, self.actor)
+        await producer.send_and_wait(
+            submitted.topic,
+            submitted.value,
+            key=submitted.key,
+            headers=[(context.HEADER, context.child_of(traceparent).encode())],
+        )
+        return Receipt(
+            message_uuid=message_uuid,
+            topic=metadata.topic,
+            partition=metadata.partition,
+            offset=metadata.offset,
+            submitted_at=datetime.now(UTC),
+            traceparent=traceparent,
+        )
+
+    async def recall(self, message_uuid: str, sender_id: str) -> None:
+        """Ask the router to recall a scheduled message (signed; RECALLED follows).
+
+        Only a message still waiting for its doNotDeliverUntilDate can be recalled,
+        and only by a certificate that may send as its sender; ``wait_for(uuid,
+        {"RECALLED"})`` tells whether it worked.
+        """
+        request = codec.decode(
+            lifecycle_output(
+                message_uuid, LifecycleState.RECALLED, self.actor, sender_id=sender_id
+            ).value,
+            LifecycleEvent,
+        )
+        signed = crypto.sign_event(request, self.identity.private_key, self.identity.fingerprint)
+        await self._require_producer().send_and_wait(
+            COMMANDS_TOPIC, codec.encode(signed), key=message_uuid.encode()
+        )
+
+    def _require_producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise Dp2Error(
+                "the client is not started",
+                reason_code="CLIENT_NOT_STARTED",
+                hint="Use 'async with Dp2Client(...)' or call start() first.",
+            )
+        return self._producer
+
+    # --- following -------------------------------------------------------------
+    async def _start_following(self) -> None:
+        """Read dp2.lifecycle from its current end: the events of what we send next."""
+        follower = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap, group_id=None, enable_auto_commit=False
+        )
+        await follower.start()
+        await read_from_start(follower, [LIFECYCLE_TOPIC], to_end=True)
+        self._follower = follower
+        self._follow_task = asyncio.create_task(self._follow(follower), name="sdk:follow")
+
+    async def _follow(self, follower: AIOKafkaConsumer) -> None:
+        while True:
+            batch = await follower.getmany(timeout_ms=500)
+            if not batch:
+                continue
+            async with self._changed:
+                for records in batch.values():
+                    for record in records:
+                        try:
+                            event = codec.decode(record.value or b"", LifecycleEvent)
+                        except SchemaError:
+                            continue
+                        self._events.setdefault(event.messageUUID, []).append(event)
+                self._changed.notify_all()
+
+    def events(self, message_uuid: str) -> list[LifecycleEvent]:
+        """Lifecycle events seen so far for a message, in arrival order."""
+        return list(self._events.get(message_uuid, []))
+
+    async def wait_for(
+        self, message_uuid: str, states: Iterable[str | LifecycleState], timeout: float = 30.0
+    ) -> LifecycleEvent:
+        """The first event of ``message_uuid`` in one of ``states`` (raises on timeout)."""
+        wanted = {LifecycleState(s) for s in states}
+
+        def found() -> LifecycleEvent | None:
+            return next((e for e in self._events.get(message_uuid, []) if e.state in wanted), None)
+
+        async with self._changed:
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._changed.wait_for(lambda: found() is not None)
+            except TimeoutError as exc:
+                seen = [
+                    e.state.value + (f" {e.reasonCode}" if e.reasonCode else "")
+                    for e in self._events.get(message_uuid, [])
+                ]
+                raise Dp2Error(
+                    f"no {sorted(s.value for s in wanted)} for {message_uuid} within "
+                    f"{timeout:.0f} s (seen: {seen})",
+                    reason_code="RECEIPT_TIMEOUT",
+                    hint="The message is pending, not failed: check dp2 trace UUID.",
+                ) from exc
+        event = found()
+        assert event is not None  # noqa: S101 - wait_for returned because it exists
+        return event
+
+
+__all__ = [
+    "Document",
+    "Dp2Client",
+    "MessageError",
+    "Receipt",
+    "build_message",
+    "check_plain",
+]

@@ -1,0 +1,224 @@
+"""The trace service: ingest lifecycle events into a `TraceStore`, answer HTTP queries.
+
+The Kafka consumer of dp2.lifecycle (not here) calls `TraceService.ingest` for every
+event it reads; `make_app` serves what the store knows:
+
+| route | answer |
+|---|---|
+| GET /messages/{uuid} | ``{messageUUID, state, summary, timeline}``; 404 ``UNKNOWN_MESSAGE`` |
+| GET /messages?sender=&state=&since=&until=&limit=&cursor= | ``{items, next}``; 400 ``BAD_QUERY`` |
+| GET /healthz | ``{"status": "ok"}`` |
+| GET /metrics | Prometheus text from the service's registry |
+
+Errors are JSON: ``{"error": {"reasonCode", "message", "hint"}}``. Times are ISO 8601
+in UTC with a ``Z``. A recipient only ever appears as its pseudonym ``recipientRef``;
+event ``attributes`` are not served, because connectors fill them freely.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+
+from schemas.errors import Dp2Error
+from schemas.models import LifecycleEvent, LifecycleState
+from tracing.store import BadQueryError, MessageSummary, TraceStore
+
+_QUERY_PARAMS = frozenset({"sender", "state", "since", "until", "limit", "cursor"})
+
+
+class TraceService:
+    """Stores lifecycle events, counts them, and logs one line per event."""
+
+    def __init__(
+        self,
+        store: TraceStore,
+        registry: CollectorRegistry,
+        *,
+        log: Any = None,  # a structlog logger; Any because structlog's loggers are untyped
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self._log = log if log is not None else structlog.get_logger("dp2.tracing")
+        self._events = Counter(
+            "dp2_trace_events",
+            "Lifecycle events stored in the trace, by state.",
+            ["state"],
+            registry=registry,
+        )
+        self._redelivered = Counter(
+            "dp2_trace_redelivered_events",
+            "Lifecycle events ignored because their eventId was already stored.",
+            registry=registry,
+        )
+        for state in LifecycleState:  # every series exists from the start, at 0
+            self._events.labels(state=state.value)
+
+    def ingest(self, event: LifecycleEvent) -> bool:
+        """Store `event`; False when it was already stored (a redelivery)."""
+        stored = self.store.add(event)
+        if stored:
+            self._events.labels(state=event.state.value).inc()
+        else:
+            self._redelivered.inc()
+        self._log.info(
+            "lifecycle_event",
+            message_id=event.messageUUID,
+            state=event.state.value,
+            actor=event.actor,
+            event_id=event.eventId,
+            stored=stored,
+        )
+        return stored
+
+
+def iso_z(moment: datetime) -> str:
+    """ISO 8601 in UTC with microseconds and a Z, e.g. 2025-01-31T12:00:00.000000Z."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def summary_json(summary: MessageSummary) -> dict[str, Any]:
+    """A summary as the API serves it."""
+    return {
+        "messageUUID": summary.messageUUID,
+        "state": summary.state.value,
+        "senderID": summary.senderID,
+        "recipientRef": summary.recipientRef,
+        "firstSeen": iso_z(summary.firstSeen),
+        "lastUpdate": iso_z(summary.lastUpdate),
+        "eventCount": summary.eventCount,
+        "lastReasonCode": summary.lastReasonCode,
+    }
+
+
+def event_json(event: LifecycleEvent) -> dict[str, Any]:
+    """A timeline entry as the API serves it."""
+    return {
+        "eventId": event.eventId,
+        "state": event.state.value,
+        "occurredAt": iso_z(event.occurredAt),
+        "actor": event.actor,
+        "reasonCode": event.reasonCode,
+        "reasonText": event.reasonText,
+        "sequence": event.sequence,
+        "relatedMessageUUID": event.relatedMessageUUID,
+        "channel": event.channel,
+    }
+
+
+def _error(status: int, error: Dp2Error) -> web.Response:
+    body = {
+        "error": {"reasonCode": error.reason_code, "message": error.message, "hint": error.hint}
+    }
+    return web.json_response(body, status=status)
+
+
+def _query_time(query: Mapping[str, str], name: str) -> datetime | None:
+    raw = query.get(name)
+    if raw is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(raw)
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise BadQueryError(
+            f"{name}={raw!r} is not an ISO 8601 time with a time zone",
+            hint=f"Write {name} like 2025-01-31T12:00:00Z.",
+        )
+    return moment
+
+
+def _query_state(query: Mapping[str, str]) -> LifecycleState | None:
+    raw = query.get("state")
+    if raw is None:
+        return None
+    try:
+        return LifecycleState(raw.upper())
+    except ValueError:
+        raise BadQueryError(
+            f"state={raw!r} is not a lifecycle state",
+            hint="Use one of: " + ", ".join(s.value for s in LifecycleState) + ".",
+        ) from None
+
+
+def _query_limit(query: Mapping[str, str]) -> int:
+    raw = query.get("limit", "50")
+    if not raw.isdigit():  # the store checks the range
+        raise BadQueryError(f"limit={raw!r} is not a whole number", hint="Use e.g. limit=50.")
+    return int(raw)
+
+
+def make_app(service: TraceService) -> web.Application:
+    """The trace's HTTP API over `service`; the caller runs it (AppRunner, TestServer)."""
+
+    async def get_message(request: web.Request) -> web.Response:
+        uuid = request.match_info["uuid"]
+        summary = service.store.summary(uuid)
+        if summary is None:
+            return _error(
+                404,
+                Dp2Error(
+                    f"no lifecycle event of message {uuid} has reached the trace",
+                    reason_code="UNKNOWN_MESSAGE",
+                    hint="Check the UUID; a message just sent appears within seconds.",
+                ),
+            )
+        body = {
+            "messageUUID": summary.messageUUID,
+            "state": summary.state.value,
+            "summary": summary_json(summary),
+            "timeline": [event_json(e) for e in service.store.timeline(uuid)],
+        }
+        return web.json_response(body)
+
+    async def search(request: web.Request) -> web.Response:
+        query = request.query
+        try:
+            unknown = sorted(set(query) - _QUERY_PARAMS)
+            if unknown:
+                raise BadQueryError(
+                    f"unknown query parameter {', '.join(unknown)}",
+                    hint="Use " + ", ".join(sorted(_QUERY_PARAMS)) + ".",
+                )
+            page = service.store.search(
+                sender=query.get("sender"),
+                state=_query_state(query),
+                since=_query_time(query, "since"),
+                until=_query_time(query, "until"),
+                limit=_query_limit(query),
+                cursor=query.get("cursor"),
+            )
+        except BadQueryError as exc:
+            return _error(400, exc)
+        return web.json_response(
+            {"items": [summary_json(s) for s in page.items], "next": page.next}
+        )
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(service.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    async def add_missing_ops_routes(app: web.Application) -> None:
+        # A host such as brokers.service.ServiceHost adds its own /healthz (with worker
+        # health) and /metrics after this function returns. aiohttp serves the first
+        # route registered for a path, so ours are added at start-up, only where none is.
+        taken = {resource.canonical for resource in app.router.resources()}
+        for path, handler in (("/healthz", healthz), ("/metrics", metrics)):
+            if path not in taken:
+                app.router.add_get(path, handler)
+
+    app = web.Application()
+    app.router.add_get("/messages", search)
+    app.router.add_get("/messages/{uuid}", get_message)
+    app.on_startup.append(add_missing_ops_routes)
+    return app

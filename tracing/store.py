@@ -1,0 +1,295 @@
+"""Where the trace keeps lifecycle events: the `TraceStore` seam and its SQLite implementation.
+
+The store is a projection of dp2.lifecycle. It keeps every event (once per eventId,
+so a Kafka redelivery is harmless) and one summary row per message, and recomputes
+that row from all of the message's events on each add, using `tracing.lifecycle`.
+The summary is therefore the same whatever order the events arrived in, and
+replaying the topic into an empty store rebuilds it exactly. For that reason
+`firstSeen` and `lastUpdate` are the earliest and latest `occurredAt` of the
+message's events, not the times the store received them.
+
+Search pages run newest first by firstSeen, then by messageUUID. The cursor is
+opaque to callers: it encodes the last row of the page. A late event that moves a
+message's firstSeen while someone is paging can move that message across the cursor.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+from schemas import codec
+from schemas.errors import Dp2Error
+from schemas.models import LifecycleEvent, LifecycleState
+from tracing import lifecycle
+
+MAX_PAGE = 500
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class BadQueryError(Dp2Error):
+    """A search asked for something malformed: a bad cursor, limit or time."""
+
+    reason_code = "BAD_QUERY"
+    hint = "Fix the query parameter named in the message."
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessageSummary:
+    """What the trace knows about one message, derived from all of its events."""
+
+    messageUUID: str
+    state: LifecycleState
+    senderID: str | None
+    recipientRef: str | None  # keyed pseudonym, never a CPR number
+    firstSeen: datetime
+    lastUpdate: datetime
+    eventCount: int
+    lastReasonCode: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of search results; `next` is the cursor of the following page, or None."""
+
+    items: list[MessageSummary]
+    next: str | None
+
+
+class TraceStore(Protocol):
+    """The trace's storage seam; the HTTP API and the consumer depend only on this."""
+
+    def add(self, event: LifecycleEvent) -> bool:
+        """Store `event`; False when its eventId is already stored (nothing changes)."""
+        ...
+
+    def timeline(self, message_uuid: str) -> list[LifecycleEvent]:
+        """The message's events in `lifecycle.order_timeline` order; empty when unknown."""
+        ...
+
+    def summary(self, message_uuid: str) -> MessageSummary | None:
+        """The message's summary, or None when no event of it is stored."""
+        ...
+
+    def search(
+        self,
+        *,
+        sender: str | None = None,
+        state: LifecycleState | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        """Summaries newest first; `state` is the derived state, since <= firstSeen < until."""
+        ...
+
+    def close(self) -> None:
+        """Release the store; safe to call twice."""
+        ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    event_id     TEXT PRIMARY KEY,
+    message_uuid TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    occurred_at  INTEGER NOT NULL,  -- microseconds since the epoch, UTC
+    record       BLOB NOT NULL      -- schemas.codec single-object encoding
+);
+CREATE INDEX IF NOT EXISTS events_by_message ON events (message_uuid);
+CREATE TABLE IF NOT EXISTS summaries (
+    message_uuid     TEXT PRIMARY KEY,
+    state            TEXT NOT NULL,
+    sender_id        TEXT,
+    recipient_ref    TEXT,
+    first_seen       INTEGER NOT NULL,
+    last_update      INTEGER NOT NULL,
+    event_count      INTEGER NOT NULL,
+    last_reason_code TEXT
+);
+CREATE INDEX IF NOT EXISTS summaries_newest ON summaries (first_seen, message_uuid);
+CREATE INDEX IF NOT EXISTS summaries_by_sender ON summaries (sender_id, first_seen);
+CREATE INDEX IF NOT EXISTS summaries_by_state ON summaries (state, first_seen);
+"""
+
+
+class SqliteTraceStore:
+    """`TraceStore` on stdlib sqlite3, in WAL mode; `path` may be ":memory:".
+
+    Not thread-safe: it holds one connection, which must be used from one thread
+    (sqlite3 checks this). In the tracing service that is the event loop's thread,
+    used by one asyncio task at a time. The calls block, which is fine because each one
+    is a few index lookups on a local file.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db: sqlite3.Connection | None = sqlite3.connect(path)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise Dp2Error(
+                "the trace store is closed",
+                reason_code="STORE_CLOSED",
+                hint="Open a new SqliteTraceStore.",
+            )
+        return self._db
+
+    def add(self, event: LifecycleEvent) -> bool:
+        db = self._conn
+        with db:  # one transaction: the event and its message's summary, or neither
+            inserted = db.execute(
+                "INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?)",
+                (
+                    event.eventId,
+                    event.messageUUID,
+                    event.state.value,
+                    _micros(event.occurredAt),
+                    codec.encode(event),
+                ),
+            ).rowcount
+            if inserted:
+                self._refresh_summary(db, event.messageUUID)
+        return inserted == 1
+
+    def timeline(self, message_uuid: str) -> list[LifecycleEvent]:
+        rows = self._conn.execute(
+            "SELECT record FROM events WHERE message_uuid = ?", (message_uuid,)
+        ).fetchall()
+        return lifecycle.order_timeline(codec.decode(row[0], LifecycleEvent) for row in rows)
+
+    def summary(self, message_uuid: str) -> MessageSummary | None:
+        row = self._conn.execute(
+            "SELECT * FROM summaries WHERE message_uuid = ?", (message_uuid,)
+        ).fetchone()
+        return None if row is None else _summary_from_row(row)
+
+    def search(
+        self,
+        *,
+        sender: str | None = None,
+        state: LifecycleState | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        if not 1 <= limit <= MAX_PAGE:
+            raise BadQueryError(f"limit {limit} is not from 1 to {MAX_PAGE}")
+        where: list[str] = []
+        params: list[Any] = []
+        for clause, value in (
+            ("sender_id = ?", sender),
+            ("state = ?", state.value if state is not None else None),
+            ("first_seen >= ?", _micros(since) if since is not None else None),
+            ("first_seen < ?", _micros(until) if until is not None else None),
+        ):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        if cursor is not None:
+            first_seen, message_uuid = _decode_cursor(cursor)
+            where.append("(first_seen < ? OR (first_seen = ? AND message_uuid < ?))")
+            params += [first_seen, first_seen, message_uuid]
+        sql = "SELECT * FROM summaries"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        # One row more than asked tells whether a next page exists.
+        sql += " ORDER BY first_seen DESC, message_uuid DESC LIMIT ?"
+        rows = self._conn.execute(sql, [*params, limit + 1]).fetchall()
+        items = [_summary_from_row(row) for row in rows[:limit]]
+        if len(rows) <= limit:
+            return Page(items, None)
+        last = items[-1]
+        return Page(items, _encode_cursor(_micros(last.firstSeen), last.messageUUID))
+
+    def close(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            db.close()
+
+    def __enter__(self) -> SqliteTraceStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _refresh_summary(self, db: sqlite3.Connection, message_uuid: str) -> None:
+        rows = db.execute(
+            "SELECT record FROM events WHERE message_uuid = ?", (message_uuid,)
+        ).fetchall()
+        events = lifecycle.order_timeline(codec.decode(row[0], LifecycleEvent) for row in rows)
+        reasons = [e.reasonCode for e in events if e.reasonCode is not None]
+        db.execute(
+            "INSERT OR REPLACE INTO summaries VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                message_uuid,
+                lifecycle.current_state(events).value,
+                _first(e.senderID for e in events),
+                _first(e.recipientRef for e in events),
+                _micros(events[0].occurredAt),
+                _micros(max(e.occurredAt for e in events)),
+                len(events),
+                reasons[-1] if reasons else None,
+            ),
+        )
+
+
+def _first(values: Any) -> str | None:
+    """The first value that is not None (in timeline order)."""
+    return next((v for v in values if v is not None), None)
+
+
+def _micros(moment: datetime) -> int:
+    """Microseconds since the epoch; a naive time counts as UTC, as in schemas.codec."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def _from_micros(micros: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+def _summary_from_row(row: tuple[Any, ...]) -> MessageSummary:
+    uuid, state, sender, recipient, first_seen, last_update, count, reason = row
+    return MessageSummary(
+        messageUUID=uuid,
+        state=LifecycleState(state),
+        senderID=sender,
+        recipientRef=recipient,
+        firstSeen=_from_micros(first_seen),
+        lastUpdate=_from_micros(last_update),
+        eventCount=count,
+        lastReasonCode=reason,
+    )
+
+
+def _encode_cursor(first_seen: int, message_uuid: str) -> str:
+    raw = json.dumps([first_seen, message_uuid], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[int, str]:
+    bad = BadQueryError(
+        "cursor is not one this service handed out",
+        hint="Pass the `next` value of the previous page unchanged, or leave cursor out.",
+    )
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        first_seen, message_uuid = json.loads(raw)
+    except (ValueError, TypeError) as exc:  # base64, UTF-8 and JSON errors are ValueErrors
+        raise bad from exc
+    if type(first_seen) is not int or not isinstance(message_uuid, str):
+        raise bad
+    return first_seen, message_uuid
