@@ -30,7 +30,7 @@ $(KAFKA_LIBS): deploy/kafka/pom.xml | $(STAMP)
 jars: $(KAFKA_LIBS) ## fetch the Apache Kafka jars from Maven Central (once)
 
 run: install jars ## run the whole stack on 127.0.0.1 in the background; `make stop` ends it
-	$(BIN)/dp2 up --detach
+	$(BIN)/dp2 up --detach --demo
 
 stop: ## stop everything `make run` started
 	@test -x $(BIN)/dp2 && $(BIN)/dp2 down || true

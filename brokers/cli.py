@@ -42,11 +42,11 @@ from brokers.kafka_runner import (
 )
 from brokers.logs import configure_logging
 from brokers.pki import add_pki_commands
+from brokers.router import PRINT_PROVIDER
 from brokers.settings import Settings
 from brokers.topics import TOPICS, ensure_topics
 from connectors.sdk import Document
 from schemas.errors import Dp2Error
-from schemas.models import to_avro
 from tracing.client import add_trace_command
 
 
@@ -174,11 +174,11 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     if not settings.kafka_is_external:
         _cluster(settings, 1).start()
     demo.ensure_development_pki(settings, _say)
-    providers = [p for p in stack.providers_in_pki(settings) if p != demo.PRINT_PROVIDER]
+    providers = [p for p in stack.providers_in_pki(settings) if p != PRINT_PROVIDER]
     created = asyncio.run(stack.prepare_topics(settings, providers))
     if created:
         _say(f"created topics: {', '.join(created)}")
-    stack.start_processes(settings, stack.stack_services(providers), _say)
+    stack.start_processes(settings, stack.stack_services(providers, settings.port_base), _say)
     if args.demo:
         asyncio.run(demo.run_demo(settings, _say))
     cmd_status(settings, argparse.Namespace(json=False))
@@ -222,7 +222,7 @@ async def _show_contact(settings: Settings, ref: str) -> dict[str, Any] | None:
         record = register.get(ref)
     finally:
         await register.stop()
-    return None if record is None else to_avro(record)
+    return None if record is None else dataclasses.asdict(record)
 
 
 def cmd_contacts_show(settings: Settings, args: argparse.Namespace) -> int:

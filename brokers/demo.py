@@ -91,14 +91,14 @@ async def run_demo(settings: Settings, say: Say) -> list[str]:
     await asyncio.sleep(0.5)  # let the router's register see the records
     letter = Document("brev.txt", "text/plain", "Kære borger, her er dit brev.".encode())
     today = datetime.now(UTC).date()
-    samples = [
-        ("0101901234", "Afgørelse om boligstøtte", None),  # registered: digital
-        ("2002303456", "Indkaldelse til samtale", None),  # exempt: print
-        ("1512452345", "Påmindelse om tandpleje", today + timedelta(days=30)),  # scheduled
+    samples = [  # recipient, label, doNotDeliverUntilDate, the state the demo waits for
+        ("0101901234", "Afgørelse om boligstøtte", None, "DELIVERED"),  # registered: digital
+        ("2002303456", "Indkaldelse til samtale", None, "ROUTED"),  # exempt: to print
+        ("1512452345", "Påmindelse om tandpleje", today + timedelta(days=30), "SCHEDULED"),
     ]
     uuids = []
     async with Dp2Client.from_settings(settings, DEMO_SENDER) as client:
-        for cpr, label, not_before in samples:
+        for cpr, label, not_before, _ in samples:
             message = build_message(
                 sender_cvr=DEMO_SENDER_CVR,
                 sender_label="Demo Kommune",
@@ -111,9 +111,9 @@ async def run_demo(settings: Settings, say: Say) -> list[str]:
             receipt = await client.send(message)
             uuids.append(receipt.message_uuid)
             say(f"demo: sent {label!r} as {receipt.message_uuid}")
-        for message_uuid in uuids:
+        for message_uuid, (*_, expected) in zip(uuids, samples, strict=True):
             event = await client.wait_for(
-                message_uuid, {"DELIVERED", "ROUTED", "SCHEDULED", "REJECTED"}, timeout=60
+                message_uuid, {expected, "REJECTED", "FAILED"}, timeout=60
             )
             say(f"demo: {message_uuid} is {event.state.value}; see: dp2 trace {message_uuid}")
     return uuids

@@ -24,6 +24,7 @@ import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 import structlog
 from aiokafka import ConsumerRecord
@@ -143,7 +144,7 @@ class Router:
         digital = contact is not None and contact.status is ContactStatus.REGISTERED
         provider = contact.mailboxProvider if digital and contact else PRINT_PROVIDER
         topic = provider_topic(provider).name if digital and provider else PRINT_TOPIC
-        common = {"sender_id": header.sender.senderID, "recipient_ref": ref}
+        common: dict[str, Any] = {"sender_id": header.sender.senderID, "recipient_ref": ref}
         key_id = envelope.encryption.recipientKeyId if envelope.encryption else None
         try:
             expected_key_id, _ = self._trust.provider_key(provider or PRINT_PROVIDER)
@@ -177,7 +178,7 @@ class Router:
             ),
         ]
 
-    def _failed(self, message_uuid: str, code: str, text: str, common: dict[str, str]) -> Output:
+    def _failed(self, message_uuid: str, code: str, text: str, common: dict[str, Any]) -> Output:
         return lifecycle_output(
             message_uuid,
             LifecycleState.FAILED,

@@ -9,6 +9,7 @@ valid value looks like, instead of letting a typo surface later as a timeout.
 |---|---|---|
 | DP2_HOME | ``<checkout>/var`` | project-local state: Kafka data, stores, run files |
 | DP2_KAFKA_BOOTSTRAP | ``127.0.0.1:<DP2_KAFKA_PORT>`` | an existing cluster to use |
+| DP2_PORT_BASE | 8470 | HTTP ports of the services: tracing, validator, router, mailboxes… |
 | DP2_KAFKA_PORT | 9092 | first broker port of the local Kafka (controller: +1) |
 | DP2_KAFKA_HEAP_MB | 512 | heap per local Kafka node |
 | DP2_KAFKA_LIBS | ``deploy/kafka/libs`` | where Maven copies the Kafka jars |
@@ -50,11 +51,17 @@ class Settings:
 
     home: Path
     kafka_port: int
+    port_base: int
     kafka_bootstrap: str
     kafka_heap_mb: int
     kafka_libs: Path
     kafka_deploy_dir: Path
     log_format: str
+
+    @property
+    def tracing_url(self) -> str:
+        """Where ``dp2 up`` runs the traceability service (its first port)."""
+        return f"http://127.0.0.1:{self.port_base}"
 
     @property
     def kafka_is_external(self) -> bool:
@@ -67,6 +74,7 @@ class Settings:
         home = Path(env.get("DP2_HOME") or PROJECT_ROOT / "var").resolve()
         port = _int(env, "DP2_KAFKA_PORT", 9092, 1024, 65000)
         heap = _int(env, "DP2_KAFKA_HEAP_MB", 512, 128, 16384)
+        port_base = _int(env, "DP2_PORT_BASE", 8470, 1024, 65000)
         bootstrap = env.get("DP2_KAFKA_BOOTSTRAP") or f"127.0.0.1:{port}"
         for address in bootstrap.split(","):
             host, _, port_text = address.strip().rpartition(":")
@@ -85,6 +93,7 @@ class Settings:
         return cls(
             home=home,
             kafka_port=port,
+            port_base=port_base,
             kafka_bootstrap=bootstrap,
             kafka_heap_mb=heap,
             kafka_libs=Path(env.get("DP2_KAFKA_LIBS") or deploy / "libs").resolve(),

@@ -50,9 +50,8 @@ from schemas.errors import Dp2Error
 from tracing.api import TraceService, make_app
 from tracing.store import SqliteTraceStore
 
-TRACING_PORT = 8470
-BASE_PORTS = {"tracing": TRACING_PORT, "validator": 8471, "router": 8472}
-FIRST_MAILBOX_PORT = 8473
+#: Offsets from DP2_PORT_BASE (default 8470); mailboxes follow the router.
+PORT_OFFSETS = {"tracing": 0, "validator": 1, "router": 2}
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,10 +67,10 @@ class ServiceSpec:
         return [sys.executable, "-m", "brokers.cli", "run", kind, "--port", str(self.port), *extra]
 
 
-def stack_services(providers: list[str]) -> list[ServiceSpec]:
-    specs = [ServiceSpec(name, port) for name, port in BASE_PORTS.items()]
+def stack_services(providers: list[str], port_base: int) -> list[ServiceSpec]:
+    specs = [ServiceSpec(name, port_base + offset) for name, offset in PORT_OFFSETS.items()]
     specs += [
-        ServiceSpec(f"mailbox-{p}", FIRST_MAILBOX_PORT + i, provider=p)
+        ServiceSpec(f"mailbox-{p}", port_base + len(PORT_OFFSETS) + i, provider=p)
         for i, p in enumerate(providers)
     ]
     return specs
@@ -199,21 +198,21 @@ async def build_service(
             )
         topic = provider_topic(provider).name
         await ensure_topics(bootstrap, [provider_topic(provider)])
-        store = MailboxStore(data / f"mailbox-{provider}.sqlite")
+        mailbox_store = MailboxStore(data / f"mailbox-{provider}.sqlite")
         mailbox = MailboxProvider(
             provider,
             Pki(pki_root).identity(provider_identity_name(provider)),
             TrustStore(pki_root),
-            store,
+            mailbox_store,
             FileBlobStore(settings.home / "blobs"),
-            Pseudonymizer(pseudonym_key(settings.home)),
+            pseudonyms=Pseudonymizer(pseudonym_key(settings.home)),
         )
         return ServiceHost(
             f"mailbox-{provider}",
             [worker(f"mailbox-{provider}", [topic], mailbox.handle)],
             registry,
             port=port,
-            on_stop=[_async(store.close)],
+            on_stop=[_async(mailbox_store.close)],
         )
     raise Dp2Error(
         f"no service called {kind!r}",

@@ -12,7 +12,8 @@ Checks, in order (the first failure decides):
 | INVALID_MESSAGE_UUID | messageUUID is not a version-4 UUID |
 | DUPLICATE (event, not a rejection) | the UUID was submitted before; the first outcome stands |
 | SIGNATURE_MISSING / CERTIFICATE_MISMATCH / SIGNATURE_INVALID | see brokers.crypto |
-| UNKNOWN_CERTIFICATE / UNTRUSTED_ISSUER / CERTIFICATE_EXPIRED / CERTIFICATE_NOT_YET_VALID / CERTIFICATE_REVOKED | see brokers.pki |
+| UNKNOWN_CERTIFICATE / UNTRUSTED_ISSUER / CERTIFICATE_EXPIRED /        | see brokers.pki |
+| CERTIFICATE_NOT_YET_VALID / CERTIFICATE_REVOKED                        |                 |
 | SENDER_NOT_AUTHORISED | the signer may not send as the envelope's sender CVR |
 | UNKNOWN_MESSAGE_TYPE, NEMSMS_INVALID, BODY_MISSING, NO_DOCUMENT_FILE | MeMo structure |
 | LABEL_TOO_LONG, NOTIFICATION_TOO_LONG, TEXT_TOO_LONG | MeMo text limits (256 / 160) |
@@ -39,6 +40,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from aiokafka import ConsumerRecord
 from cryptography import x509
@@ -108,14 +110,6 @@ class SubmissionLog:
 
     def close(self) -> None:
         self._db.close()
-
-
-def _files(envelope: Envelope) -> list[File]:
-    body = envelope.body
-    if body is None:
-        return []
-    documents = [body.mainDocument, *body.additionalDocument, *body.technicalDocument]
-    return [f for d in documents for f in d.file]
 
 
 def _content_size(file: File) -> int:
@@ -205,7 +199,7 @@ def check_limits(envelope: Envelope, today: datetime) -> None:
             f"the message has {attachments} attachments; at most {MAX_ATTACHMENTS} are allowed",
             "Merge attachments or send them in more than one message.",
         )
-    files = _files(envelope)
+    files = crypto.files_of(envelope.body)
     limit = MAX_CITIZEN_BYTES if header.sender.idType is IdType.CPR else MAX_AUTHORITY_BYTES
     size = sum(_content_size(f) for f in files)
     if size > limit:
@@ -261,7 +255,7 @@ class Validator:
         header = envelope.header
         message_uuid = header.messageUUID
         source = source_of(record)
-        common = {"sender_id": header.sender.senderID, "source": source}
+        common: dict[str, Any] = {"sender_id": header.sender.senderID, "source": source}
         try:
             parsed = uuid.UUID(message_uuid)
         except ValueError:

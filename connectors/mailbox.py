@@ -20,6 +20,7 @@ import sqlite3
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import structlog
 from aiokafka import ConsumerRecord
@@ -97,6 +98,7 @@ class MailboxProvider:
         trust: TrustStore,
         store: MailboxStore,
         blob_store: BlobStore,
+        *,
         pseudonyms: crypto.Pseudonymizer,
     ) -> None:
         if identity.encryption_key is None:
@@ -117,7 +119,7 @@ class MailboxProvider:
     async def handle(self, record: ConsumerRecord[bytes, bytes]) -> Sequence[Output]:
         sealed = codec.decode(record.value or b"", Envelope)
         header = sealed.header
-        common = {
+        common: dict[str, Any] = {
             "sender_id": header.sender.senderID,
             "recipient_ref": header.recipient.recipientID,
         }

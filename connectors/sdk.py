@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from brokers import crypto
@@ -125,13 +125,12 @@ def build_message(
     ]
     body = None
     if message_type is MessageType.DIGITALPOST:
-        main, *rest = files or [None]
         body = MessageBody(
             createdDateTime=datetime.now(UTC),
-            mainDocument=MainDocument(label=label, file=[main] if main else []),
+            mainDocument=MainDocument(label=label, file=files[:1]),
             additionalDocument=[
                 AdditionalDocument(label=d.label or d.filename, file=[f])
-                for d, f in zip(documents[1:], rest, strict=True)
+                for d, f in zip(documents[1:], files[1:], strict=True)
             ],
         )
     return Envelope(

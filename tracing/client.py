@@ -159,6 +159,8 @@ async def _follow_and_print(args: argparse.Namespace) -> None:
 
 def cmd_trace(settings: Settings | None, args: argparse.Namespace) -> int:
     """Print the message's timeline (or follow it); exit 1 when unknown or unreachable."""
+    if args.url is None:
+        args.url = settings.tracing_url if settings is not None else DEFAULT_URL
     try:
         if args.follow:
             asyncio.run(_follow_and_print(args))
@@ -189,7 +191,7 @@ def add_trace_command(subparsers: Any) -> argparse.ArgumentParser:
         help="print events as they arrive, until the state is final (or Ctrl-C)",
     )
     parser.add_argument(
-        "--url", default=DEFAULT_URL, help=f"tracing service (default {DEFAULT_URL})"
+        "--url", help=f"tracing service (default DP2_PORT_BASE's, {DEFAULT_URL})"
     )
     parser.set_defaults(func=cmd_trace)
     return parser

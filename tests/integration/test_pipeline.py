@@ -6,9 +6,10 @@ import asyncio
 import dataclasses
 import os
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from brokers import crypto
 from brokers.pki import Pki
@@ -92,8 +93,8 @@ def _resign(client: Dp2Client, envelope: Envelope) -> bytes:
     return codec.encode(signed)
 
 
-async def test_each_fault_is_rejected_with_its_own_reason(stack: Stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """Tampering, bad certificates, authorisation and limits each get their code; good post flows on."""
+async def test_each_fault_is_rejected_with_its_own_reason(stack: Stack, tmp_path: Path) -> None:
+    """Tampering, certificates, authorisation and limits each get their code; post flows on."""
     pki: Pki = stack.pki
     other_ca = Pki(tmp_path / "other-ca")
     other_ca.init()

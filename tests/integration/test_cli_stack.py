@@ -1,0 +1,96 @@
+"""`dp2 up --demo`, `status`, `send`, `trace` and `down` as real processes, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from brokers.kafka_runner import free_base_port, port_is_free
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+
+def _free_http_base() -> int:
+    for base in range(31000, 60000, 37):
+        if all(port_is_free(base + i) for i in range(6)):
+            return base
+    raise AssertionError("no free port range")
+
+
+def test_whole_stack_from_the_command_line(tmp_path: Path) -> None:
+    """dp2 up --demo delivers sample post; dp2 send and dp2 trace work; dp2 down stops all."""
+    env = {
+        **os.environ,
+        "DP2_HOME": str(tmp_path),
+        "DP2_KAFKA_PORT": str(free_base_port()),
+        "DP2_PORT_BASE": str(_free_http_base()),
+        "DP2_LOG_FORMAT": "json",
+    }
+    env.pop("DP2_KAFKA_BOOTSTRAP", None)
+
+    def dp2(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "brokers.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    try:
+        up = dp2("up", "--detach", "--demo")
+        assert up.returncode == 0, up.stderr
+        assert "is DELIVERED" in up.stderr and "is SCHEDULED" in up.stderr
+
+        status = dp2("status", "--json")
+        assert status.returncode == 0, status.stdout + status.stderr
+        services = {s["name"]: s for s in json.loads(status.stdout)["services"]}
+        assert {"kafka", "tracing", "validator", "router", "mailbox-mitpost"} <= set(services)
+        assert all(s["health"] == "up" for s in services.values())
+
+        letter = tmp_path / "brev.txt"
+        letter.write_text("Kære borger, dette er en prøve.")
+        sent = dp2(
+            "send",
+            "--as",
+            "demo-kommune",
+            "--to",
+            "0101901234",
+            "--label",
+            "Prøvebrev",
+            "--file",
+            str(letter),
+        )
+        assert sent.returncode == 0, sent.stderr
+        message_uuid = sent.stdout.strip()
+
+        deadline = time.monotonic() + 60
+        while True:
+            trace = dp2("trace", message_uuid, "--json")
+            doc = json.loads(trace.stdout) if trace.returncode == 0 else {}
+            if doc.get("state") == "DELIVERED" or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert doc.get("state") == "DELIVERED", trace.stderr
+        assert [e["state"] for e in doc["timeline"]] == [
+            "SUBMITTED",
+            "ACCEPTED",
+            "ROUTED",
+            "DELIVERED",
+        ]
+        assert "0101901234" not in trace.stdout, "traces show pseudonyms, never the CPR"
+
+        unknown = dp2("trace", "00000000-0000-4000-8000-000000000000")
+        assert unknown.returncode == 1 and "UNKNOWN_MESSAGE" in unknown.stderr
+    finally:
+        down = dp2("down")
+    assert down.returncode == 0, down.stderr
+    after = json.loads(dp2("status", "--json").stdout)["services"]
+    assert [s["health"] for s in after] == ["down"], after
