@@ -97,6 +97,12 @@ class ScheduleStore:
         self._db.close()
 
 
+def _forwarded(record: ConsumerRecord[bytes, bytes]) -> list[tuple[str, bytes]]:
+    """The connector's headers travel on (message UUID, signer certificate); the
+    worker adds a fresh traceparent."""
+    return [(k, v) for k, v in record.headers or () if k != "traceparent"]
+
+
 class Router:
     """Routing decisions; pure apart from the injected register, schedule and clock."""
 
@@ -126,7 +132,12 @@ class Router:
         if due is not None and due > self._clock().date():
             self._schedule.hold(header.messageUUID, due, header.sender.senderID, ref, record.value)
             return [
-                Output(SCHEDULED_TOPIC, record.value, key=header.messageUUID.encode()),
+                Output(
+                    SCHEDULED_TOPIC,
+                    record.value,
+                    key=header.messageUUID.encode(),
+                    headers=_forwarded(record),
+                ),
                 lifecycle_output(
                     header.messageUUID,
                     LifecycleState.SCHEDULED,
@@ -136,9 +147,15 @@ class Router:
                     attributes={"doNotDeliverUntilDate": due.isoformat()},
                 ),
             ]
-        return self.route_now(envelope, record.value, ref)
+        return self.route_now(envelope, record.value, ref, _forwarded(record))
 
-    def route_now(self, envelope: Envelope, raw: bytes, ref: str) -> list[Output]:
+    def route_now(
+        self,
+        envelope: Envelope,
+        raw: bytes,
+        ref: str,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> list[Output]:
         header = envelope.header
         contact = self._contacts.get(ref)
         digital = contact is not None and contact.status is ContactStatus.REGISTERED
@@ -166,7 +183,7 @@ class Router:
         channel = "digital" if digital else "print"
         reason = None if digital else f"recipient {contact.status.value if contact else 'UNKNOWN'}"
         return [
-            Output(topic, raw, key=ref.encode()),
+            Output(topic, raw, key=ref.encode(), headers=headers or []),
             lifecycle_output(
                 header.messageUUID,
                 LifecycleState.ROUTED,

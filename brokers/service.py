@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -71,6 +72,8 @@ class Output:
     value: bytes
     key: bytes | None = None
     headers: list[tuple[str, bytes]] = field(default_factory=list)
+    #: Set on a REJECTED event, so the worker counts rejections by reason.
+    rejection: str | None = None
 
 
 Handler = Callable[[ConsumerRecord[bytes, bytes]], Awaitable[Sequence[Output]]]
@@ -132,7 +135,7 @@ def lifecycle_output(
 
 def rejection_output(message_uuid: str, actor: str, error: Dp2Error, **kwargs: Any) -> Output:
     """REJECTED with the error's stable reason code and its how-to-fix sentence."""
-    return lifecycle_output(
+    output = lifecycle_output(
         message_uuid,
         LifecycleState.REJECTED,
         actor,
@@ -140,6 +143,7 @@ def rejection_output(message_uuid: str, actor: str, error: Dp2Error, **kwargs: A
         reason_text=f"{error.message.rstrip('.')}. {error.hint}",
         **kwargs,
     )
+    return dataclasses.replace(output, rejection=error.reason_code)
 
 
 class ServiceMetrics:
@@ -382,7 +386,7 @@ class KafkaWorker:
                 self._metrics.processing.labels(self.name).observe(time.perf_counter() - started)
         child = context.child_of(parent)
         return [
-            Output(o.topic, o.value, o.key, [*o.headers, (context.HEADER, child.encode())])
+            dataclasses.replace(o, headers=[*o.headers, (context.HEADER, child.encode())])
             for o in produced
         ]
 
@@ -393,7 +397,6 @@ class KafkaWorker:
         )
         self.last_error = f"{error.reason_code} at {source}"
         self._metrics.deadletters.labels(self.name, error.reason_code).inc()
-        self._metrics.rejections.labels(self.name, error.reason_code).inc()
         log.warning(
             "dead_letter", source=source, reason_code=error.reason_code, message_id=message_uuid
         )
@@ -406,20 +409,16 @@ class KafkaWorker:
         ]
         return [
             Output(DEADLETTER_TOPIC, record.value or b"", record.key, headers),
-            lifecycle_output(
-                message_uuid,
-                LifecycleState.REJECTED,
-                self.name,
-                reason_code=error.reason_code,
-                reason_text=f"{error.message.rstrip('.')}. {error.hint}",
-                attributes={"deadLetter": source},
-                source=source,
+            rejection_output(
+                message_uuid, self.name, error, attributes={"deadLetter": source}, source=source
             ),
         ]
 
     async def _produce(self, outputs: Iterable[Output]) -> None:
         futures = []
         for output in outputs:
+            if output.rejection is not None:
+                self._metrics.rejections.labels(self.name, output.rejection).inc()
             futures.append(
                 await self._producer.send(
                     output.topic, output.value, key=output.key, headers=output.headers

@@ -190,8 +190,6 @@ def add_trace_command(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="print events as they arrive, until the state is final (or Ctrl-C)",
     )
-    parser.add_argument(
-        "--url", help=f"tracing service (default DP2_PORT_BASE's, {DEFAULT_URL})"
-    )
+    parser.add_argument("--url", help=f"tracing service (default DP2_PORT_BASE's, {DEFAULT_URL})")
     parser.set_defaults(func=cmd_trace)
     return parser

@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
+from brokers.settings import Settings
 from schemas.models import LifecycleEvent, LifecycleState
 from tracing.api import TraceService, make_app
 from tracing.client import (
@@ -319,7 +320,12 @@ async def test_trace_command_prints_table_json_and_follows(
     service.ingest(ev(S.EXPIRED, 9))
     url = base_url(client)
 
-    assert _trace_args(MESSAGE).url == "http://127.0.0.1:8470"
+    # Without --url the command asks the settings where dp2 up runs tracing.
+    settings = Settings.from_env({"DP2_PORT_BASE": url.rsplit(":", 1)[1]})
+    without_url = _trace_args(MESSAGE)
+    assert without_url.url is None
+    assert await asyncio.to_thread(without_url.func, settings, without_url) == 0
+    assert "EXPIRED" in capsys.readouterr().out
     assert await _run(_trace_args(MESSAGE, "--url", url)) == 0
     out = capsys.readouterr().out
     assert "EXPIRED" in out
