@@ -20,7 +20,6 @@ another provider (the register changed after the sender looked) is FAILED with
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 import structlog
 from aiokafka import ConsumerRecord
 
-from brokers import crypto
+from brokers import crypto, sqlite
 from brokers.contacts import ContactRegister, recipient_ref
 from brokers.crypto import Pseudonymizer
 from brokers.pki import TrustStore
@@ -50,8 +49,7 @@ class ScheduleStore:
     """Messages waiting for their ``doNotDeliverUntilDate``; survives restarts."""
 
     def __init__(self, path: Path | str) -> None:
-        self._db = sqlite3.connect(str(path))
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = sqlite.connect(str(path))
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS scheduled ("
             " message_uuid TEXT PRIMARY KEY, due TEXT NOT NULL, sender_id TEXT NOT NULL,"

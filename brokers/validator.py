@@ -34,7 +34,6 @@ redelivery: the outputs are recomputed and re-sent with the same event ids.
 from __future__ import annotations
 
 import re
-import sqlite3
 import unicodedata
 import uuid
 from collections.abc import Callable, Sequence
@@ -45,7 +44,7 @@ from typing import Any
 from aiokafka import ConsumerRecord
 from cryptography import x509
 
-from brokers import crypto
+from brokers import crypto, sqlite
 from brokers.pki import TrustStore
 from brokers.service import Output, lifecycle_output, rejection_output, source_of
 from schemas import codec
@@ -85,8 +84,7 @@ class SubmissionLog:
     """First outcome per message UUID: what makes a resubmission a DUPLICATE."""
 
     def __init__(self, path: Path | str) -> None:
-        self._db = sqlite3.connect(str(path))
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = sqlite.connect(str(path))
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS submissions (message_uuid TEXT PRIMARY KEY,"
             " source TEXT NOT NULL, outcome TEXT NOT NULL, reason_code TEXT,"

@@ -16,7 +16,6 @@ keeps once. A message that cannot be opened gets FAILED with its reason.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +25,7 @@ import structlog
 from aiokafka import ConsumerRecord
 from cryptography import x509
 
-from brokers import crypto
+from brokers import crypto, sqlite
 from brokers.blobstore import BlobStore
 from brokers.pki import Identity, TrustStore
 from brokers.service import Output, lifecycle_output, source_of
@@ -43,8 +42,7 @@ class MailboxStore:
     """Delivered messages of one provider, plain, keyed by message UUID."""
 
     def __init__(self, path: Path | str) -> None:
-        self._db = sqlite3.connect(str(path))
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = sqlite.connect(str(path))
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS messages (message_uuid TEXT PRIMARY KEY,"
             " recipient_id TEXT NOT NULL, sender_id TEXT NOT NULL, label TEXT NOT NULL,"

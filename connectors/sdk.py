@@ -276,16 +276,18 @@ class Dp2Client:
             (MESSAGE_UUID_HEADER, message_uuid.encode()),
             (SIGNER_CERT_HEADER, self._cert_der),
         ]
-        metadata = await producer.send_and_wait(
-            SUBMITTED_TOPIC, raw, key=key.encode(), headers=headers
-        )
+        # Both records go out in the same batch; awaiting each in turn would
+        # make every send two broker round trips.
+        delivery = await producer.send(SUBMITTED_TOPIC, raw, key=key.encode(), headers=headers)
         submitted = lifecycle_output(message_uuid, LifecycleState.SUBMITTED, self.actor)
-        await producer.send_and_wait(
+        event_delivery = await producer.send(
             submitted.topic,
             submitted.value,
             key=submitted.key,
             headers=[(context.HEADER, context.child_of(traceparent).encode())],
         )
+        metadata = await delivery
+        await event_delivery
         return Receipt(
             message_uuid=message_uuid,
             topic=metadata.topic,

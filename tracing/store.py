@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
+from brokers import sqlite
 from schemas import codec
 from schemas.errors import Dp2Error
 from schemas.models import LifecycleEvent, LifecycleState
@@ -131,8 +132,7 @@ class SqliteTraceStore:
     def __init__(self, path: Path | str) -> None:
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db: sqlite3.Connection | None = sqlite3.connect(path)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db: sqlite3.Connection | None = sqlite.connect(path)
         self._db.executescript(_SCHEMA)
 
     @property
