@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -138,3 +139,37 @@ def test_three_node_cluster_replicates(tmp_path: Path) -> None:
     finally:
         stopped = dp2(tmp_path, "kafka", "stop", "--port", str(port), timeout=300)
     assert stopped.returncode == 0, stopped.stderr
+
+
+def test_missing_jdk_or_maven_gets_a_clear_message(tmp_path: Path) -> None:
+    """No java on PATH, or no mvn when the jars are missing: exit 2 with what to install."""
+    empty_bin = tmp_path / "bin"
+    empty_bin.mkdir()
+    env = {**os.environ, "DP2_HOME": str(tmp_path), "PATH": str(empty_bin)}
+    no_java = subprocess.run(
+        [sys.executable, "-m", "brokers.cli", "kafka", "start"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert no_java.returncode == 2
+    assert "no 'java' on PATH" in no_java.stderr and "JDK 17" in no_java.stderr
+    assert "Traceback" not in no_java.stderr
+
+    java = shutil.which("java")
+    assert java is not None
+    (empty_bin / "java").symlink_to(java)
+    env["DP2_KAFKA_LIBS"] = str(tmp_path / "no-jars-yet")
+    no_maven = subprocess.run(
+        [sys.executable, "-m", "brokers.cli", "kafka", "start"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert no_maven.returncode == 2
+    assert "no 'mvn'" in no_maven.stderr and "Install Maven" in no_maven.stderr
+    assert "Traceback" not in no_maven.stderr
