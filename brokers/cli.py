@@ -178,7 +178,15 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     created = asyncio.run(stack.prepare_topics(settings, providers))
     if created:
         _say(f"created topics: {', '.join(created)}")
-    stack.start_processes(settings, stack.stack_services(providers, settings.port_base), _say)
+    stack.start_processes(
+        settings,
+        stack.stack_services(
+            providers,
+            settings.port_base,
+            notifier=bool(settings.smtp_host or settings.sms_providers),
+        ),
+        _say,
+    )
     if args.demo:
         asyncio.run(demo.run_demo(settings, _say))
     cmd_status(settings, argparse.Namespace(json=False))
@@ -281,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--demo", action="store_true", help="send sample post once it is up")
     up.set_defaults(func=cmd_up)
     run = sub.add_parser("run", help="run one service in the foreground (dp2 up uses this)")
-    run.add_argument("service", choices=("tracing", "validator", "router", "mailbox"))
+    run.add_argument("service", choices=("tracing", "validator", "router", "mailbox", "notifier"))
     run.add_argument("--port", type=int, default=0, help="HTTP port for /healthz and /metrics")
     run.add_argument("--provider", help="mailbox provider id (for mailbox)")
     run.set_defaults(func=cmd_run)

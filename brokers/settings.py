@@ -13,6 +13,11 @@ valid value looks like, instead of letting a typo surface later as a timeout.
 | DP2_KAFKA_PORT | 9092 | first broker port of the local Kafka (controller: +1) |
 | DP2_KAFKA_HEAP_MB | 512 | heap per local Kafka node |
 | DP2_KAFKA_LIBS | ``deploy/kafka/libs`` | where Maven copies the Kafka jars |
+| DP2_SMTP_HOST / _PORT | unset / 25 | SMTP server for notification e-mail |
+| DP2_SMTP_STARTTLS, _USER, _PASSWORD | off | SMTP security |
+| DP2_SMS_PROVIDERS | unset | ``name=url,name=url``: SMS providers in order of preference |
+| DP2_DIGEST_WINDOW_S | 300 | notifications of one recipient within this window become one |
+| DP2_QUIET_HOURS | unset | ``22-7``: SMS held during these hours |
 | DP2_LOG_FORMAT | ``auto`` | ``json``, ``console`` or ``auto`` (console on a terminal) |
 """
 
@@ -20,7 +25,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from schemas.errors import ConfigError
@@ -57,6 +62,14 @@ class Settings:
     kafka_libs: Path
     kafka_deploy_dir: Path
     log_format: str
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    smtp_starttls: bool = False
+    smtp_username: str | None = None
+    smtp_password: str | None = field(default=None, repr=False)
+    sms_providers: tuple[tuple[str, str], ...] = ()
+    digest_window_s: int = 300
+    quiet_hours: tuple[int, int] | None = None
 
     @property
     def tracing_url(self) -> str:
@@ -89,6 +102,25 @@ class Settings:
                 f"DP2_LOG_FORMAT={log_format!r} is not a known log format",
                 hint="Use json, console or auto.",
             )
+        providers = []
+        for item in filter(None, (env.get("DP2_SMS_PROVIDERS") or "").split(",")):
+            name, _, url = item.partition("=")
+            if not name or not url.startswith(("http://", "https://")):
+                raise ConfigError(
+                    f"DP2_SMS_PROVIDERS entry {item!r} is not name=http(s)://url",
+                    hint="Write it as a=http://127.0.0.1:9001/sms,b=https://sms.example/send.",
+                )
+            providers.append((name.strip(), url.strip()))
+        quiet = env.get("DP2_QUIET_HOURS")
+        quiet_hours = None
+        if quiet:
+            start, _, end = quiet.partition("-")
+            if not (start.isdigit() and end.isdigit() and 0 <= int(start) < 24 > int(end)):
+                raise ConfigError(
+                    f"DP2_QUIET_HOURS={quiet!r} is not start-end hours",
+                    hint="Write it as 22-7 (from 22:00 to 07:00), or unset it.",
+                )
+            quiet_hours = (int(start), int(end))
         deploy = PROJECT_ROOT / "deploy" / "kafka"
         return cls(
             home=home,
@@ -99,4 +131,12 @@ class Settings:
             kafka_libs=Path(env.get("DP2_KAFKA_LIBS") or deploy / "libs").resolve(),
             kafka_deploy_dir=deploy,
             log_format=log_format,
+            smtp_host=env.get("DP2_SMTP_HOST") or None,
+            smtp_port=_int(env, "DP2_SMTP_PORT", 25, 1, 65535),
+            smtp_starttls=env.get("DP2_SMTP_STARTTLS", "") in {"1", "true", "yes"},
+            smtp_username=env.get("DP2_SMTP_USER") or None,
+            smtp_password=env.get("DP2_SMTP_PASSWORD") or None,
+            sms_providers=tuple(providers),
+            digest_window_s=_int(env, "DP2_DIGEST_WINDOW_S", 300, 0, 86400),
+            quiet_hours=quiet_hours,
         )

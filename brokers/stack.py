@@ -11,6 +11,7 @@ port. ``build_service`` is also what tests use to run services in-process.
 | validator | 8471 | dp2.submitted | dp2.accepted, dp2.lifecycle, dp2.deadletter |
 | router | 8472 | dp2.accepted | dp2.deliver.*, dp2.print, dp2.scheduled |
 | mailbox-<id> | 8473+ | dp2.deliver.<id> | dp2.lifecycle (DELIVERED) |
+| notifier | after the mailboxes | dp2.lifecycle (DELIVERED) | SMS, e-mail; NOTIFIED |
 
 Run files live in ``$DP2_HOME/run/<service>.json`` (pid, url); logs in
 ``$DP2_HOME/logs/<service>.log``.
@@ -28,12 +29,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from prometheus_client import CollectorRegistry
 
 from brokers.blobstore import FileBlobStore
@@ -46,6 +48,14 @@ from brokers.settings import Settings
 from brokers.topics import TOPICS, ensure_topics, provider_topic
 from brokers.validator import SubmissionLog, Validator
 from connectors.mailbox import MailboxProvider, MailboxStore
+from connectors.notify.channels import EmailSender, HttpSmsProvider, SmsRouter
+from connectors.notify.service import (
+    Notifier,
+    NotifierConfig,
+    NotifierMetrics,
+    Outbox,
+    dispatch_loop,
+)
 from schemas.errors import Dp2Error
 from tracing.api import TraceService, make_app
 from tracing.store import SqliteTraceStore
@@ -67,12 +77,17 @@ class ServiceSpec:
         return [sys.executable, "-m", "brokers.cli", "run", kind, "--port", str(self.port), *extra]
 
 
-def stack_services(providers: list[str], port_base: int) -> list[ServiceSpec]:
+def stack_services(
+    providers: list[str], port_base: int, *, notifier: bool = False
+) -> list[ServiceSpec]:
+    """The services of ``dp2 up``; the notifier only once SMTP or SMS is configured."""
     specs = [ServiceSpec(name, port_base + offset) for name, offset in PORT_OFFSETS.items()]
     specs += [
         ServiceSpec(f"mailbox-{p}", port_base + len(PORT_OFFSETS) + i, provider=p)
         for i, p in enumerate(providers)
     ]
+    if notifier:
+        specs.append(ServiceSpec("notifier", port_base + len(PORT_OFFSETS) + len(providers)))
     return specs
 
 
@@ -214,10 +229,92 @@ async def build_service(
             port=port,
             on_stop=[_async(mailbox_store.close)],
         )
+    if kind == "notifier":
+        return _notifier(settings, registry, worker, port=port, data=data)
     raise Dp2Error(
         f"no service called {kind!r}",
         reason_code="UNKNOWN_SERVICE",
         hint="Choose tracing, validator, router or mailbox.",
+    )
+
+
+def _notifier(
+    settings: Settings,
+    registry: CollectorRegistry,
+    worker: Callable[..., KafkaWorker],
+    *,
+    port: int,
+    data: Path,
+) -> ServiceHost:
+    """The notifier: consumes DELIVERED, sends through SMTP and the SMS providers."""
+    contacts = ContactRegister(settings.kafka_bootstrap)
+    outbox = Outbox(data / "notifier.sqlite")
+    session: list[aiohttp.ClientSession] = []
+    email = (
+        EmailSender(
+            settings.smtp_host,
+            settings.smtp_port,
+            starttls=settings.smtp_starttls,
+            username=settings.smtp_username,
+            password=settings.smtp_password,
+        )
+        if settings.smtp_host
+        else None
+    )
+    sms_holder: list[SmsRouter] = []
+    notifier_holder: list[Notifier] = []
+    producer = new_producer(settings.kafka_bootstrap)
+    tasks: list[asyncio.Task[None]] = []
+    config = NotifierConfig(
+        digest_window_s=float(settings.digest_window_s), quiet_hours=settings.quiet_hours
+    )
+
+    async def start() -> None:
+        await contacts.start()
+        await producer.start()
+        if settings.sms_providers:
+            session.append(aiohttp.ClientSession())
+            sms_holder.append(
+                SmsRouter(
+                    [
+                        HttpSmsProvider(name, url, session[0])
+                        for name, url in settings.sms_providers
+                    ],
+                    registry=registry,
+                )
+            )
+        notifier = Notifier(
+            outbox=outbox,
+            contacts=contacts,
+            email=email,
+            sms=sms_holder[0] if sms_holder else None,
+            metrics=NotifierMetrics(registry),
+            config=config,
+        )
+        notifier_holder.append(notifier)
+        tasks.append(asyncio.create_task(dispatch_loop(notifier, producer, config.poll_s)))
+
+    async def handle(record: Any) -> Sequence[Output]:
+        return await notifier_holder[0].handle(record)
+
+    async def stop() -> None:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await producer.stop()
+        await contacts.stop()
+        for open_session in session:
+            await open_session.close()
+        outbox.close()
+
+    return ServiceHost(
+        "notifier",
+        [worker("notifier", ["dp2.lifecycle"], handle, producer=producer)],
+        registry,
+        port=port,
+        on_start=[start],
+        on_stop=[stop],
     )
 
 

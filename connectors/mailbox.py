@@ -32,7 +32,7 @@ from brokers.service import Output, lifecycle_output, source_of
 from brokers.validator import SIGNER_CERT_HEADER
 from schemas import codec
 from schemas.errors import Dp2Error
-from schemas.models import Envelope, LifecycleEvent, LifecycleState
+from schemas.models import Envelope, LifecycleEvent, LifecycleState, MessageType
 from tracing import context
 
 log = structlog.get_logger("dp2.mailbox")
@@ -150,7 +150,7 @@ class MailboxProvider:
             LifecycleState.DELIVERED,
             self.actor,
             channel="digital",
-            attributes={"provider": self.provider_id},
+            attributes=notification_facts(plain, self.provider_id),
             source="delivered",  # one DELIVERED per message and provider, however often
             **common,
         )
@@ -169,3 +169,21 @@ class MailboxProvider:
                 hint="Only signed envelopes are delivered.",
             )
         return self._trust.certificate(sealed.signature.signerCertificate)
+
+
+def notification_facts(plain: Envelope, provider_id: str) -> dict[str, str]:
+    """What the notifier may say about a delivered message, and nothing more.
+
+    The sender's name always; the label only when the sender marked it
+    non-sensitive; a NemSMS's own text (it *is* the notification). Never document
+    content, never an identifier of the recipient.
+    """
+    header = plain.header
+    facts = {"provider": provider_id, "messageType": header.messageType.value}
+    if header.sender.label:
+        facts["senderLabel"] = header.sender.label
+    if not header.labelIsSensitive:
+        facts["label"] = header.label
+    if header.messageType is MessageType.NEMSMS and header.notification:
+        facts["nemSmsText"] = header.notification
+    return facts

@@ -1,0 +1,394 @@
+"""Notifications end to end: real Kafka, a real SMTP server, real HTTP SMS providers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from email.message import Message
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer
+from aiosmtpd.controller import Controller
+
+from brokers.contacts import publish_contacts, read_contact_file
+from brokers.kafka_runner import free_base_port
+from brokers.service import ServiceHost, read_from_start
+from brokers.settings import Settings
+from brokers.stack import build_service
+from connectors.sdk import Document, build_message
+from tests.integration.conftest import SENDER_CVR, Stack
+
+pytestmark = pytest.mark.kafka
+
+
+# --- the peers: an SMTP server and SMS providers that record what they get ---------------
+class Mailbox:
+    """aiosmtpd handler: keeps every message it accepts."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.messages: list[tuple[list[str], Message]] = []
+        self.delay_s = delay_s
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        await asyncio.sleep(self.delay_s)  # a slow server keeps the kill inside the run
+        self.messages.append(
+            (list(envelope.rcpt_tos), message_from_bytes(envelope.content, policy=policy.default))
+        )
+        return "250 OK"
+
+    def to(self, address: str) -> list[Message]:
+        return [m for rcpts, m in self.messages if address in rcpts]
+
+
+@dataclass
+class SmsProviderPeer:
+    """An SMS provider over HTTP that can fail, reject numbers, and dedupes by reference."""
+
+    name: str
+    fail: bool = False
+    fail_times: int = 0
+    invalid_numbers: set[str] = field(default_factory=set)
+    sent: list[dict[str, str]] = field(default_factory=list)
+    requests: int = 0
+    url: str = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        body = await request.json()
+        if self.fail:
+            return web.json_response({"error": "unavailable"}, status=500)
+        if self.fail_times > 0:
+            self.fail_times -= 1
+            return web.json_response({"error": "busy"}, status=503)
+        if body["to"] in self.invalid_numbers:
+            return web.json_response({"error": "invalid number"}, status=400)
+        if all(s["reference"] != body["reference"] for s in self.sent):
+            self.sent.append(body)  # a repeat of a reference is acknowledged, not re-sent
+        return web.json_response({"status": "queued"})
+
+    def to(self, number: str) -> list[dict[str, str]]:
+        return [s for s in self.sent if s["to"] == number]
+
+
+@dataclass
+class Peers:
+    smtp: Mailbox
+    smtp_port: int
+    a: SmsProviderPeer
+    b: SmsProviderPeer
+
+    def env(self) -> dict[str, str]:
+        return {
+            "DP2_SMTP_HOST": "127.0.0.1",
+            "DP2_SMTP_PORT": str(self.smtp_port),
+            "DP2_SMS_PROVIDERS": f"a={self.a.url},b={self.b.url}",
+        }
+
+
+async def _start_peers(runners: list[web.AppRunner]) -> tuple[SmsProviderPeer, SmsProviderPeer]:
+    peers = []
+    for name in ("a", "b"):
+        peer = SmsProviderPeer(name)
+        app = web.Application()
+        app.router.add_post("/sms", peer.handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        peer.url = f"http://127.0.0.1:{runner.addresses[0][1]}/sms"
+        runners.append(runner)
+        peers.append(peer)
+    return peers[0], peers[1]
+
+
+@pytest.fixture(scope="session")
+async def peers() -> AsyncIterator[Peers]:
+    """One SMTP server and two SMS providers on 127.0.0.1 for the session."""
+    mailbox = Mailbox()
+    port = free_base_port()
+    controller = Controller(mailbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    runners: list[web.AppRunner] = []
+    a, b = await _start_peers(runners)
+    try:
+        yield Peers(mailbox, port, a, b)
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+        controller.stop()
+
+
+@pytest.fixture(scope="session")
+async def notifier(stack: Stack, peers: Peers) -> AsyncIterator[ServiceHost]:
+    """The notifier, in-process, sending to the session's peers; 2 s digest window."""
+    settings = Settings.from_env(
+        {
+            "DP2_HOME": str(stack.settings.home),
+            "DP2_KAFKA_BOOTSTRAP": stack.settings.kafka_bootstrap,
+            "DP2_DIGEST_WINDOW_S": "2",
+            **peers.env(),
+        }
+    )
+    host = await build_service("notifier", settings, group_suffix=f".{uuid.uuid4().hex[:6]}")
+    await host.start()
+    try:
+        yield host
+    finally:
+        await host.stop()
+
+
+@dataclass(frozen=True)
+class Recipient:
+    cpr: str
+    email: str
+    phone: str
+
+
+async def new_recipient(stack: Stack, language: str = "da", sms: bool = True) -> Recipient:
+    """A registered recipient of its own, with e-mail and SMS, known to every service."""
+    cpr = f"{uuid.uuid4().int % 10**10:010d}"
+    tag = uuid.uuid4().hex[:8]
+    recipient = Recipient(cpr, f"borger-{tag}@example.dk", f"+45{uuid.uuid4().int % 10**8:08d}")
+    channels = [{"channel": "EMAIL", "address": recipient.email}]
+    if sms:
+        channels.append({"channel": "SMS", "address": recipient.phone})
+    path = stack.settings.home / f"contact-{tag}.json"
+    path.write_text(
+        json.dumps(
+            [
+                {
+                    "id": cpr,
+                    "idType": "CPR",
+                    "status": "REGISTERED",
+                    "provider": "mitpost",
+                    "name": "Test Borger",
+                    "channels": channels,
+                    "language": language,
+                }
+            ]
+        )
+    )
+    await publish_contacts(
+        stack.settings.kafka_bootstrap, read_contact_file(path, stack.pseudonyms)
+    )
+    ref = stack.pseudonyms.ref("CPR", cpr)
+    async with asyncio.timeout(10):
+        while stack.contacts.get(ref) is None:
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(1.0)  # the router's and notifier's own caches follow the same topic
+    return recipient
+
+
+async def send_letters(stack: Stack, recipient: Recipient, count: int, **kwargs: Any) -> list[str]:
+    uuids = []
+    async with stack.client() as client:
+        for _ in range(count):
+            message = build_message(
+                sender_cvr=SENDER_CVR,
+                sender_label="Aarhus Kommune",
+                recipient_id=recipient.cpr,
+                label="Afgørelse om boligstøtte",
+                documents=[Document("brev.txt", "text/plain", b"HEMMELIGT INDHOLD")],
+                **kwargs,
+            )
+            uuids.append((await client.send(message)).message_uuid)
+        for message_uuid in uuids:
+            await client.wait_for(message_uuid, {"DELIVERED"})
+    return uuids
+
+
+async def eventually(check: Any, timeout: float = 30.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.1)
+
+
+# --- the tests ------------------------------------------------------------------------------
+async def test_delivered_letter_gives_one_email_and_one_sms(
+    stack: Stack, peers: Peers, notifier: ServiceHost
+) -> None:
+    """One DELIVERED: exactly one e-mail and one SMS, in Danish, without content or CPR."""
+    recipient = await new_recipient(stack)
+    [message_uuid] = await send_letters(stack, recipient, 1)
+    await eventually(
+        lambda: (
+            peers.smtp.to(recipient.email)
+            and (peers.a.to(recipient.phone) or peers.b.to(recipient.phone))
+        )
+    )
+    doc = await stack.wait_trace(message_uuid, "NOTIFIED")
+    await asyncio.sleep(1.0)  # anything extra would arrive now
+    [mail] = peers.smtp.to(recipient.email)
+    [sms] = peers.a.to(recipient.phone) + peers.b.to(recipient.phone)
+    body = mail.get_payload(decode=True).decode()  # type: ignore[union-attr]
+    assert mail["Subject"] == "Du har fået digital post"
+    assert "Aarhus Kommune" in body and "Aarhus Kommune" in sms["text"]
+    for text in (body, sms["text"], str(mail["Subject"])):
+        assert "HEMMELIGT" not in text and recipient.cpr not in text
+        assert "boligstøtte" not in text, "the label is sensitive unless the sender says not"
+    assert len(sms["text"]) <= 160
+    notified = [e for e in doc["timeline"] if e["state"] == "NOTIFIED"]
+    assert {e["channel"] for e in notified} == {"EMAIL", "SMS"}
+
+
+async def test_failover_to_b_and_back_to_a(
+    stack: Stack, peers: Peers, notifier: ServiceHost
+) -> None:
+    """Provider A failing → B delivers; once A recovers (after its cool-down) A is used again."""
+    peers.a.fail = True
+    try:
+        first = await new_recipient(stack)
+        await send_letters(stack, first, 1)
+        await eventually(lambda: peers.b.to(first.phone))
+        assert not peers.a.to(first.phone)
+    finally:
+        peers.a.fail = False
+    await asyncio.sleep(6.0)  # A's cool-down (5 s) passes; the next send tries A again
+    second = await new_recipient(stack)
+    await send_letters(stack, second, 1)
+    await eventually(lambda: peers.a.to(second.phone) or peers.b.to(second.phone))
+    assert peers.a.to(second.phone), "A is used again after it recovered"
+
+
+async def test_permanent_failure_is_traced_and_temporary_is_retried(
+    stack: Stack, peers: Peers, notifier: ServiceHost
+) -> None:
+    """An invalid number fails at once (NOTIFICATION_FAILED); a busy provider is retried."""
+    bad = await new_recipient(stack)
+    peers.a.invalid_numbers.add(bad.phone)
+    peers.b.invalid_numbers.add(bad.phone)
+    [failed_uuid] = await send_letters(stack, bad, 1)
+    doc = await stack.wait_trace(failed_uuid, "NOTIFICATION_FAILED")
+    failure = next(e for e in doc["timeline"] if e["state"] == "NOTIFICATION_FAILED")
+    assert failure["channel"] == "SMS" and failure["reasonCode"] == "INVALID_NUMBER"
+    assert "permanent" in failure["reasonText"]
+
+    busy = await new_recipient(stack)
+    peers.a.fail_times = 2
+    peers.b.fail_times = 2
+    [retried_uuid] = await send_letters(stack, busy, 1)
+    await eventually(lambda: peers.a.to(busy.phone) or peers.b.to(busy.phone), timeout=60)
+    doc = await stack.wait_trace(retried_uuid, "NOTIFIED")
+    sms_events = [e for e in doc["timeline"] if e.get("channel") == "SMS"]
+    assert [e["state"] for e in sms_events] == ["NOTIFIED"]
+
+
+async def test_five_letters_in_the_window_give_one_digest(
+    stack: Stack, peers: Peers, notifier: ServiceHost
+) -> None:
+    """Five letters inside the digest window: one e-mail and one SMS naming the count."""
+    recipient = await new_recipient(stack, language="en")
+    uuids = await send_letters(stack, recipient, 5)
+    for message_uuid in uuids:
+        await stack.wait_trace(message_uuid, "NOTIFIED")
+    await asyncio.sleep(2.5)  # a second notification, were there one, would come now
+    [mail] = peers.smtp.to(recipient.email)
+    [sms] = peers.a.to(recipient.phone) + peers.b.to(recipient.phone)
+    assert "5" in sms["text"] and "5" in mail.get_payload(decode=True).decode()  # type: ignore[union-attr]
+    assert mail["Subject"] == "You have 5 new letters", "in the language the recipient chose"
+
+
+# --- SIGKILL: a real notifier process ------------------------------------------------------
+@pytest.fixture
+async def other_peers() -> AsyncIterator[Peers]:
+    """Peers of their own, so only the subprocess notifier's sends are counted."""
+    mailbox = Mailbox(delay_s=0.15)
+    port = free_base_port()
+    controller = Controller(mailbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    runners: list[web.AppRunner] = []
+    a, b = await _start_peers(runners)
+    try:
+        yield Peers(mailbox, port, a, b)
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+        controller.stop()
+
+
+def _notifier_process(stack: Stack, peers: Peers, home: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "DP2_HOME": str(home),
+        "DP2_KAFKA_BOOTSTRAP": stack.settings.kafka_bootstrap,
+        "DP2_DIGEST_WINDOW_S": "0",
+        "DP2_LOG_FORMAT": "json",
+        **peers.env(),
+    }
+    with open(home / "notifier.log", "ab") as log:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "brokers.cli", "run", "notifier"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+async def _start_group_at_end(bootstrap: str, group: str, topic: str) -> None:
+    """Commit the group's offsets at the topic's end: the process starts from now on,
+    not with the notifications of every earlier test in the session."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="latest",
+    )
+    await consumer.start()
+    try:
+        partitions = await read_from_start(consumer, [topic], to_end=True)
+        ends = await consumer.end_offsets(partitions)
+        await consumer.commit(ends)
+    finally:
+        await consumer.stop()
+
+
+@pytest.fixture
+def process_home(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path
+
+
+async def test_sigkill_mid_run_sends_nothing_twice_and_loses_nothing(
+    stack: Stack, other_peers: Peers, process_home: Path, notifier: ServiceHost
+) -> None:
+    """A notifier SIGKILLed while sending and restarted: every letter notified exactly once."""
+    recipient = await new_recipient(stack)
+    await _start_group_at_end(stack.settings.kafka_bootstrap, "dp2.notifier", "dp2.lifecycle")
+    process = _notifier_process(stack, other_peers, process_home)
+    try:
+        uuids = await send_letters(stack, recipient, 20)
+        await eventually(lambda: len(other_peers.smtp.to(recipient.email)) >= 3, timeout=60)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        killed_at = len(other_peers.smtp.to(recipient.email))
+        process = _notifier_process(stack, other_peers, process_home)
+        await eventually(
+            lambda: (
+                len({m["Message-ID"] for m in other_peers.smtp.to(recipient.email)}) >= 20
+                and len(other_peers.a.to(recipient.phone) + other_peers.b.to(recipient.phone)) >= 20
+            ),
+            timeout=120,
+        )
+        await asyncio.sleep(2.0)  # duplicates, if any, would arrive now
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    mails = other_peers.smtp.to(recipient.email)
+    sms = other_peers.a.to(recipient.phone) + other_peers.b.to(recipient.phone)
+    assert len(sms) == 20, "each SMS sent once (a repeat reference is never re-sent)"
+    assert len({m["Message-ID"] for m in mails}) == 20, "every letter notified"
+    # SMTP has no idempotency key: a kill between the SMTP 250 and the outbox update can
+    # re-send that one mail with the same Message-ID, which mailboxes collapse.
+    assert len(mails) <= 21, f"{len(mails)} mails for 20 letters (killed after {killed_at})"
+    assert killed_at < 20, "the kill happened mid-run"
+    assert len(uuids) == 20
