@@ -410,19 +410,26 @@ class Notifier:
 
     def _quiet_until(self, channel: str) -> float | None:
         """When an SMS due now must wait for quiet hours to end, the time they end."""
-        hours = self._config.quiet_hours
-        if channel != "SMS" or hours is None:
+        if channel != "SMS" or self._config.quiet_hours is None:
             return None
-        start, end = hours
-        now = datetime.fromtimestamp(self._clock()).astimezone()
-        hour = now.hour
-        quiet = (start <= hour or hour < end) if start > end else (start <= hour < end)
-        if not quiet:
-            return None
-        ends = now.replace(hour=end, minute=0, second=0, microsecond=0)
-        if ends <= now:
-            ends += timedelta(days=1)
-        return ends.timestamp()
+        ends = quiet_hours_end(
+            datetime.fromtimestamp(self._clock()).astimezone(), self._config.quiet_hours
+        )
+        return None if ends is None else ends.timestamp()
+
+
+def quiet_hours_end(now: datetime, hours: tuple[int, int]) -> datetime | None:
+    """The end of the quiet period ``now`` falls in, or None outside it.
+
+    ``(22, 7)`` is quiet from 22:00 to 07:00 the next morning; ``(1, 5)`` within a day.
+    """
+    start, end = hours
+    hour = now.hour
+    quiet = (start <= hour or hour < end) if start > end else (start <= hour < end)
+    if not quiet:
+        return None
+    ends = now.replace(hour=end, minute=0, second=0, microsecond=0)
+    return ends if ends > now else ends + timedelta(days=1)
 
 
 async def _produce(producer: AIOKafkaProducer, outputs: Sequence[Output]) -> None:

@@ -27,6 +27,7 @@ from brokers.service import ServiceHost, read_from_start
 from brokers.settings import Settings
 from brokers.stack import build_service
 from connectors.sdk import Document, build_message
+from schemas.models import MessageType
 from tests.integration.conftest import SENDER_CVR, Stack
 
 pytestmark = pytest.mark.kafka
@@ -392,3 +393,37 @@ async def test_sigkill_mid_run_sends_nothing_twice_and_loses_nothing(
     assert len(mails) <= 21, f"{len(mails)} mails for 20 letters (killed after {killed_at})"
     assert killed_at < 20, "the kill happened mid-run"
     assert len(uuids) == 20
+
+
+async def test_nemsms_is_the_sms_and_a_public_label_is_shown(
+    stack: Stack, peers: Peers, notifier: ServiceHost
+) -> None:
+    """A NemSMS arrives as the SMS itself; a letter marked non-sensitive names its label."""
+    recipient = await new_recipient(stack)
+    async with stack.client() as client:
+        nemsms = build_message(
+            sender_cvr=SENDER_CVR,
+            sender_label="Aarhus Kommune",
+            recipient_id=recipient.cpr,
+            label="Påmindelse",
+            notification="Husk din tid hos tandlægen i morgen kl. 9",
+            message_type=MessageType.NEMSMS,
+        )
+        public = build_message(
+            sender_cvr=SENDER_CVR,
+            sender_label="Aarhus Kommune",
+            recipient_id=recipient.cpr,
+            label="Nyhedsbrev om affaldssortering",
+            documents=[Document("nyhed.txt", "text/plain", b"indhold")],
+            label_is_sensitive=False,
+        )
+        for message in (nemsms, public):
+            receipt = await client.send(message)
+            await client.wait_for(receipt.message_uuid, {"DELIVERED"})
+    await eventually(lambda: len(peers.a.to(recipient.phone) + peers.b.to(recipient.phone)) >= 2)
+    texts = [s["text"] for s in peers.a.to(recipient.phone) + peers.b.to(recipient.phone)]
+    assert "Husk din tid hos tandlægen i morgen kl. 9" in texts
+    assert any("Nyhedsbrev om affaldssortering" in t for t in texts if "Husk" not in t)
+    await eventually(lambda: len(peers.smtp.to(recipient.email)) >= 1)
+    await asyncio.sleep(1.0)
+    assert len(peers.smtp.to(recipient.email)) == 1, "a NemSMS sends no e-mail"
