@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -112,21 +113,28 @@ async def _start_peers(runners: list[web.AppRunner]) -> tuple[SmsProviderPeer, S
     return peers[0], peers[1]
 
 
-@pytest.fixture(scope="session")
-async def peers() -> AsyncIterator[Peers]:
-    """One SMTP server and two SMS providers on 127.0.0.1 for the session."""
-    mailbox = Mailbox()
+@contextlib.asynccontextmanager
+async def running_peers(smtp_delay_s: float = 0.0) -> AsyncIterator[Peers]:
+    """An SMTP server and two SMS providers on 127.0.0.1, stopped afterwards."""
+    mailbox = Mailbox(delay_s=smtp_delay_s)
     port = free_base_port()
     controller = Controller(mailbox, hostname="127.0.0.1", port=port)
     controller.start()
     runners: list[web.AppRunner] = []
-    a, b = await _start_peers(runners)
     try:
+        a, b = await _start_peers(runners)
         yield Peers(mailbox, port, a, b)
     finally:
         for runner in runners:
             await runner.cleanup()
         controller.stop()
+
+
+@pytest.fixture(scope="session")
+async def peers() -> AsyncIterator[Peers]:
+    """The session's peers, shared by the in-process notifier's tests."""
+    async with running_peers() as session_peers:
+        yield session_peers
 
 
 @pytest.fixture(scope="session")
@@ -302,19 +310,10 @@ async def test_five_letters_in_the_window_give_one_digest(
 # --- SIGKILL: a real notifier process ------------------------------------------------------
 @pytest.fixture
 async def other_peers() -> AsyncIterator[Peers]:
-    """Peers of their own, so only the subprocess notifier's sends are counted."""
-    mailbox = Mailbox(delay_s=0.15)
-    port = free_base_port()
-    controller = Controller(mailbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    runners: list[web.AppRunner] = []
-    a, b = await _start_peers(runners)
-    try:
-        yield Peers(mailbox, port, a, b)
-    finally:
-        for runner in runners:
-            await runner.cleanup()
-        controller.stop()
+    """Peers of their own, so only the subprocess notifier's sends are counted; the
+    slow SMTP server keeps the kill inside the run."""
+    async with running_peers(smtp_delay_s=0.15) as own:
+        yield own
 
 
 def _notifier_process(stack: Stack, peers: Peers, home: Path) -> subprocess.Popen[bytes]:
