@@ -45,6 +45,7 @@ from brokers.pki import add_pki_commands
 from brokers.router import PRINT_PROVIDER
 from brokers.settings import Settings
 from brokers.topics import TOPICS, ensure_topics
+from connectors.base import config_path, configured, discover, read_config
 from connectors.sdk import Document
 from schemas.errors import Dp2Error
 from tracing.client import add_trace_command
@@ -174,7 +175,12 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     if not settings.kafka_is_external:
         _cluster(settings, 1).start()
     demo.ensure_development_pki(settings, _say)
-    providers = [p for p in stack.providers_in_pki(settings) if p != PRINT_PROVIDER]
+    connector_config = read_config(settings)
+    # A receiving connector (an authority's ESDH, say) is its provider's mailbox.
+    served = {str(table["provider"]) for table in connector_config.values() if "provider" in table}
+    providers = [
+        p for p in stack.providers_in_pki(settings) if p != PRINT_PROVIDER and p not in served
+    ]
     created = asyncio.run(stack.prepare_topics(settings, providers))
     if created:
         _say(f"created topics: {', '.join(created)}")
@@ -184,6 +190,9 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
             providers,
             settings.port_base,
             notifier=bool(settings.smtp_host or settings.sms_providers),
+            connectors=[
+                (name, connector_config[name].get("port")) for name in configured(settings)
+            ],
         ),
         _say,
     )
@@ -209,7 +218,36 @@ def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
-    asyncio.run(stack.run_service(args.service, settings, args.port, args.provider))
+    asyncio.run(stack.run_service(args.service, settings, args.port, args.provider, args.name))
+    return 0
+
+
+def cmd_connectors_list(settings: Settings, args: argparse.Namespace) -> int:
+    installed = discover()
+    config = read_config(settings)
+    rows = [
+        {
+            "name": name,
+            "installed": name in installed,
+            "entry_point": installed[name].value if name in installed else None,
+            "configured": name in config,
+            "runs_with_dp2_up": name in installed
+            and name in config
+            and bool(config[name].get("enabled", True)),
+        }
+        for name in sorted({*installed, *config})
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"connectors (configuration: {config_path(settings)})")
+    for row in rows:
+        state = (
+            "runs with dp2 up"
+            if row["runs_with_dp2_up"]
+            else ("installed, not configured" if row["installed"] else "configured, NOT installed")
+        )
+        print(f"  {row['name']:<16} {state:<28} {row['entry_point'] or ''}")
     return 0
 
 
@@ -289,10 +327,19 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--demo", action="store_true", help="send sample post once it is up")
     up.set_defaults(func=cmd_up)
     run = sub.add_parser("run", help="run one service in the foreground (dp2 up uses this)")
-    run.add_argument("service", choices=("tracing", "validator", "router", "mailbox", "notifier"))
+    run.add_argument(
+        "service", choices=("tracing", "validator", "router", "mailbox", "notifier", "connector")
+    )
     run.add_argument("--port", type=int, default=0, help="HTTP port for /healthz and /metrics")
     run.add_argument("--provider", help="mailbox provider id (for mailbox)")
+    run.add_argument("--name", help="connector name (for connector; see dp2 connectors list)")
     run.set_defaults(func=cmd_run)
+
+    conn = sub.add_parser("connectors", help="installed and configured connectors")
+    connsub = conn.add_subparsers(dest="connectors_command", required=True, metavar="ACTION")
+    clist = connsub.add_parser("list", help="connectors found through the dp2.connectors group")
+    clist.add_argument("--json", action="store_true")
+    clist.set_defaults(func=cmd_connectors_list)
 
     contacts = sub.add_parser("contacts", help="the contact register (dp2.contacts)")
     csub = contacts.add_subparsers(dest="contacts_command", required=True, metavar="ACTION")

@@ -31,7 +31,7 @@ import contextlib
 import dataclasses
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -465,8 +465,10 @@ class ServiceHost:
         app: web.Application | None = None,
         on_start: Sequence[Callable[[], Awaitable[None]]] = (),
         on_stop: Sequence[Callable[[], Awaitable[None]]] = (),
+        checks: Sequence[Callable[[], Mapping[str, Any]]] = (),
     ) -> None:
         self.name = name
+        self._checks = list(checks)
         self.workers = list(workers)
         self._registry = registry
         self._port = port
@@ -510,13 +512,22 @@ class ServiceHost:
         await self.stop()
 
     def health(self) -> dict[str, Any]:
+        """ok, degraded (working, but something waits: still HTTP 200) or failing (503)."""
         workers = [w.health() for w in self.workers]
-        ok = all(w["running"] for w in workers)
-        return {"service": self.name, "status": "ok" if ok else "failing", "workers": workers}
+        checks = [dict(check()) for check in self._checks]
+        states = {c.get("status", "ok") for c in checks}
+        if not all(w["running"] for w in workers) or "failing" in states:
+            status = "failing"
+        else:
+            status = "degraded" if "degraded" in states else "ok"
+        report: dict[str, Any] = {"service": self.name, "status": status, "workers": workers}
+        if checks:
+            report["checks"] = checks
+        return report
 
     async def _healthz(self, _: web.Request) -> web.Response:
         report = self.health()
-        return web.json_response(report, status=200 if report["status"] == "ok" else 503)
+        return web.json_response(report, status=503 if report["status"] == "failing" else 200)
 
     async def _metrics(self, _: web.Request) -> web.Response:
         return web.Response(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -47,7 +48,9 @@ from brokers.service import KafkaWorker, Output, ServiceHost, ServiceMetrics, ne
 from brokers.settings import Settings
 from brokers.topics import TOPICS, ensure_topics, provider_topic
 from brokers.validator import SubmissionLog, Validator
-from connectors.mailbox import MailboxProvider, MailboxStore
+from connectors.base import build_connector_service
+from connectors.delivery import DeliveryHandler
+from connectors.mailbox import MailboxStore, notification_facts
 from connectors.notify.channels import EmailSender, HttpSmsProvider, SmsRouter
 from connectors.notify.service import (
     Notifier,
@@ -69,26 +72,44 @@ class ServiceSpec:
     name: str
     port: int
     provider: str | None = None
+    connector: str | None = None
 
     @property
     def argv(self) -> list[str]:
-        extra = ["--provider", self.provider] if self.provider else []
-        kind = "mailbox" if self.provider else self.name
+        kind, extra = self.name, []
+        if self.provider:
+            kind, extra = "mailbox", ["--provider", self.provider]
+        elif self.connector:
+            kind, extra = "connector", ["--name", self.connector]
         return [sys.executable, "-m", "brokers.cli", "run", kind, "--port", str(self.port), *extra]
 
 
 def stack_services(
-    providers: list[str], port_base: int, *, notifier: bool = False
+    providers: list[str],
+    port_base: int,
+    *,
+    notifier: bool = False,
+    connectors: Sequence[tuple[str, int | None]] = (),
 ) -> list[ServiceSpec]:
-    """The services of ``dp2 up``; the notifier only once SMTP or SMS is configured."""
+    """The services of ``dp2 up``: the core, a mailbox per provider, the notifier
+    once SMTP or SMS is configured, then every configured connector (on its own
+    ``port`` from connectors.toml, or the next free one)."""
     specs = [ServiceSpec(name, port_base + offset) for name, offset in PORT_OFFSETS.items()]
-    specs += [
-        ServiceSpec(f"mailbox-{p}", port_base + len(PORT_OFFSETS) + i, provider=p)
-        for i, p in enumerate(providers)
-    ]
+    specs += [ServiceSpec(f"mailbox-{p}", 0, provider=p) for p in providers]
     if notifier:
-        specs.append(ServiceSpec("notifier", port_base + len(PORT_OFFSETS) + len(providers)))
-    return specs
+        specs.append(ServiceSpec("notifier", 0))
+    specs += [ServiceSpec(f"connector-{n}", port or 0, connector=n) for n, port in connectors]
+    taken = {s.port for s in specs}
+    next_port = port_base + len(PORT_OFFSETS)
+    numbered = []
+    for spec in specs:
+        if spec.port == 0:
+            while next_port in taken:
+                next_port += 1
+            spec = dataclasses.replace(spec, port=next_port)  # noqa: PLW2901 - numbering
+            taken.add(next_port)
+        numbered.append(spec)
+    return numbered
 
 
 def _data_dir(settings: Settings) -> Path:
@@ -103,6 +124,7 @@ async def build_service(
     *,
     port: int = 0,
     provider: str | None = None,
+    connector: str | None = None,
     group_suffix: str = "",
     clock: Callable[[], datetime] | None = None,
 ) -> ServiceHost:
@@ -211,30 +233,55 @@ async def build_service(
                 reason_code="BAD_CONFIG",
                 hint="Run: dp2 run mailbox --provider ID",
             )
-        topic = provider_topic(provider).name
-        await ensure_topics(bootstrap, [provider_topic(provider)])
-        mailbox_store = MailboxStore(data / f"mailbox-{provider}.sqlite")
-        mailbox = MailboxProvider(
-            provider,
-            Pki(pki_root).identity(provider_identity_name(provider)),
-            TrustStore(pki_root),
-            mailbox_store,
-            FileBlobStore(settings.home / "blobs"),
-            pseudonyms=Pseudonymizer(pseudonym_key(settings.home)),
-        )
-        return ServiceHost(
-            f"mailbox-{provider}",
-            [worker(f"mailbox-{provider}", [topic], mailbox.handle)],
-            registry,
-            port=port,
-            on_stop=[_async(mailbox_store.close)],
-        )
+        return await _mailbox(provider, settings, registry, worker, port=port, data=data)
     if kind == "notifier":
         return _notifier(settings, registry, worker, port=port, data=data)
+    if kind == "connector":
+        if not connector:
+            raise Dp2Error(
+                "a connector service needs --name",
+                reason_code="BAD_CONFIG",
+                hint="Run: dp2 run connector --name NAME (see dp2 connectors list).",
+            )
+        return await build_connector_service(
+            connector, settings, port=port, group_suffix=group_suffix
+        )
     raise Dp2Error(
         f"no service called {kind!r}",
         reason_code="UNKNOWN_SERVICE",
-        hint="Choose tracing, validator, router or mailbox.",
+        hint="Choose tracing, validator, router, mailbox, notifier or connector.",
+    )
+
+
+async def _mailbox(
+    provider: str,
+    settings: Settings,
+    registry: CollectorRegistry,
+    worker: Callable[..., KafkaWorker],
+    *,
+    port: int,
+    data: Path,
+) -> ServiceHost:
+    """The reference mailbox of ``provider``: connectors.delivery into a MailboxStore."""
+    topic = provider_topic(provider).name
+    await ensure_topics(settings.kafka_bootstrap, [provider_topic(provider)])
+    mailbox_store = MailboxStore(data / f"mailbox-{provider}.sqlite")
+    pki_root = settings.home / "pki"
+    mailbox = DeliveryHandler(
+        provider,
+        Pki(pki_root).identity(provider_identity_name(provider)),
+        TrustStore(pki_root),
+        mailbox_store,
+        FileBlobStore(settings.home / "blobs"),
+        pseudonyms=Pseudonymizer(pseudonym_key(settings.home)),
+        facts=lambda plain: notification_facts(plain, provider),
+    )
+    return ServiceHost(
+        f"mailbox-{provider}",
+        [worker(f"mailbox-{provider}", [topic], mailbox.handle)],
+        registry,
+        port=port,
+        on_stop=[_async(mailbox_store.close)],
     )
 
 
@@ -337,9 +384,11 @@ async def _ensure_provider_topics(bootstrap: str, router: Router, outputs: list[
         _created_topics.update(missing)
 
 
-async def run_service(kind: str, settings: Settings, port: int, provider: str | None) -> None:
+async def run_service(
+    kind: str, settings: Settings, port: int, provider: str | None, connector: str | None = None
+) -> None:
     """Run one service until SIGTERM/SIGINT (``dp2 run``)."""
-    host = await build_service(kind, settings, port=port, provider=provider)
+    host = await build_service(kind, settings, port=port, provider=provider, connector=connector)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -1,39 +1,28 @@
-"""Reference mailbox provider: where a digital letter finally lands and is decrypted.
+"""Reference mailbox provider: where a digital letter finally lands, in clear.
 
 Why it exists: it is the other end of the encryption — the only place (with the
 recipient's own apps) where documents and the recipient's CPR number are in clear —
-and the model for real providers' connectors. It consumes
-``dp2.deliver.<provider>``, verifies the sender's signature again (end-to-end
-authenticity: the backbone is not trusted with integrity either), decrypts with
-the provider's X25519 key, stores the plain message in SQLite, and emits DELIVERED
-signed by the provider.
+and the model for real providers' connectors. connectors.delivery does the
+security work (verify again, decrypt, DELIVERED signed by the provider); this
+module is the store it hands plain messages to, and the facts it lets the
+notifier use.
 
 Exactly once, under Kafka redelivery: the store's primary key is the message UUID
 (``INSERT OR IGNORE``), and the DELIVERED event's id is derived from provider and
 message, so re-processing after a crash re-emits the *same* event, which the trace
-keeps once. A message that cannot be opened gets FAILED with its reason.
+keeps once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import structlog
-from aiokafka import ConsumerRecord
-from cryptography import x509
 
-from brokers import crypto, sqlite
-from brokers.blobstore import BlobStore
-from brokers.pki import Identity, TrustStore
-from brokers.service import Output, lifecycle_output, source_of
-from brokers.validator import SIGNER_CERT_HEADER
+from brokers import sqlite
 from schemas import codec
-from schemas.errors import Dp2Error
-from schemas.models import Envelope, LifecycleEvent, LifecycleState, MessageType
-from tracing import context
+from schemas.models import Envelope, MessageType
 
 log = structlog.get_logger("dp2.mailbox")
 
@@ -49,6 +38,11 @@ class MailboxStore:
             " received_at TEXT NOT NULL, envelope BLOB NOT NULL)"
         )
         self._db.commit()
+
+    async def receive(self, message: Envelope) -> None:
+        """The Receiver side of connectors.delivery: store it (a repeat changes nothing)."""
+        stored = self.put(message)
+        log.info("stored", message_id=message.header.messageUUID, first_time=stored)
 
     def put(self, envelope: Envelope) -> bool:
         """Store a plain envelope; False if this UUID is already in the mailbox."""
@@ -84,91 +78,6 @@ class MailboxStore:
 
     def close(self) -> None:
         self._db.close()
-
-
-class MailboxProvider:
-    """The handler of a provider's delivery topic."""
-
-    def __init__(
-        self,
-        provider_id: str,
-        identity: Identity,
-        trust: TrustStore,
-        store: MailboxStore,
-        blob_store: BlobStore,
-        *,
-        pseudonyms: crypto.Pseudonymizer,
-    ) -> None:
-        if identity.encryption_key is None:
-            raise Dp2Error(
-                f"identity {identity.name!r} has no encryption key",
-                reason_code="NOT_A_PROVIDER",
-                hint="Issue it with: dp2 pki issue provider --id " + provider_id,
-            )
-        self.provider_id = provider_id
-        self.actor = f"mailbox:{provider_id}"
-        self._identity = identity
-        self._decryption_key = identity.encryption_key
-        self._trust = trust
-        self._store = store
-        self._blobs = blob_store
-        self._pseudonyms = pseudonyms
-
-    async def handle(self, record: ConsumerRecord[bytes, bytes]) -> Sequence[Output]:
-        sealed = codec.decode(record.value or b"", Envelope)
-        header = sealed.header
-        common: dict[str, Any] = {
-            "sender_id": header.sender.senderID,
-            "recipient_ref": header.recipient.recipientID,
-        }
-        try:
-            certificate = self._signer(sealed, record)
-            self._trust.reload()
-            self._trust.verify_certificate(certificate, datetime.now(UTC))
-            crypto.verify_envelope(sealed, certificate)
-            plain = crypto.open_envelope(
-                sealed, self._decryption_key, self._blobs, pseudonymizer=self._pseudonyms
-            )
-        except Dp2Error as exc:
-            if exc.retriable:
-                raise
-            return [
-                lifecycle_output(
-                    header.messageUUID,
-                    LifecycleState.FAILED,
-                    self.actor,
-                    reason_code=exc.reason_code,
-                    reason_text=f"{exc.message.rstrip('.')}. {exc.hint}",
-                    source=source_of(record),
-                    **common,
-                )
-            ]
-        stored = self._store.put(plain)
-        log.info("delivered", message_id=header.messageUUID, first_time=stored)
-        event_output = lifecycle_output(
-            header.messageUUID,
-            LifecycleState.DELIVERED,
-            self.actor,
-            channel="digital",
-            attributes=notification_facts(plain, self.provider_id),
-            source="delivered",  # one DELIVERED per message and provider, however often
-            **common,
-        )
-        event = codec.decode(event_output.value, LifecycleEvent)
-        signed = crypto.sign_event(event, self._identity.private_key, self._identity.fingerprint)
-        return [Output(event_output.topic, codec.encode(signed), key=event_output.key)]
-
-    def _signer(self, sealed: Envelope, record: ConsumerRecord[bytes, bytes]) -> x509.Certificate:
-        der = context.header_value(record.headers, SIGNER_CERT_HEADER)
-        if der is not None:
-            return x509.load_der_x509_certificate(der)
-        if sealed.signature is None:
-            raise crypto.SecurityError(
-                "the envelope is not signed",
-                reason_code="SIGNATURE_MISSING",
-                hint="Only signed envelopes are delivered.",
-            )
-        return self._trust.certificate(sealed.signature.signerCertificate)
 
 
 def notification_facts(plain: Envelope, provider_id: str) -> dict[str, str]:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,6 +47,16 @@ def test_whole_stack_from_the_command_line(tmp_path: Path) -> None:
             check=False,
         )
 
+    # The example connector (examples/folder-connector, installed by `make install`)
+    # is configured, not coded in: dp2 up finds it through its entry point.
+    outbox, inbox = tmp_path / "outbox", tmp_path / "inbox"
+    assert dp2("pki", "init").returncode == 0
+    assert dp2("pki", "issue", "provider", "--id", "foldercorp").returncode == 0
+    (tmp_path / "connectors.toml").write_text(
+        "[connectors.folder]\n"
+        'identity = "demo-kommune"\nsender_cvr = "29189846"\nsender_label = "Demo Kommune"\n'
+        f'outbox_dir = "{outbox}"\nprovider = "foldercorp"\ninbox_dir = "{inbox}"\n'
+    )
     try:
         up = dp2("up", "--detach", "--demo")
         assert up.returncode == 0, up.stderr
@@ -89,8 +102,57 @@ def test_whole_stack_from_the_command_line(tmp_path: Path) -> None:
 
         unknown = dp2("trace", "00000000-0000-4000-8000-000000000000")
         assert unknown.returncode == 1 and "UNKNOWN_MESSAGE" in unknown.stderr
+
+        _folder_connector_moves_a_letter(dp2, tmp_path, outbox, inbox)
     finally:
         down = dp2("down")
     assert down.returncode == 0, down.stderr
     after = json.loads(dp2("status", "--json").stdout)["services"]
     assert [s["health"] for s in after] == ["down"], after
+
+
+def _folder_connector_moves_a_letter(
+    dp2: Callable[..., subprocess.CompletedProcess[str]], home: Path, outbox: Path, inbox: Path
+) -> None:
+    """A letter dropped in the example connector's outbox arrives in its inbox, via Kafka."""
+    listed = {c["name"]: c for c in json.loads(dp2("connectors", "list", "--json").stdout)}
+    assert listed["folder"]["entry_point"] == "dp2_folder_connector:create"
+    assert listed["folder"]["runs_with_dp2_up"]
+    services = {s["name"]: s for s in json.loads(dp2("status", "--json").stdout)["services"]}
+    assert services["connector-folder"]["health"] == "up"
+    assert "mailbox-foldercorp" not in services, "the connector is foldercorp's mailbox"
+
+    register = home / "folder-contacts.json"
+    register.write_text(
+        json.dumps(
+            [
+                {
+                    "id": "11223344",
+                    "idType": "CVR",
+                    "status": "REGISTERED",
+                    "provider": "foldercorp",
+                    "name": "Mappe ApS",
+                }
+            ]
+        )
+    )
+    assert dp2("contacts", "load", str(register)).returncode == 0
+    time.sleep(1)  # the connector's SDK client reads the register as it changes
+    (outbox / ".letter.part").write_text(
+        json.dumps({"to": "11223344", "toType": "CVR", "label": "Til mappen", "text": "Hej mappe"})
+    )
+    (outbox / ".letter.part").replace(outbox / "letter.json")
+
+    receipts = outbox / "sent" / "letter.receipts.json"
+    deadline = time.monotonic() + 60
+    doc: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, ValueError):  # not yet there, or being written
+            doc = json.loads(receipts.read_text())
+        if "DELIVERED" in [e["state"] for e in doc.get("events", [])]:
+            break
+        time.sleep(0.5)
+    assert "DELIVERED" in [e["state"] for e in doc.get("events", [])], doc
+    received = json.loads((inbox / f"{doc['messageUUID']}.json").read_text())
+    assert received["label"] == "Til mappen"
+    assert received["documents"][0]["text"] == "Hej mappe"

@@ -1,0 +1,153 @@
+"""The receiving end of the backbone, shared by every connector that gets post.
+
+Why it exists: whoever receives a message — the reference mailbox, an authority's
+ESDH connector, a vendor's mailbox app — must do the same security work before
+trusting it, and it must not be re-implemented (and got wrong) per vendor. A
+``DeliveryHandler`` consumes ``dp2.deliver.<provider>``, and for each envelope:
+
+1. verifies the sender's signature and certificate (chain, validity, revocation)
+   again — end-to-end authenticity: the backbone is not trusted with integrity;
+2. decrypts the documents with the provider's X25519 key and restores the sealed
+   personal data (CPR numbers) — the plaintext exists only from here on;
+3. hands the plain message to the receiver (``await receiver.receive(message)``),
+   which stores it durably and idempotently;
+4. emits DELIVERED signed by the provider, with the facts the notifier may use.
+
+A message that cannot be verified or opened gets FAILED with its reason (and is
+not handed over). Exactly once under Kafka redelivery: the DELIVERED event's id is
+derived from provider and message, so re-processing re-emits the *same* event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import structlog
+from aiokafka import ConsumerRecord
+from cryptography import x509
+
+from brokers import crypto
+from brokers.blobstore import BlobStore
+from brokers.pki import Identity, TrustStore
+from brokers.service import Output, lifecycle_output, source_of
+from brokers.validator import SIGNER_CERT_HEADER
+from schemas import codec
+from schemas.errors import Dp2Error
+from schemas.models import Envelope, LifecycleEvent, LifecycleState
+from tracing import context
+
+log = structlog.get_logger("dp2.delivery")
+
+
+class Receiver(Protocol):
+    """Where verified, decrypted post goes (a mailbox store, an ESDH journal queue)."""
+
+    async def receive(self, message: Envelope) -> None: ...
+
+
+Facts = Callable[[Envelope], dict[str, str]]
+
+
+class DeliveryHandler:
+    """The handler of one provider's delivery topic (see the module docstring)."""
+
+    def __init__(
+        self,
+        provider_id: str,
+        identity: Identity,
+        trust: TrustStore,
+        receiver: Receiver | Callable[[Envelope], Awaitable[None]],
+        blob_store: BlobStore,
+        *,
+        pseudonyms: crypto.Pseudonymizer,
+        actor: str | None = None,
+        facts: Facts | None = None,
+    ) -> None:
+        if identity.encryption_key is None:
+            raise Dp2Error(
+                f"identity {identity.name!r} has no encryption key",
+                reason_code="NOT_A_PROVIDER",
+                hint="Issue it with: dp2 pki issue provider --id " + provider_id,
+            )
+        self.provider_id = provider_id
+        self.actor = actor or f"mailbox:{provider_id}"
+        self._identity = identity
+        self._decryption_key = identity.encryption_key
+        self._trust = trust
+        self._receive = receiver.receive if hasattr(receiver, "receive") else receiver
+        self._blobs = blob_store
+        self._pseudonyms = pseudonyms
+        self._facts = facts or (lambda plain: {"provider": provider_id})
+
+    async def handle(self, record: ConsumerRecord[bytes, bytes]) -> Sequence[Output]:
+        sealed = codec.decode(record.value or b"", Envelope)
+        header = sealed.header
+        common: dict[str, Any] = {
+            "sender_id": header.sender.senderID,
+            "recipient_ref": header.recipient.recipientID,
+        }
+        try:
+            plain = self.open(sealed, record)
+        except Dp2Error as exc:
+            if exc.retriable:
+                raise
+            return [
+                lifecycle_output(
+                    header.messageUUID,
+                    LifecycleState.FAILED,
+                    self.actor,
+                    reason_code=exc.reason_code,
+                    reason_text=f"{exc.message.rstrip('.')}. {exc.hint}",
+                    source=source_of(record),
+                    **common,
+                )
+            ]
+        await self._receive(plain)
+        log.info("delivered", message_id=header.messageUUID, provider=self.provider_id)
+        event_output = lifecycle_output(
+            header.messageUUID,
+            LifecycleState.DELIVERED,
+            self.actor,
+            channel="digital",
+            attributes=self._facts(plain),
+            source="delivered",  # one DELIVERED per message and provider, however often
+            **common,
+        )
+        return [self.signed(event_output)]
+
+    def open(self, sealed: Envelope, record: ConsumerRecord[bytes, bytes]) -> Envelope:
+        """The verified, decrypted message (raises a Dp2Error saying what failed)."""
+        certificate = self._signer(sealed, record)
+        self._trust.reload()
+        self._trust.verify_certificate(certificate, datetime.now(UTC))
+        crypto.verify_envelope(sealed, certificate)
+        return crypto.open_envelope(
+            sealed, self._decryption_key, self._blobs, pseudonymizer=self._pseudonyms
+        )
+
+    def signed(self, event_output: Output) -> Output:
+        """A lifecycle output signed by this provider (a receipt others can verify)."""
+        event = codec.decode(event_output.value, LifecycleEvent)
+        signed = crypto.sign_event(event, self._identity.private_key, self._identity.fingerprint)
+        return Output(event_output.topic, codec.encode(signed), key=event_output.key)
+
+    def _signer(self, sealed: Envelope, record: ConsumerRecord[bytes, bytes]) -> x509.Certificate:
+        der = context.header_value(record.headers, SIGNER_CERT_HEADER)
+        if der is not None:
+            try:
+                return x509.load_der_x509_certificate(der)
+            except ValueError as exc:
+                raise crypto.SecurityError(
+                    "the dp2-signer-cert header is not a DER certificate",
+                    reason_code="UNKNOWN_CERTIFICATE",
+                    hint="The validator should have rejected this; re-drive it through it.",
+                ) from exc
+        if sealed.signature is None:
+            raise crypto.SecurityError(
+                "the envelope is not signed",
+                reason_code="SIGNATURE_MISSING",
+                hint="Only signed envelopes are delivered.",
+            )
+        return self._trust.certificate(sealed.signature.signerCertificate)
