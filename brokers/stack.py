@@ -12,6 +12,11 @@ port. ``build_service`` is also what tests use to run services in-process.
 | router | 8472 | dp2.accepted | dp2.deliver.*, dp2.print, dp2.scheduled |
 | mailbox-<id> | 8473+ | dp2.deliver.<id> | dp2.lifecycle (DELIVERED) |
 | notifier | after the mailboxes | dp2.lifecycle (DELIVERED) | SMS, e-mail; NOTIFIED |
+| connector-<name> | ``port`` or next | its delivery topic, its own | its work |
+
+Connectors are whatever is installed in the ``dp2.connectors`` entry-point group
+and configured in ``$DP2_HOME/connectors.toml`` (connectors.base); a receiving
+connector is its provider's mailbox, so no reference mailbox runs for that provider.
 
 Run files live in ``$DP2_HOME/run/<service>.json`` (pid, url); logs in
 ``$DP2_HOME/logs/<service>.log``.

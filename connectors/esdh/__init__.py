@@ -1,0 +1,1 @@
+"""ESDH connector: case systems speak MeMo to DP2."""

@@ -1,0 +1,542 @@
+"""The ESDH connector: an authority's case system keeps speaking MeMo, DP2 does the rest.
+
+Why it exists: authorities' case-management (ESDH) systems already produce and
+consume MeMo 1.1/1.2 for Digital Post. Moving to DP2 must not mean rebuilding those
+integrations, so this connector stands where the national service stood:
+
+- **Sending.** ``POST /memo`` takes one MeMo message (or a file dropped in the
+  watched ``inbox_dir``), validates every MeMo rule (connectors.esdh.memo),
+  signs, encrypts and submits it with the SDK, and answers at once with a
+  technical receipt echoing the message UUID. A resend of the same message is
+  answered ``DUPLICATE`` with the first receipt; a UUID reused for other content
+  is a conflict.
+- **Business receipts.** Every lifecycle event of a message it sent (ACCEPTED,
+  DELIVERED, PRINTED, READ, FAILED, ...) is queued durably and POSTed to the
+  ESDH's ``receipts_url`` until the ESDH answers 2xx — an ESDH that is down gets
+  them, in order, when it comes back.
+- **Journaling.** As the mailbox provider ``provider`` of the authority's CVR, it
+  receives replies and citizens' messages (verified and decrypted by
+  connectors.delivery), and journals each into the ESDH — ``journal_url`` (HTTP)
+  or ``journal_dir`` (a folder drop) — on the case named by ContentData's CaseID,
+  else the case of the message it replies to. Then it emits JOURNALED. Until the
+  ESDH takes it, it stays pending: in ``GET /journal``, in /healthz (degraded) and
+  in ``dp2_esdh_backlog``.
+
+Configuration (``[connectors.esdh]`` in ``$DP2_HOME/connectors.toml``)::
+
+    cvr = "29189846"                 # the authority
+    identity = "aarhus"              # PKI identity that signs its post
+    provider = "esdh-aarhus"         # provider id its CVR receives post at
+    receipts_url = "http://esdh.example/dp2/receipts"   # optional
+    journal_url = "http://esdh.example/dp2/journal"     # or journal_dir = "/srv/journal"
+    inbox_dir = "/srv/memo-out"      # optional watched folder
+    port = 8480                      # optional; HTTP API
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import structlog
+from aiohttp import web
+from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka.errors import KafkaError
+from prometheus_client import Counter, Gauge
+
+from brokers import crypto
+from brokers.contacts import pseudonym_key
+from brokers.pki import Pki, provider_identity_name
+from brokers.service import KafkaWorker, Output, lifecycle_output, new_producer
+from connectors.base import ConnectorContext
+from connectors.esdh import memo
+from connectors.esdh.openapi import openapi_document
+from connectors.esdh.store import EsdhStore, JournalEntry
+from connectors.sdk import Dp2Client
+from schemas import codec
+from schemas.errors import ConfigError, Dp2Error, SchemaError
+from schemas.models import Envelope, IdType, LifecycleEvent, LifecycleState
+
+log = structlog.get_logger("dp2.esdh")
+
+XML_TYPES = {"application/xml", "text/xml", "application/memo+xml"}
+_SAFE_PATH = re.compile(r"[^A-Za-z0-9._-]")
+
+
+@dataclass(frozen=True, slots=True)
+class EsdhConfig:
+    cvr: str
+    identity: str
+    provider: str
+    receipts_url: str | None = None
+    journal_url: str | None = None
+    journal_dir: Path | None = None
+    inbox_dir: Path | None = None
+    poll_s: float = 1.0
+    retry_max_s: float = 60.0
+
+    @classmethod
+    def from_context(cls, context: ConnectorContext) -> EsdhConfig:
+        cvr = str(context.require("cvr"))
+        if len(cvr) != 8 or not cvr.isdigit():
+            raise ConfigError(
+                f"connector {context.name!r}: cvr must be 8 digits",
+                hint='Write the authority\'s CVR as a quoted string, e.g. cvr = "01234567".',
+            )
+        journal_dir = context.option("journal_dir")
+        inbox_dir = context.option("inbox_dir")
+        return cls(
+            cvr=cvr,
+            identity=str(context.require("identity")),
+            provider=str(context.require("provider")),
+            receipts_url=context.option("receipts_url"),
+            journal_url=context.option("journal_url"),
+            journal_dir=Path(journal_dir) if journal_dir else context.data_dir / "journal",
+            inbox_dir=Path(inbox_dir) if inbox_dir else None,
+            poll_s=float(context.option("poll_s", 1.0)),
+            retry_max_s=float(context.option("retry_max_s", 60.0)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """An HTTP answer (status and JSON body), also written next to a dropped file."""
+
+    status: int
+    body: dict[str, Any]
+
+
+def create(context: ConnectorContext) -> EsdhConnector:
+    """The ``dp2.connectors`` entry point."""
+    return EsdhConnector(context, EsdhConfig.from_context(context))
+
+
+class EsdhConnector:
+    """See the module docstring; implements Connector, ReceivingConnector, HttpConnector."""
+
+    def __init__(self, context: ConnectorContext, config: EsdhConfig) -> None:
+        self.name = context.name
+        self.provider_id = config.provider
+        self.config = config
+        self.actor = f"connector:{context.name}"
+        self._context = context
+        self._store = EsdhStore(context.data_dir / "esdh.sqlite")
+        pki = Pki(context.settings.home / "pki")
+        self._provider_identity = pki.identity(provider_identity_name(config.provider))
+        self._pseudonyms = crypto.Pseudonymizer(pseudonym_key(context.settings.home))
+        self._client = Dp2Client.from_settings(context.settings, config.identity, actor=self.actor)
+        self._producer: AIOKafkaProducer | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._receipts_worker: KafkaWorker = context.worker(
+            "receipts", ["dp2.lifecycle"], self._on_event
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+        self._submissions = Counter(
+            "dp2_esdh_submissions",
+            "MeMo messages submitted by the ESDH, by outcome",
+            ["outcome"],
+            registry=context.registry,
+        )
+        self._backlog = Gauge(
+            "dp2_esdh_backlog",
+            "Receipts and journal entries waiting for the ESDH to accept them",
+            ["kind"],
+            registry=context.registry,
+        )
+
+    # --- Connector --------------------------------------------------------------
+    async def start(self) -> None:
+        if self._producer is not None:
+            return
+        await self._client.start()
+        self._producer = new_producer(self._context.settings.kafka_bootstrap)
+        await self._producer.start()
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        await self._receipts_worker.start()
+        loops: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            ("receipts", self._deliver_receipts),
+            ("journal", self._journal_due),
+        ]
+        if self.config.inbox_dir is not None:
+            self.config.inbox_dir.mkdir(parents=True, exist_ok=True)
+            loops.append(("inbox", self._scan_inbox))
+        for name, step in loops:
+            self._tasks.append(asyncio.create_task(self._loop(name, step), name=f"esdh:{name}"))
+
+    async def stop(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._receipts_worker.stop()
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()
+            await self._client.stop()
+            self._store.close()
+
+    def health(self) -> Mapping[str, Any]:
+        backlog = self._store.backlog()
+        for kind in ("receipts", "journal"):
+            self._backlog.labels(kind).set(backlog[f"{kind}Pending"])
+        failing = backlog["receiptsFailing"] or backlog["journalFailing"]
+        return {
+            "check": "esdh",
+            "status": "degraded" if failing else "ok",
+            **backlog,
+            "receiptsWorker": self._receipts_worker.health(),
+        }
+
+    def routes(self) -> Iterable[web.AbstractRouteDef]:
+        return [
+            web.post("/memo", self._post_memo),
+            web.get("/messages/{message_uuid}", self._get_message),
+            web.get("/journal", self._get_journal),
+            web.get("/openapi.json", self._get_openapi),
+        ]
+
+    # --- sending ----------------------------------------------------------------
+    async def submit_memo(self, xml: bytes) -> Answer:
+        """Validate, sign, encrypt and submit one MeMo message (HTTP and folder)."""
+        try:
+            message = memo.parse_and_validate(xml, now=datetime.now(UTC))
+            self._check_sender(message)
+        except memo.MemoError as exc:
+            self._submissions.labels("invalid").inc()
+            return Answer(422, _error_body(exc, violations=exc.violations))
+        header = message.header
+        case = header.contentData.caseID if header.contentData else None
+        claim, first = self._store.claim(
+            header.messageUUID,
+            hashlib.sha256(memo.to_xml(message)).hexdigest(),
+            case.caseID if case else None,
+            case.caseSystem if case else None,
+        )
+        if claim == "new":
+            return await self._send(message)
+        self._submissions.labels(claim).inc()
+        if claim == "duplicate":
+            return Answer(
+                200, {"messageUUID": header.messageUUID, "status": "DUPLICATE", "receipt": first}
+            )
+        return Answer(
+            409,
+            _error_body(
+                Dp2Error(
+                    f"messageUUID {header.messageUUID} was already used for another message",
+                    reason_code="MEMO_UUID_REUSED",
+                    hint="Give every new message a new version-4 UUID; resend a message "
+                    "only unchanged.",
+                )
+            ),
+        )
+
+    def _check_sender(self, message: Envelope) -> None:
+        sender = message.header.sender
+        if sender.idType is not IdType.CVR or sender.senderID != self.config.cvr:
+            raise memo.MemoError(
+                [
+                    memo.Violation(
+                        code="MEMO_WRONG_SENDER",
+                        path="MessageHeader/Sender/senderID",
+                        message="the sender is not the CVR this connector sends for",
+                        hint=f"Set Sender/senderID to {self.config.cvr} with idType CVR, or "
+                        "send through the connector of the authority named there.",
+                    )
+                ]
+            )
+
+    async def _send(self, message: Envelope) -> Answer:
+        """Seal, sign and submit a claimed message; release the claim if it did not go."""
+        message_uuid = message.header.messageUUID
+        try:
+            receipt = await self._client.send(message)
+        except (KafkaError, OSError) as exc:
+            self._store.release(message_uuid)
+            self._submissions.labels("unavailable").inc()
+            log.warning("submit_failed", message_id=message_uuid, error=repr(exc))
+            return Answer(
+                503,
+                _error_body(
+                    Dp2Error(
+                        "the backbone did not take the message; nothing was sent",
+                        reason_code="BACKBONE_UNAVAILABLE",
+                        hint="Resend the same message unchanged in a little while.",
+                    )
+                ),
+            )
+        except Dp2Error as exc:  # MessageError, an unknown provider key, ...
+            self._store.release(message_uuid)
+            self._submissions.labels("refused").inc()
+            return Answer(503 if exc.retriable else 422, _error_body(exc))
+        body = {
+            "messageUUID": receipt.message_uuid,
+            "status": "SUBMITTED",
+            "submittedAt": _iso(receipt.submitted_at),
+            "kafka": {
+                "topic": receipt.topic,
+                "partition": receipt.partition,
+                "offset": receipt.offset,
+            },
+            "traceparent": receipt.traceparent,
+        }
+        self._store.sent(message_uuid, body)
+        self._submissions.labels("submitted").inc()
+        log.info("memo_submitted", message_id=message_uuid)
+        return Answer(202, {**body, "receipt": dict(body)})
+
+    async def _post_memo(self, request: web.Request) -> web.Response:
+        if request.content_type not in XML_TYPES:
+            return _json(
+                415,
+                _error_body(
+                    Dp2Error(
+                        f"Content-Type {request.content_type!r} is not MeMo XML",
+                        reason_code="UNSUPPORTED_MEDIA_TYPE",
+                        hint="POST one MeMo message with Content-Type: application/xml.",
+                    )
+                ),
+            )
+        answer = await self.submit_memo(await request.read())
+        return _json(answer.status, answer.body)
+
+    async def _get_message(self, request: web.Request) -> web.Response:
+        message_uuid = request.match_info["message_uuid"]
+        found = self._store.message(message_uuid)
+        if found is None:
+            return _json(
+                404,
+                _error_body(
+                    Dp2Error(
+                        "this connector has not sent a message with that UUID",
+                        reason_code="UNKNOWN_MESSAGE",
+                        hint="Use the messageUUID from the receipt of POST /memo.",
+                    )
+                ),
+            )
+        return _json(200, found)
+
+    async def _get_journal(self, request: web.Request) -> web.Response:
+        status = request.query.get("status", "pending")
+        if status not in {"pending", "journaled", "all"}:
+            return _json(
+                400,
+                _error_body(
+                    Dp2Error(
+                        f"status {status!r} is not a journal status",
+                        reason_code="BAD_QUERY",
+                        hint="Use status=pending, journaled or all.",
+                    )
+                ),
+            )
+        return _json(200, {"entries": self._store.journal_list(status)})
+
+    async def _get_openapi(self, _: web.Request) -> web.Response:
+        return _json(200, openapi_document())
+
+    async def _scan_inbox(self) -> None:
+        """Submit each ``*.xml`` in the watched folder; move it to processed/ or failed/."""
+        inbox = self.config.inbox_dir
+        assert inbox is not None  # noqa: S101 - the loop only runs with an inbox
+        for path in sorted(inbox.glob("*.xml")):
+            answer = await self.submit_memo(await asyncio.to_thread(path.read_bytes))
+            if answer.status == 503:
+                return  # the backbone is away: the file waits for the next scan
+            target = inbox / ("failed" if answer.status >= 400 else "processed")
+            target.mkdir(exist_ok=True)
+            suffix = ".error.json" if answer.status >= 400 else ".receipt.json"
+            (target / (path.name + suffix)).write_text(json.dumps(answer.body, indent=2))
+            path.replace(target / path.name)
+
+    # --- business receipts ------------------------------------------------------
+    async def _on_event(self, record: ConsumerRecord[bytes, bytes]) -> Sequence[Output]:
+        try:
+            event = codec.decode(record.value or b"", LifecycleEvent)
+        except SchemaError:
+            return []  # not ours to judge: the tracing service dead-letters it
+        if not self._store.is_ours(event.messageUUID):
+            return []
+        case = self._store.case_of(event.messageUUID)
+        self._store.queue_receipt(
+            event.eventId,
+            event.messageUUID,
+            {
+                "messageUUID": event.messageUUID,
+                "eventId": event.eventId,
+                "state": event.state.value,
+                "occurredAt": _iso(event.occurredAt),
+                "reasonCode": event.reasonCode,
+                "reasonText": event.reasonText,
+                "channel": event.channel,
+                "caseID": case[0] if case else None,
+            },
+        )
+        return []
+
+    async def _deliver_receipts(self) -> None:
+        url = self.config.receipts_url
+        if url is None:
+            return
+        for receipt in self._store.due_receipts(time.time()):
+            error = await self._post_json(url, receipt.payload)
+            if error is None:
+                self._store.receipt_delivered(receipt.seq)
+                continue
+            self._store.receipt_failed(receipt.seq, error, self._retry_at(receipt.attempts))
+            log.warning("receipt_not_delivered", message_id=receipt.message_uuid, error=error)
+            return  # the ESDH is not taking receipts: keep their order, try again later
+
+    # --- receiving and journaling -----------------------------------------------
+    async def receive(self, message: Envelope) -> None:
+        """Queue received post for the journal (durable; a repeat changes nothing)."""
+        header = message.header
+        case_id, case_system = None, None
+        if header.contentData and header.contentData.caseID:
+            case_id = header.contentData.caseID.caseID
+            case_system = header.contentData.caseID.caseSystem
+        reply_to = header.replyData[0].messageUUID if header.replyData else None
+        for reply in header.replyData:
+            known = self._store.case_of(reply.messageUUID)
+            if case_id is None and known is not None and known[0] is not None:
+                case_id, case_system = known
+            if case_id is None and reply.caseID:
+                case_id = reply.caseID
+        sender = header.sender
+        sender_ref = (
+            sender.senderID
+            if sender.idType is IdType.CVR
+            else self._pseudonyms.ref(sender.idType.value, sender.senderID)
+        )
+        self._store.queue_journal(
+            header.messageUUID,
+            case_id=case_id,
+            case_system=case_system,
+            reply_to=reply_to,
+            sender_ref=sender_ref,
+            memo=memo.to_xml(message),
+        )
+        log.info("journal_queued", message_id=header.messageUUID, has_case=case_id is not None)
+
+    async def _journal_due(self) -> None:
+        for entry in self._store.due_journal(time.time()):
+            error = await self._journal(entry)
+            if error is not None:
+                self._store.journal_failed(entry.seq, error, self._retry_at(entry.attempts))
+                log.warning("journal_failed", message_id=entry.message_uuid, error=error)
+                return
+            await self._announce_journaled(entry)
+            self._store.journaled(entry.seq)
+            log.info("journaled", message_id=entry.message_uuid)
+
+    async def _journal(self, entry: JournalEntry) -> str | None:
+        """Hand one entry to the ESDH; None when it took it, else what went wrong."""
+        meta = {
+            "messageUUID": entry.message_uuid,
+            "caseID": entry.case_id,
+            "caseSystem": entry.case_system,
+            "replyTo": entry.reply_to,
+            "receivedAt": entry.received_at,
+        }
+        if self.config.journal_url:
+            return await self._post_json(
+                self.config.journal_url, {**meta, "memo": entry.memo.decode("utf-8")}
+            )
+        folder = self.config.journal_dir
+        assert folder is not None  # noqa: S101 - from_context always sets one
+        case_dir = folder / _SAFE_PATH.sub("_", entry.case_id or "_unassigned")
+        try:
+            await asyncio.to_thread(_drop, case_dir, entry.message_uuid, entry.memo, meta)
+        except OSError as exc:
+            return f"cannot write to {case_dir}: {exc.strerror}"
+        return None
+
+    async def _announce_journaled(self, entry: JournalEntry) -> None:
+        output = lifecycle_output(
+            entry.message_uuid,
+            LifecycleState.JOURNALED,
+            self.actor,
+            sender_id=entry.sender_ref,
+            recipient_ref=self.config.cvr,
+            related=entry.reply_to,
+            attributes={
+                "caseID": entry.case_id or "",
+                "journal": "http" if self.config.journal_url else "folder",
+            },
+            source="journaled",  # the same event however often it is retried
+        )
+        event = codec.decode(output.value, LifecycleEvent)
+        identity = self._provider_identity
+        signed = crypto.sign_event(event, identity.private_key, identity.fingerprint)
+        assert self._producer is not None  # noqa: S101 - started before the loops
+        await self._producer.send_and_wait(output.topic, codec.encode(signed), key=output.key)
+
+    # --- plumbing ---------------------------------------------------------------
+    async def _post_json(self, url: str, payload: dict[str, Any]) -> str | None:
+        assert self._session is not None  # noqa: S101 - started before the loops
+        try:
+            async with self._session.post(url, json=payload) as response:
+                if 200 <= response.status < 300:
+                    return None
+                return f"HTTP {response.status} from {url}"
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return f"{type(exc).__name__} at {url}"
+
+    def _retry_at(self, attempts: int) -> float:
+        return time.time() + min(0.5 * float(2 ** min(attempts, 20)), self.config.retry_max_s)
+
+    async def _loop(self, name: str, step: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            try:
+                await step()
+            except Exception:  # a bug in one round must not stop receipts or journaling
+                log.exception("esdh_loop_error", loop=name)
+            await asyncio.sleep(self.config.poll_s)
+
+
+def _drop(case_dir: Path, message_uuid: str, xml: bytes, meta: dict[str, Any]) -> None:
+    """Write the MeMo file and its metadata atomically (the ESDH sees whole files only)."""
+    case_dir.mkdir(parents=True, exist_ok=True)
+    for name, data in (
+        (f"{message_uuid}.json", json.dumps(meta).encode()),
+        (
+            f"{message_uuid}.xml",
+            xml,
+        ),
+    ):
+        partial = case_dir / f".{name}.{uuid.uuid4().hex}.part"
+        partial.write_bytes(data)
+        partial.replace(case_dir / name)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _error_body(error: Dp2Error, violations: Sequence[memo.Violation] = ()) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "reasonCode": error.reason_code,
+        "message": error.message,
+        "hint": error.hint,
+    }
+    if violations:
+        body["violations"] = [v.as_dict() for v in violations]
+    return body
+
+
+def _json(status: int, body: dict[str, Any]) -> web.Response:
+    return web.json_response(body, status=status)

@@ -1,0 +1,258 @@
+"""The ESDH connector's durable state: what it sent, receipts owed, post to journal.
+
+Why SQLite and not memory: the connector promises an authority three things that
+must survive a restart — a resend of a MeMo message is recognised as the same
+message; every business receipt reaches the case system, however long it is down;
+and no reply is lost between Kafka and the journal. Each of those is a row here,
+written before the Kafka offset or HTTP answer that depends on it.
+
+Tables: ``sent`` (message UUID → digest, case, receipt), ``receipts`` (lifecycle
+events of sent messages, each delivered to the ESDH callback until acknowledged),
+``journal`` (received post, journaled into the ESDH until acknowledged).
+Nothing here holds a CPR number outside ``journal.memo`` (the authority's own copy).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from brokers import sqlite
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sent (
+    message_uuid TEXT PRIMARY KEY, digest TEXT NOT NULL, case_id TEXT, case_system TEXT,
+    status TEXT NOT NULL, receipt TEXT, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS receipts (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT UNIQUE NOT NULL,
+    message_uuid TEXT NOT NULL, payload TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL DEFAULT 0, last_error TEXT, delivered_at TEXT);
+CREATE INDEX IF NOT EXISTS receipts_pending ON receipts (delivered_at, seq);
+CREATE TABLE IF NOT EXISTS journal (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, message_uuid TEXT UNIQUE NOT NULL,
+    case_id TEXT, case_system TEXT, reply_to TEXT, sender_ref TEXT NOT NULL,
+    memo BLOB NOT NULL, received_at TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL DEFAULT 0, last_error TEXT, journaled_at TEXT);
+"""
+
+Claim = Literal["new", "duplicate", "conflict"]
+
+
+@dataclass(frozen=True, slots=True)
+class PendingReceipt:
+    seq: int
+    message_uuid: str
+    payload: dict[str, Any]
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    seq: int
+    message_uuid: str
+    case_id: str | None
+    case_system: str | None
+    reply_to: str | None
+    sender_ref: str
+    memo: bytes
+    received_at: str
+    attempts: int
+
+
+class EsdhStore:
+    def __init__(self, path: Path) -> None:
+        self._db = sqlite.connect(str(path))
+        self._db.executescript(_SCHEMA)
+        self._db.commit()
+
+    def close(self) -> None:
+        self._db.close()
+
+    # --- sent ---------------------------------------------------------------------
+    def claim(
+        self, message_uuid: str, digest: str, case_id: str | None, case_system: str | None
+    ) -> tuple[Claim, dict[str, Any] | None]:
+        """Reserve a UUID for sending: new, a duplicate of the same content (with the
+        first receipt), or a conflict (the UUID was used for other content)."""
+        row = self._db.execute(
+            "SELECT digest, receipt FROM sent WHERE message_uuid = ?", (message_uuid,)
+        ).fetchone()
+        if row is not None:
+            receipt = json.loads(row[1]) if row[1] else None
+            return ("duplicate" if row[0] == digest else "conflict"), receipt
+        self._db.execute(
+            "INSERT INTO sent VALUES (?, ?, ?, ?, 'sending', NULL, ?)",
+            (message_uuid, digest, case_id, case_system, _now()),
+        )
+        self._db.commit()
+        return "new", None
+
+    def sent(self, message_uuid: str, receipt: dict[str, Any]) -> None:
+        self._db.execute(
+            "UPDATE sent SET status = 'sent', receipt = ? WHERE message_uuid = ?",
+            (json.dumps(receipt), message_uuid),
+        )
+        self._db.commit()
+
+    def release(self, message_uuid: str) -> None:
+        """Forget a claim whose send failed, so that the resend is a first send."""
+        self._db.execute(
+            "DELETE FROM sent WHERE message_uuid = ? AND status = 'sending'", (message_uuid,)
+        )
+        self._db.commit()
+
+    def is_ours(self, message_uuid: str) -> bool:
+        return (
+            self._db.execute(
+                "SELECT 1 FROM sent WHERE message_uuid = ?", (message_uuid,)
+            ).fetchone()
+            is not None
+        )
+
+    def case_of(self, message_uuid: str) -> tuple[str | None, str | None] | None:
+        row = self._db.execute(
+            "SELECT case_id, case_system FROM sent WHERE message_uuid = ?", (message_uuid,)
+        ).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def message(self, message_uuid: str) -> dict[str, Any] | None:
+        """A sent message's receipt and its business receipts so far."""
+        row = self._db.execute(
+            "SELECT case_id, case_system, status, receipt, created_at FROM sent"
+            " WHERE message_uuid = ?",
+            (message_uuid,),
+        ).fetchone()
+        if row is None:
+            return None
+        receipts = [
+            {**json.loads(payload), "deliveredToEsdh": delivered is not None}
+            for payload, delivered in self._db.execute(
+                "SELECT payload, delivered_at FROM receipts WHERE message_uuid = ? ORDER BY seq",
+                (message_uuid,),
+            )
+        ]
+        return {
+            "messageUUID": message_uuid,
+            "caseID": row[0],
+            "caseSystem": row[1],
+            "status": row[2],
+            "receipt": json.loads(row[3]) if row[3] else None,
+            "createdAt": row[4],
+            "businessReceipts": receipts,
+        }
+
+    # --- receipts -----------------------------------------------------------------
+    def queue_receipt(self, event_id: str, message_uuid: str, payload: dict[str, Any]) -> bool:
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO receipts (event_id, message_uuid, payload) VALUES (?, ?, ?)",
+            (event_id, message_uuid, json.dumps(payload)),
+        )
+        self._db.commit()
+        return cursor.rowcount == 1
+
+    def due_receipts(self, now: float, limit: int = 100) -> list[PendingReceipt]:
+        rows = self._db.execute(
+            "SELECT seq, message_uuid, payload, attempts FROM receipts"
+            " WHERE delivered_at IS NULL AND next_at <= ? ORDER BY seq LIMIT ?",
+            (now, limit),
+        ).fetchall()
+        return [PendingReceipt(r[0], r[1], json.loads(r[2]), r[3]) for r in rows]
+
+    def receipt_delivered(self, seq: int) -> None:
+        self._db.execute("UPDATE receipts SET delivered_at = ? WHERE seq = ?", (_now(), seq))
+        self._db.commit()
+
+    def receipt_failed(self, seq: int, error: str, next_at: float) -> None:
+        self._db.execute(
+            "UPDATE receipts SET attempts = attempts + 1, last_error = ?, next_at = ?"
+            " WHERE seq = ?",
+            (error, next_at, seq),
+        )
+        self._db.commit()
+
+    # --- journal ------------------------------------------------------------------
+    def queue_journal(
+        self,
+        message_uuid: str,
+        *,
+        case_id: str | None,
+        case_system: str | None,
+        reply_to: str | None,
+        sender_ref: str,
+        memo: bytes,
+    ) -> bool:
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO journal (message_uuid, case_id, case_system, reply_to,"
+            " sender_ref, memo, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (message_uuid, case_id, case_system, reply_to, sender_ref, memo, _now()),
+        )
+        self._db.commit()
+        return cursor.rowcount == 1
+
+    def due_journal(self, now: float, limit: int = 20) -> list[JournalEntry]:
+        rows = self._db.execute(
+            "SELECT seq, message_uuid, case_id, case_system, reply_to, sender_ref, memo,"
+            " received_at, attempts FROM journal"
+            " WHERE journaled_at IS NULL AND next_at <= ? ORDER BY seq LIMIT ?",
+            (now, limit),
+        ).fetchall()
+        return [JournalEntry(*r) for r in rows]
+
+    def journaled(self, seq: int) -> None:
+        self._db.execute("UPDATE journal SET journaled_at = ? WHERE seq = ?", (_now(), seq))
+        self._db.commit()
+
+    def journal_failed(self, seq: int, error: str, next_at: float) -> None:
+        self._db.execute(
+            "UPDATE journal SET attempts = attempts + 1, last_error = ?, next_at = ? WHERE seq = ?",
+            (error, next_at, seq),
+        )
+        self._db.commit()
+
+    def journal_list(self, status: str) -> list[dict[str, Any]]:
+        """Journal entries without content: ``pending``, ``journaled`` or ``all``."""
+        rows = self._db.execute(
+            "SELECT message_uuid, case_id, case_system, reply_to, received_at, attempts,"
+            " last_error, journaled_at FROM journal WHERE ? = 'all'"
+            " OR (? = 'pending' AND journaled_at IS NULL)"
+            " OR (? = 'journaled' AND journaled_at IS NOT NULL) ORDER BY seq",
+            (status, status, status),
+        ).fetchall()
+        return [
+            {
+                "messageUUID": r[0],
+                "caseID": r[1],
+                "caseSystem": r[2],
+                "replyTo": r[3],
+                "receivedAt": r[4],
+                "attempts": r[5],
+                "lastError": r[6],
+                "journaledAt": r[7],
+                "status": "pending" if r[7] is None else "journaled",
+            }
+            for r in rows
+        ]
+
+    def backlog(self) -> dict[str, int]:
+        """Counts for health and metrics: what waits, and what has failed at least once."""
+        receipts, receipts_failing = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(attempts > 0), 0) FROM receipts"
+            " WHERE delivered_at IS NULL"
+        ).fetchone()
+        journal, journal_failing = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(attempts > 0), 0) FROM journal"
+            " WHERE journaled_at IS NULL"
+        ).fetchone()
+        return {
+            "receiptsPending": int(receipts),
+            "receiptsFailing": int(receipts_failing),
+            "journalPending": int(journal),
+            "journalFailing": int(journal_failing),
+        }
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()

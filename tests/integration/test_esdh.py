@@ -1,0 +1,410 @@
+"""The ESDH connector end to end: MeMo in over HTTP and a folder, receipts and journal out.
+
+A local aiohttp server plays the authority's case system (ESDH): it takes business
+receipts and journal entries, and can be taken down and brought back. The
+connector runs in-process on the session's real Kafka, next to the test stack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from brokers.contacts import publish_contacts, read_contact_file
+from brokers.service import ServiceHost
+from brokers.stack import build_service
+from connectors.esdh import memo
+from connectors.esdh.openapi import openapi_document
+from connectors.sdk import Document, build_message
+from schemas.models import (
+    CaseID,
+    ContentData,
+    Envelope,
+    File,
+    IdType,
+    InlineContent,
+    MainDocument,
+    MessageBody,
+    MessageHeader,
+    MessageType,
+    Recipient,
+    ReplyData,
+    Sender,
+)
+from tests.integration.conftest import PROVIDER, REGISTERED_CPR, Stack
+
+pytestmark = [pytest.mark.kafka]
+
+SAMPLES = Path(__file__).parent.parent / "data" / "memo"
+AUTHORITY_CVR = "29189846"
+AUTHORITY = "aarhus-esdh"
+ESDH_PROVIDER = "esdh-aarhus"
+
+
+class EsdhPeer:
+    """A case system on 127.0.0.1 that records receipts and journal entries."""
+
+    def __init__(self) -> None:
+        self.receipts: list[dict[str, Any]] = []
+        self.journal: list[dict[str, Any]] = []
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/receipts", self._take(self.receipts))
+        app.router.add_post("/journal", self._take(self.journal))
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @staticmethod
+    def _take(into: list[dict[str, Any]]) -> Any:
+        async def handler(request: web.Request) -> web.Response:
+            into.append(await request.json())
+            return web.json_response({"ok": True})
+
+        return handler
+
+    def states_of(self, message_uuid: str) -> list[str]:
+        return [r["state"] for r in self.receipts if r["messageUUID"] == message_uuid]
+
+
+@dataclass
+class Esdh:
+    host: ServiceHost
+    peer: EsdhPeer
+    inbox: Path
+    stack: Stack
+    session: aiohttp.ClientSession
+    sent: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        assert self.host.url is not None
+        return self.host.url
+
+    async def post(self, xml: bytes, content_type: str = "application/xml") -> tuple[int, Any]:
+        async with self.session.post(
+            f"{self.url}/memo", data=xml, headers={"Content-Type": content_type}
+        ) as response:
+            return response.status, await response.json()
+
+    async def get(self, path: str) -> tuple[int, Any]:
+        async with self.session.get(f"{self.url}{path}") as response:
+            return response.status, await response.json()
+
+
+async def _until(check: Any, timeout: float = 30.0, what: str = "condition") -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+async def esdh(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Esdh]:
+    """The ESDH connector for CVR 29189846, receiving as provider esdh-aarhus."""
+    home = stack.settings.home
+    stack.pki.issue_sender(AUTHORITY_CVR, AUTHORITY)
+    stack.pki.issue_provider(ESDH_PROVIDER)
+    register = tmp_path_factory.mktemp("esdh") / "contacts.json"
+    register.write_text(
+        json.dumps(
+            [
+                {
+                    "id": AUTHORITY_CVR,
+                    "idType": "CVR",
+                    "status": "REGISTERED",
+                    "provider": ESDH_PROVIDER,
+                    "name": "Aarhus Kommune",
+                }
+            ]
+        )
+    )
+    await publish_contacts(
+        stack.settings.kafka_bootstrap, read_contact_file(register, stack.pseudonyms)
+    )
+    peer = EsdhPeer()
+    await peer.start()
+    inbox = tmp_path_factory.mktemp("memo-inbox")
+    (home / "connectors.toml").write_text(
+        "[connectors.esdh]\n"
+        f'cvr = "{AUTHORITY_CVR}"\nidentity = "{AUTHORITY}"\nprovider = "{ESDH_PROVIDER}"\n'
+        f'receipts_url = "{peer.url}/receipts"\njournal_url = "{peer.url}/journal"\n'
+        f'inbox_dir = "{inbox}"\npoll_s = 0.2\nretry_max_s = 1.0\n'
+    )
+    host = await build_service(
+        "connector", stack.settings, connector="esdh", group_suffix=f".{uuid.uuid4().hex[:8]}"
+    )
+    await host.start()
+    await asyncio.sleep(1)  # the connector's register sees the authority's record
+    async with aiohttp.ClientSession() as session:
+        try:
+            yield Esdh(host, peer, inbox, stack, session)
+        finally:
+            await host.stop()
+            await peer.stop()
+
+
+def _letter(case_id: str = "SAG-2026-0042", label: str = "Afgørelse om boligstøtte") -> bytes:
+    message = build_message(
+        sender_cvr=AUTHORITY_CVR,
+        sender_label="Aarhus Kommune",
+        recipient_id=REGISTERED_CPR,
+        label=label,
+        documents=[Document("afgoerelse.txt", "text/plain", "Du får boligstøtte.".encode())],
+        case_id=case_id,
+    )
+    header = message.header
+    content = replace(
+        header.contentData or ContentData(), caseID=CaseID(caseID=case_id, caseSystem="SBSYS")
+    )
+    return memo.to_xml(replace(message, header=replace(header, contentData=content, reply=True)))
+
+
+def _citizen_message(*, case_id: str | None = None, reply_to: str | None = None) -> Envelope:
+    """A citizen's message to the authority (as the citizen's mailbox app sends it)."""
+    return Envelope(
+        memoVersion="1.2",
+        header=MessageHeader(
+            messageType=MessageType.DIGITALPOST,
+            messageUUID=str(uuid.uuid4()),
+            label="Spørgsmål til min sag",
+            sender=Sender(senderID=REGISTERED_CPR, idType=IdType.CPR, label="Karen Jensen"),
+            recipient=Recipient(recipientID=AUTHORITY_CVR, idType=IdType.CVR),
+            contentData=ContentData(caseID=CaseID(caseID=case_id)) if case_id else None,
+            replyData=[ReplyData(messageUUID=reply_to)] if reply_to else [],
+        ),
+        body=MessageBody(
+            createdDateTime=datetime.now(UTC),
+            mainDocument=MainDocument(
+                label="Mit svar",
+                file=[
+                    File(
+                        encodingFormat="text/plain",
+                        filename="svar.txt",
+                        language="da",
+                        content=InlineContent(data="Tak, jeg har et spørgsmål.".encode()),
+                    )
+                ],
+            ),
+        ),
+    )
+
+
+async def test_a_memo_letter_is_received_delivered_and_its_receipts_reach_the_esdh(
+    esdh: Esdh,
+) -> None:
+    """POST /memo answers with a receipt echoing the UUID; business receipts follow by callback."""
+    xml = _letter()
+    status, body = await esdh.post(xml)
+    assert status == 202, body
+    message_uuid = memo.parse(xml).header.messageUUID
+    assert body["messageUUID"] == message_uuid and body["status"] == "SUBMITTED"
+    await esdh.stack.wait_trace(message_uuid, "DELIVERED")
+    await _until(
+        lambda: {"ACCEPTED", "ROUTED", "DELIVERED"} <= set(esdh.peer.states_of(message_uuid)),
+        what="receipts at the ESDH",
+    )
+    states = esdh.peer.states_of(message_uuid)
+    assert states.index("ACCEPTED") < states.index("DELIVERED")
+    assert all(
+        r["caseID"] == "SAG-2026-0042"
+        for r in esdh.peer.receipts
+        if r["messageUUID"] == message_uuid
+    )
+    status, found = await esdh.get(f"/messages/{message_uuid}")
+    assert status == 200 and found["caseID"] == "SAG-2026-0042"
+
+    again_status, again = await esdh.post(xml)
+    assert again_status == 200 and again["status"] == "DUPLICATE", "a resend is not an error"
+    changed = xml.replace("Afgørelse om boligstøtte".encode(), b"Noget andet")
+    conflict_status, conflict = await esdh.post(changed)
+    assert conflict_status == 409 and conflict["reasonCode"] == "MEMO_UUID_REUSED"
+
+
+async def test_every_sample_goes_through_and_no_broken_one_stops_the_next(esdh: Esdh) -> None:
+    """Each authority sample is submitted; a broken message gets its code; the next still goes."""
+    samples = sorted(SAMPLES.glob("*.xml"))
+    assert samples, "tests/data/memo holds the MeMo samples"
+    broken = {
+        "MEMO_MALFORMED_XML": b"<memo:Message",
+        "MEMO_WRONG_ROOT": b'<Message xmlns="urn:other"/>',
+        "MEMO_NOTIFICATION_TOO_LONG": _letter().replace(
+            b"</memo:label>",
+            b"</memo:label><memo:notification>" + b"x" * 161 + b"</memo:notification>",
+            1,
+        ),
+    }
+    submitted = 0
+    in_a_month = (datetime.now(UTC).date() + timedelta(days=30)).isoformat().encode()
+    for path in samples:
+        # A fixed delivery date in a sample would one day be in the past (MEMO_DELIVERY_DATE_PAST).
+        xml = re.sub(
+            rb"(doNotDeliverUntilDate>)\d{4}-\d{2}-\d{2}<",
+            rb"\g<1>" + in_a_month + b"<",
+            path.read_bytes(),
+        )
+        message = memo.parse(xml)
+        if message.header.sender.senderID != AUTHORITY_CVR:
+            status, body = await esdh.post(xml)  # a citizen's message is not the ESDH's to send
+            assert status == 422 and body["violations"][0]["code"] == "MEMO_WRONG_SENDER"
+            continue
+        for code, bad in broken.items():
+            status, body = await esdh.post(bad)
+            assert status == 422, body
+            assert code in [v["code"] for v in body["violations"]], body
+        status, body = await esdh.post(xml)
+        assert status == 202, (path.name, body)
+        assert body["messageUUID"] == message.header.messageUUID
+        submitted += 1
+    assert submitted >= 5
+
+
+async def test_a_memo_file_dropped_in_the_watched_folder_is_sent(esdh: Esdh) -> None:
+    """A good file moves to processed/ with its receipt, a bad one to failed/ with its errors."""
+    good, bad = esdh.inbox / "brev.xml", esdh.inbox / "forkert.xml"
+    xml = _letter(label="Brev fra mappen")
+    (esdh.inbox / "brev.part").write_bytes(xml)
+    (esdh.inbox / "brev.part").replace(good)
+    bad.write_bytes(b"<memo:Message xmlns:memo='https://DigitalPost.dk/MeMo-1'/>")
+    receipt = esdh.inbox / "processed" / "brev.xml.receipt.json"
+    await _until(receipt.exists, what="the folder receipt")
+    assert json.loads(receipt.read_text())["messageUUID"] == memo.parse(xml).header.messageUUID
+    error = esdh.inbox / "failed" / "forkert.xml.error.json"
+    await _until(error.exists, what="the folder error")
+    assert json.loads(error.read_text())["violations"]
+    assert not good.exists() and not bad.exists()
+    await esdh.stack.wait_trace(memo.parse(xml).header.messageUUID, "DELIVERED")
+
+
+async def test_a_reply_is_journaled_on_the_case_of_the_message_it_answers(esdh: Esdh) -> None:
+    """The citizen's reply names no case; the connector finds it from the replied-to message."""
+    xml = _letter(case_id="SAG-2026-0777", label="Partshøring")
+    status, body = await esdh.post(xml)
+    assert status == 202, body
+    original = body["messageUUID"]
+    await esdh.stack.wait_trace(original, "DELIVERED")
+
+    reply = _citizen_message(reply_to=original)
+    async with esdh.stack.client(f"provider-{PROVIDER}") as app:
+        await app.send(reply)
+    doc = await esdh.stack.wait_trace(reply.header.messageUUID, "JOURNALED")
+    journaled = next(e for e in doc["timeline"] if e["state"] == "JOURNALED")
+    assert journaled["relatedMessageUUID"] == original
+    entry = next(j for j in esdh.peer.journal if j["messageUUID"] == reply.header.messageUUID)
+    assert entry["caseID"] == "SAG-2026-0777" and entry["replyTo"] == original
+    assert memo.parse(entry["memo"].encode()).header.sender.senderID == REGISTERED_CPR
+    assert REGISTERED_CPR not in json.dumps(doc), "the trace shows a pseudonym, not the CPR"
+
+
+async def test_an_esdh_that_is_down_gets_receipts_and_journal_when_back(esdh: Esdh) -> None:
+    """While the ESDH is down, receipts and journal entries wait (visible); then all arrive."""
+    await esdh.peer.stop()
+    try:
+        status, body = await esdh.post(_letter(case_id="SAG-2026-0900", label="Mens ESDH er nede"))
+        assert status == 202, body
+        sent = body["messageUUID"]
+        question = _citizen_message(case_id="SAG-2026-0901")
+        async with esdh.stack.client(f"provider-{PROVIDER}") as app:
+            await app.send(question)
+        await esdh.stack.wait_trace(question.header.messageUUID, "DELIVERED")
+
+        async def pending() -> list[dict[str, Any]]:
+            _, listing = await esdh.get("/journal?status=pending")
+            return [
+                e for e in listing["entries"] if e["messageUUID"] == question.header.messageUUID
+            ]
+
+        deadline = asyncio.get_running_loop().time() + 20
+        while not [e for e in await pending() if e["attempts"] > 0]:
+            assert asyncio.get_running_loop().time() < deadline, "journal entry never pending"
+            await asyncio.sleep(0.2)
+        health = esdh.host.health()
+        assert health["status"] == "degraded", health
+        assert esdh.peer.states_of(sent) == []
+    finally:
+        await esdh.peer.start()  # same port: the connector's URLs stay right
+
+    await _until(lambda: "DELIVERED" in esdh.peer.states_of(sent), what="receipts after downtime")
+    await esdh.stack.wait_trace(question.header.messageUUID, "JOURNALED")
+    assert [
+        j["caseID"] for j in esdh.peer.journal if j["messageUUID"] == question.header.messageUUID
+    ] == ["SAG-2026-0901"]
+    _, journaled = await esdh.get("/journal?status=journaled")
+    assert question.header.messageUUID in [e["messageUUID"] for e in journaled["entries"]]
+
+
+async def test_openapi_describes_exactly_the_routes_served(esdh: Esdh) -> None:
+    """Every route the connector serves is in /openapi.json, and nothing else is."""
+    status, served_doc = await esdh.get("/openapi.json")
+    assert status == 200 and served_doc == openapi_document()
+    app = esdh.host._app
+    served = {
+        (route.method.lower(), route.resource.canonical)
+        for route in app.router.routes()
+        if route.resource is not None and route.method != "HEAD"
+    }
+    described = {
+        (method, path.replace("{message_uuid}", "{message_uuid}"))
+        for path, operations in served_doc["paths"].items()
+        for method in operations
+    }
+    assert served == described
+
+
+@pytest.mark.slow
+async def test_schemathesis_finds_no_server_error(esdh: Esdh, tmp_path: Path) -> None:
+    """Generated requests against the OpenAPI description never get a 5xx."""
+    schemathesis = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
+    assert schemathesis, "schemathesis is a test dependency (pyproject.toml)"
+    process = await asyncio.create_subprocess_exec(
+        schemathesis,
+        "run",
+        f"{esdh.url}/openapi.json",
+        "--checks",
+        "not_a_server_error",
+        "--max-examples",
+        "40",
+        "--seed",
+        "2026",
+        "--workers",
+        "1",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        cwd=tmp_path,
+    )
+    output, _ = await process.communicate()
+    report = output.decode()
+    assert process.returncode == 0, report[-4000:]
+    generated = re.search(r"(\d+) generated, (\d+) passed", report)
+    assert generated and int(generated[1]) >= 50 and generated[1] == generated[2], report[-2000:]
