@@ -21,7 +21,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,8 @@ from brokers.router import PRINT_PROVIDER
 from brokers.settings import Settings
 from brokers.topics import TOPICS, ensure_topics
 from connectors.base import config_path, configured, discover, read_config
-from connectors.sdk import Document
+from connectors.esdh import memo
+from connectors.sdk import Document, Dp2Client
 from schemas.errors import Dp2Error
 from tracing.client import add_trace_command
 
@@ -282,6 +283,14 @@ def cmd_contacts_show(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
+    if args.memo:
+        return _send_memo(settings, args)
+    if not args.to or not args.label:
+        raise Dp2Error(
+            "dp2 send needs --to and --label, or --memo FILE",
+            reason_code="USAGE",
+            hint="Give the recipient and title as flags, or a MeMo XML file with --memo.",
+        )
     documents = [
         Document(
             Path(path).name,
@@ -292,6 +301,25 @@ def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
     ]
     receipt = asyncio.run(demo.send_one(settings, args, documents))
     print(receipt.message_uuid)
+    return 0
+
+
+def _send_memo(settings: Settings, args: argparse.Namespace) -> int:
+    """``dp2 send --memo FILE``: a MeMo 1.1/1.2 message as an ESDH would post it."""
+    try:
+        message = memo.parse_and_validate(Path(args.memo).read_bytes(), now=datetime.now(UTC))
+    except memo.MemoError as exc:
+        _say(f"dp2: error: {args.memo} is not valid MeMo ({len(exc.violations)} problems):")
+        for violation in exc.violations:
+            _say(f"  {violation.code} at {violation.path}: {violation.message}")
+            _say(f"    how to fix: {violation.hint}")
+        return 2
+
+    async def send() -> str:
+        async with Dp2Client.from_settings(settings, args.identity) as client:
+            return (await client.send(message)).message_uuid
+
+    print(asyncio.run(send()))
     return 0
 
 
@@ -354,9 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
     send = sub.add_parser("send", help="sign, encrypt and submit a message; prints its UUID")
     send.add_argument("--as", dest="identity", required=True, help="PKI identity to sign with")
     send.add_argument("--sender-cvr", help="CVR to send as (default: the identity's own)")
-    send.add_argument("--to", required=True, help="recipient CPR (10 digits) or CVR (8)")
+    send.add_argument("--memo", metavar="FILE", help="a MeMo 1.1/1.2 XML file (instead of flags)")
+    send.add_argument("--to", help="recipient CPR (10 digits) or CVR (8)")
     send.add_argument("--to-type", choices=("CPR", "CVR"), default="CPR")
-    send.add_argument("--label", required=True, help="the letter's title")
+    send.add_argument("--label", help="the letter's title")
     send.add_argument("--file", action="append", default=[], help="a document (repeatable)")
     send.add_argument("--notification", help="notification text (160 characters at most)")
     send.add_argument("--not-before", type=date.fromisoformat, help="doNotDeliverUntilDate")

@@ -103,6 +103,20 @@ def test_whole_stack_from_the_command_line(tmp_path: Path) -> None:
         unknown = dp2("trace", "00000000-0000-4000-8000-000000000000")
         assert unknown.returncode == 1 and "UNKNOWN_MESSAGE" in unknown.stderr
 
+        memo_file = Path(__file__).parent.parent / "data" / "memo" / "minimal.xml"
+        from_memo = dp2("send", "--as", "demo-kommune", "--memo", str(memo_file))
+        assert from_memo.returncode == 0, from_memo.stderr
+        deadline = time.monotonic() + 30
+        while dp2("trace", from_memo.stdout.strip()).returncode != 0:
+            assert time.monotonic() < deadline, "the MeMo message never reached the trace"
+            time.sleep(0.5)
+        broken = tmp_path / "broken.xml"
+        broken.write_text(memo_file.read_text().replace("<memo:idType>CVR<", "<memo:idType>X<"))
+        refused = dp2("send", "--as", "demo-kommune", "--memo", str(broken))
+        assert refused.returncode == 2 and "MEMO_INVALID_VALUE at MessageHeader/Sender/idType" in (
+            refused.stderr
+        ), refused.stderr
+
         _folder_connector_moves_a_letter(dp2, tmp_path, outbox, inbox)
     finally:
         down = dp2("down")
