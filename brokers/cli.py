@@ -46,6 +46,7 @@ from brokers.router import PRINT_PROVIDER
 from brokers.settings import Settings
 from brokers.topics import TOPICS, ensure_topics
 from connectors.base import config_path, configured, discover, read_config
+from connectors.citizens import add_token_commands
 from connectors.esdh import memo
 from connectors.sdk import Document, Dp2Client
 from schemas.errors import Dp2Error
@@ -394,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     down = sub.add_parser("down", help="stop everything that dp2 up started")
     down.set_defaults(func=cmd_down)
     add_pki_commands(sub)
+    add_token_commands(sub)
     add_trace_command(sub)
     st = sub.add_parser("status", help="every service with its URL and health")
     st.add_argument("--json", action="store_true")

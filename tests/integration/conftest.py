@@ -17,7 +17,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 from brokers.blobstore import FileBlobStore
 from brokers.contacts import ContactRegister, pseudonym_key, publish_contacts, read_contact_file
@@ -160,3 +162,130 @@ async def stack(
         for host in reversed(stack.hosts.values()):
             await host.stop()
         await contacts.stop()
+
+
+# --- the ESDH connector with a local case system (issues 4 and 5) ------------------
+AUTHORITY_CVR = "29189846"
+AUTHORITY = "aarhus-esdh"
+ESDH_PROVIDER = "esdh-aarhus"
+
+
+class EsdhPeer:
+    """A case system on 127.0.0.1 that records receipts and journal entries."""
+
+    def __init__(self) -> None:
+        self.receipts: list[dict[str, Any]] = []
+        self.journal: list[dict[str, Any]] = []
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/receipts", self._take(self.receipts))
+        app.router.add_post("/journal", self._take(self.journal))
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @staticmethod
+    def _take(into: list[dict[str, Any]]) -> Any:
+        async def handler(request: web.Request) -> web.Response:
+            into.append(await request.json())
+            return web.json_response({"ok": True})
+
+        return handler
+
+    def states_of(self, message_uuid: str) -> list[str]:
+        return [r["state"] for r in self.receipts if r["messageUUID"] == message_uuid]
+
+
+@dataclass
+class Esdh:
+    host: ServiceHost
+    peer: EsdhPeer
+    inbox: Path
+    stack: Stack
+    session: aiohttp.ClientSession
+    sent: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        assert self.host.url is not None
+        return self.host.url
+
+    async def post(self, xml: bytes, content_type: str = "application/xml") -> tuple[int, Any]:
+        async with self.session.post(
+            f"{self.url}/memo", data=xml, headers={"Content-Type": content_type}
+        ) as response:
+            return response.status, await response.json()
+
+    async def get(self, path: str) -> tuple[int, Any]:
+        async with self.session.get(f"{self.url}{path}") as response:
+            return response.status, await response.json()
+
+
+async def until(check: Any, timeout: float = 30.0, what: str = "condition") -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+async def esdh(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Esdh]:
+    """The ESDH connector for CVR 29189846, receiving as provider esdh-aarhus."""
+    home = stack.settings.home
+    stack.pki.issue_sender(AUTHORITY_CVR, AUTHORITY)
+    stack.pki.issue_provider(ESDH_PROVIDER)
+    register = tmp_path_factory.mktemp("esdh") / "contacts.json"
+    register.write_text(
+        json.dumps(
+            [
+                {
+                    "id": AUTHORITY_CVR,
+                    "idType": "CVR",
+                    "status": "REGISTERED",
+                    "provider": ESDH_PROVIDER,
+                    "name": "Aarhus Kommune",
+                }
+            ]
+        )
+    )
+    await publish_contacts(
+        stack.settings.kafka_bootstrap, read_contact_file(register, stack.pseudonyms)
+    )
+    peer = EsdhPeer()
+    await peer.start()
+    inbox = tmp_path_factory.mktemp("memo-inbox")
+    (home / "connectors.toml").write_text(
+        "[connectors.esdh]\n"
+        f'cvr = "{AUTHORITY_CVR}"\nidentity = "{AUTHORITY}"\nprovider = "{ESDH_PROVIDER}"\n'
+        f'receipts_url = "{peer.url}/receipts"\njournal_url = "{peer.url}/journal"\n'
+        f'inbox_dir = "{inbox}"\npoll_s = 0.2\nretry_max_s = 1.0\n'
+    )
+    host = await build_service(
+        "connector", stack.settings, connector="esdh", group_suffix=f".{uuid.uuid4().hex[:8]}"
+    )
+    await host.start()
+    await asyncio.sleep(1)  # the connector's register sees the authority's record
+    async with aiohttp.ClientSession() as session:
+        try:
+            yield Esdh(host, peer, inbox, stack, session)
+        finally:
+            await host.stop()
+            await peer.stop()

@@ -13,19 +13,13 @@ import re
 import shutil
 import sys
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
-from aiohttp import web
 
-from brokers.contacts import publish_contacts, read_contact_file
-from brokers.service import ServiceHost
-from brokers.stack import build_service
 from connectors.esdh import memo
 from connectors.esdh.openapi import openapi_document
 from connectors.sdk import Document, build_message
@@ -44,136 +38,18 @@ from schemas.models import (
     ReplyData,
     Sender,
 )
-from tests.integration.conftest import PROVIDER, REGISTERED_CPR, Stack
+from tests.integration.conftest import (
+    AUTHORITY_CVR,
+    PROVIDER,
+    REGISTERED_CPR,
+    Esdh,
+    until,
+)
 from tests.unit.test_memo import VARIANTS
 
 pytestmark = [pytest.mark.kafka]
 
 SAMPLES = Path(__file__).parent.parent / "data" / "memo"
-AUTHORITY_CVR = "29189846"
-AUTHORITY = "aarhus-esdh"
-ESDH_PROVIDER = "esdh-aarhus"
-
-
-class EsdhPeer:
-    """A case system on 127.0.0.1 that records receipts and journal entries."""
-
-    def __init__(self) -> None:
-        self.receipts: list[dict[str, Any]] = []
-        self.journal: list[dict[str, Any]] = []
-        self.port = 0
-        self._runner: web.AppRunner | None = None
-
-    async def start(self) -> None:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_post("/receipts", self._take(self.receipts))
-        app.router.add_post("/journal", self._take(self.journal))
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
-
-    async def stop(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @staticmethod
-    def _take(into: list[dict[str, Any]]) -> Any:
-        async def handler(request: web.Request) -> web.Response:
-            into.append(await request.json())
-            return web.json_response({"ok": True})
-
-        return handler
-
-    def states_of(self, message_uuid: str) -> list[str]:
-        return [r["state"] for r in self.receipts if r["messageUUID"] == message_uuid]
-
-
-@dataclass
-class Esdh:
-    host: ServiceHost
-    peer: EsdhPeer
-    inbox: Path
-    stack: Stack
-    session: aiohttp.ClientSession
-    sent: list[str] = field(default_factory=list)
-
-    @property
-    def url(self) -> str:
-        assert self.host.url is not None
-        return self.host.url
-
-    async def post(self, xml: bytes, content_type: str = "application/xml") -> tuple[int, Any]:
-        async with self.session.post(
-            f"{self.url}/memo", data=xml, headers={"Content-Type": content_type}
-        ) as response:
-            return response.status, await response.json()
-
-    async def get(self, path: str) -> tuple[int, Any]:
-        async with self.session.get(f"{self.url}{path}") as response:
-            return response.status, await response.json()
-
-
-async def _until(check: Any, timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.2)
-
-
-@pytest.fixture(scope="module")
-async def esdh(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Esdh]:
-    """The ESDH connector for CVR 29189846, receiving as provider esdh-aarhus."""
-    home = stack.settings.home
-    stack.pki.issue_sender(AUTHORITY_CVR, AUTHORITY)
-    stack.pki.issue_provider(ESDH_PROVIDER)
-    register = tmp_path_factory.mktemp("esdh") / "contacts.json"
-    register.write_text(
-        json.dumps(
-            [
-                {
-                    "id": AUTHORITY_CVR,
-                    "idType": "CVR",
-                    "status": "REGISTERED",
-                    "provider": ESDH_PROVIDER,
-                    "name": "Aarhus Kommune",
-                }
-            ]
-        )
-    )
-    await publish_contacts(
-        stack.settings.kafka_bootstrap, read_contact_file(register, stack.pseudonyms)
-    )
-    peer = EsdhPeer()
-    await peer.start()
-    inbox = tmp_path_factory.mktemp("memo-inbox")
-    (home / "connectors.toml").write_text(
-        "[connectors.esdh]\n"
-        f'cvr = "{AUTHORITY_CVR}"\nidentity = "{AUTHORITY}"\nprovider = "{ESDH_PROVIDER}"\n'
-        f'receipts_url = "{peer.url}/receipts"\njournal_url = "{peer.url}/journal"\n'
-        f'inbox_dir = "{inbox}"\npoll_s = 0.2\nretry_max_s = 1.0\n'
-    )
-    host = await build_service(
-        "connector", stack.settings, connector="esdh", group_suffix=f".{uuid.uuid4().hex[:8]}"
-    )
-    await host.start()
-    await asyncio.sleep(1)  # the connector's register sees the authority's record
-    async with aiohttp.ClientSession() as session:
-        try:
-            yield Esdh(host, peer, inbox, stack, session)
-        finally:
-            await host.stop()
-            await peer.stop()
 
 
 def _letter(case_id: str = "SAG-2026-0042", label: str = "Afgørelse om boligstøtte") -> bytes:
@@ -232,7 +108,7 @@ async def test_a_memo_letter_is_received_delivered_and_its_receipts_reach_the_es
     message_uuid = memo.parse(xml).header.messageUUID
     assert body["messageUUID"] == message_uuid and body["status"] == "SUBMITTED"
     await esdh.stack.wait_trace(message_uuid, "DELIVERED")
-    await _until(
+    await until(
         lambda: {"ACCEPTED", "ROUTED", "DELIVERED"} <= set(esdh.peer.states_of(message_uuid)),
         what="receipts at the ESDH",
     )
@@ -312,10 +188,10 @@ async def test_a_memo_file_dropped_in_the_watched_folder_is_sent(esdh: Esdh) -> 
     (esdh.inbox / "brev.part").replace(good)
     bad.write_bytes(b"<memo:Message xmlns:memo='https://DigitalPost.dk/MeMo-1'/>")
     receipt = esdh.inbox / "processed" / "brev.xml.receipt.json"
-    await _until(receipt.exists, what="the folder receipt")
+    await until(receipt.exists, what="the folder receipt")
     assert json.loads(receipt.read_text())["messageUUID"] == memo.parse(xml).header.messageUUID
     error = esdh.inbox / "failed" / "forkert.xml.error.json"
-    await _until(error.exists, what="the folder error")
+    await until(error.exists, what="the folder error")
     assert json.loads(error.read_text())["violations"]
     assert not good.exists() and not bad.exists()
     await esdh.stack.wait_trace(memo.parse(xml).header.messageUUID, "DELIVERED")
@@ -369,7 +245,7 @@ async def test_an_esdh_that_is_down_gets_receipts_and_journal_when_back(esdh: Es
     finally:
         await esdh.peer.start()  # same port: the connector's URLs stay right
 
-    await _until(lambda: "DELIVERED" in esdh.peer.states_of(sent), what="receipts after downtime")
+    await until(lambda: "DELIVERED" in esdh.peer.states_of(sent), what="receipts after downtime")
     await esdh.stack.wait_trace(question.header.messageUUID, "JOURNALED")
     assert [
         j["caseID"] for j in esdh.peer.journal if j["messageUUID"] == question.header.messageUUID

@@ -1,0 +1,156 @@
+"""Who the citizen is, for the connectors that act for citizens (forms, apps, mail).
+
+Why it exists: a citizen-facing connector sends and reads post *as a person*, so
+every request must be bound to one CPR number, and nothing else may decide which
+person that is. In production that binding comes from the national login (MitID
+via an OpenID Connect broker); DP2 keeps that seam small — an ``IdentityProvider``
+turns a bearer token into a ``Citizen`` or refuses — and ships a development
+provider so the stack runs on one machine:
+
+    dp2 tokens issue --cpr 0101901234 [--hours 12]     # prints a bearer token
+
+Development tokens are ``dp2c.<payload>.<mac>``: the payload (base64url JSON: the CPR
+number, expiry and a token id) is MACed with HMAC-SHA256 under a key of the
+deployment (``$DP2_HOME/citizen-tokens.key``, made on first use, mode 0600). They
+are not encrypted — the holder is the citizen — and never logged: log ``token_id``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+from brokers.settings import Settings
+from schemas.errors import Dp2Error
+
+TOKEN_PREFIX = "dp2c"  # noqa: S105 - a marker that tells token kinds apart, not a secret
+KEY_FILE = "citizen-tokens.key"
+
+
+class AuthError(Dp2Error):
+    """The request does not prove who the citizen is."""
+
+    reason_code = "INVALID_TOKEN"
+    hint = "Log in again and send the token as 'Authorization: Bearer <token>'."
+
+
+@dataclass(frozen=True, slots=True)
+class Citizen:
+    """An authenticated person: the CPR number and the id of the token that proved it."""
+
+    cpr: str
+    token_id: str
+
+
+class IdentityProvider(Protocol):
+    """Turns a bearer token into a Citizen, or raises AuthError."""
+
+    def authenticate(self, token: str) -> Citizen: ...
+
+
+class DevTokens:
+    """The development identity provider: HMAC-signed tokens bound to a CPR number."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) < 32:
+            raise ValueError("a citizen token key needs at least 32 bytes")
+        self._key = key
+
+    @classmethod
+    def from_home(cls, home: Path) -> DevTokens:
+        path = home / KEY_FILE
+        if not path.exists():
+            home.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:  # another process made it first
+                pass
+            else:
+                with os.fdopen(fd, "wb") as out:
+                    out.write(secrets.token_bytes(32))
+        return cls(path.read_bytes())
+
+    def issue(
+        self, cpr: str, *, ttl: timedelta = timedelta(hours=12), now: datetime | None = None
+    ) -> str:
+        if len(cpr) != 10 or not cpr.isdigit():
+            raise AuthError(
+                "a citizen token is bound to a CPR number of 10 digits",
+                reason_code="INVALID_CPR",
+                hint="Give the CPR number as 10 digits, keeping leading zeros.",
+            )
+        expires = int(((now or datetime.now(UTC)) + ttl).timestamp())
+        payload = _b64(
+            json.dumps({"sub": cpr, "exp": expires, "jti": secrets.token_hex(8)}).encode()
+        )
+        return f"{TOKEN_PREFIX}.{payload}.{_b64(self._mac(payload))}"
+
+    def authenticate(self, token: str, *, now: datetime | None = None) -> Citizen:
+        parts = token.split(".")
+        if len(parts) != 3 or parts[0] != TOKEN_PREFIX:
+            raise AuthError("the bearer token is not a DP2 citizen token")
+        _, payload, mac = parts
+        try:
+            given = base64.urlsafe_b64decode(mac + "=" * (-len(mac) % 4))
+            claims: dict[str, Any] = json.loads(
+                base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+            )
+        except (binascii.Error, ValueError) as exc:
+            raise AuthError("the bearer token is damaged") from exc
+        if not hmac.compare_digest(given, self._mac(payload)):
+            raise AuthError("the bearer token's signature does not match")
+        if not isinstance(claims, dict):
+            raise AuthError("the bearer token is damaged")
+        cpr, expires, token_id = claims.get("sub"), claims.get("exp"), claims.get("jti")
+        if (
+            not isinstance(cpr, str)
+            or not isinstance(expires, int)
+            or not isinstance(token_id, str)
+        ):
+            raise AuthError("the bearer token is damaged")
+        if expires <= (now or datetime.now(UTC)).timestamp():
+            raise AuthError("the bearer token has expired", reason_code="TOKEN_EXPIRED")
+        return Citizen(cpr=cpr, token_id=token_id)
+
+    def _mac(self, payload: str) -> bytes:
+        return hmac.new(self._key, f"{TOKEN_PREFIX}.{payload}".encode(), hashlib.sha256).digest()
+
+
+def bearer(authorization: str | None) -> str:
+    """The token of an ``Authorization: Bearer <token>`` header (AuthError if none)."""
+    if not authorization:
+        raise AuthError("the request has no Authorization header", reason_code="AUTH_REQUIRED")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthError("the Authorization header is not 'Bearer <token>'")
+    return token.strip()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def cmd_tokens_issue(settings: Settings, args: argparse.Namespace) -> int:
+    token = DevTokens.from_home(settings.home).issue(args.cpr, ttl=timedelta(hours=args.hours))
+    print(token)
+    return 0
+
+
+def add_token_commands(subparsers: Any) -> None:
+    """``dp2 tokens issue``: development bearer tokens for citizen-facing connectors."""
+    tokens = subparsers.add_parser("tokens", help="development citizen tokens (not MitID)")
+    sub = tokens.add_subparsers(dest="tokens_command", required=True, metavar="ACTION")
+    issue = sub.add_parser("issue", help="a bearer token bound to a CPR number")
+    issue.add_argument("--cpr", required=True, help="10 digits")
+    issue.add_argument("--hours", type=float, default=12.0, help="validity (default 12)")
+    issue.set_defaults(func=cmd_tokens_issue)
