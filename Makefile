@@ -9,8 +9,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 KAFKA_LIBS := deploy/kafka/libs/.complete
 PYTEST_ARGS ?=
+BENCH_STAMP := $(VENV)/.bench-stamp
+BENCH_ARGS ?=
 
-.PHONY: help install jars run stop test test-fast lint format clean
+.PHONY: help install jars run stop test test-fast bench lint format clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -41,6 +43,13 @@ test: install jars ## run every test against a real Kafka the tests start themse
 
 test-fast: install ## unit tests only (no broker)
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	@touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP) jars ## end-to-end benchmark on its own stack (BENCH_ARGS='--quick', '--rate 100,500')
+	$(BIN)/python -m brokers.bench $(BENCH_ARGS)
 
 lint: install ## ruff and strict mypy
 	$(BIN)/ruff check .

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from brokers import demo, stack
+from brokers.bench import add_bench_command
 from brokers.contacts import (
     ContactRegister,
     pseudonym_key,
@@ -396,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     down.set_defaults(func=cmd_down)
     add_pki_commands(sub)
     add_token_commands(sub)
+    add_bench_command(sub)
     add_trace_command(sub)
     st = sub.add_parser("status", help="every service with its URL and health")
     st.add_argument("--json", action="store_true")

@@ -256,3 +256,20 @@ async def build_connector_service(
 
 # MeMo allows 99.5 MB of documents from an authority; base64 in XML adds a third.
 _MAX_REQUEST_BYTES = 140 * 1024 * 1024
+
+
+def error_body(error: Dp2Error, violations: Iterable[Any] = ()) -> dict[str, Any]:
+    """The JSON every DP2 connector answers an error with: code, what, how to fix."""
+    body: dict[str, Any] = {
+        "reasonCode": error.reason_code,
+        "message": error.message,
+        "hint": error.hint,
+    }
+    listed = [v.as_dict() for v in violations]
+    if listed:
+        body["violations"] = listed
+    return body
+
+
+def error_response(status: int, error: Dp2Error, violations: Iterable[Any] = ()) -> web.Response:
+    return web.json_response(error_body(error, violations), status=status)

@@ -25,13 +25,31 @@ import hmac
 import json
 import os
 import secrets
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
 from brokers.settings import Settings
+from connectors.sdk import Document
 from schemas.errors import Dp2Error
+from schemas.models import (
+    AdditionalDocument,
+    ContentData,
+    Envelope,
+    File,
+    IdType,
+    InlineContent,
+    MainDocument,
+    MessageBody,
+    MessageHeader,
+    MessageType,
+    Recipient,
+    ReplyData,
+    Sender,
+)
 
 TOKEN_PREFIX = "dp2c"  # noqa: S105 - a marker that tells token kinds apart, not a secret
 KEY_FILE = "citizen-tokens.key"
@@ -154,3 +172,45 @@ def add_token_commands(subparsers: Any) -> None:
     issue.add_argument("--cpr", required=True, help="10 digits")
     issue.add_argument("--hours", type=float, default=12.0, help="validity (default 12)")
     issue.set_defaults(func=cmd_tokens_issue)
+
+
+def citizen_message(
+    *,
+    cpr: str,
+    authority_cvr: str,
+    label: str,
+    documents: Sequence[Document],
+    content_data: ContentData | None = None,
+    reply_data: Sequence[ReplyData] = (),
+    sender_label: str | None = None,
+) -> Envelope:
+    """A plain MeMo 1.2 message from a citizen to an authority (forms, apps, mail)."""
+    files = [
+        File(
+            encodingFormat=d.mime_type,
+            filename=d.filename,
+            language=d.language,
+            content=InlineContent(data=d.data),
+        )
+        for d in documents
+    ]
+    return Envelope(
+        memoVersion="1.2",
+        header=MessageHeader(
+            messageType=MessageType.DIGITALPOST,
+            messageUUID=str(uuid.uuid4()),
+            label=label,
+            sender=Sender(senderID=cpr, idType=IdType.CPR, label=sender_label or "Borger"),
+            recipient=Recipient(recipientID=authority_cvr, idType=IdType.CVR),
+            contentData=content_data,
+            replyData=list(reply_data),
+        ),
+        body=MessageBody(
+            createdDateTime=datetime.now(UTC),
+            mainDocument=MainDocument(label=label, file=files[:1]),
+            additionalDocument=[
+                AdditionalDocument(label=d.label or d.filename, file=[f])
+                for d, f in zip(documents[1:], files[1:], strict=True)
+            ],
+        ),
+    )

@@ -187,7 +187,7 @@ class Dp2Client:
         self._trust = trust
         self._pseudonyms = pseudonyms
         self._blobs = blob_store
-        self._contacts = contacts or ContactRegister(bootstrap)
+        self._contacts = contacts if contacts is not None else ContactRegister(bootstrap)
         self._owns_contacts = contacts is None
         self.actor = actor or f"connector:{identity.name}"
         self._threshold = blob_threshold

@@ -59,7 +59,7 @@ from brokers import crypto
 from brokers.contacts import pseudonym_key
 from brokers.pki import Pki, provider_identity_name
 from brokers.service import KafkaWorker, Output, lifecycle_output, new_producer
-from connectors.base import ConnectorContext
+from connectors.base import ConnectorContext, error_body
 from connectors.esdh import memo
 from connectors.esdh.openapi import openapi_document
 from connectors.esdh.store import EsdhStore, JournalEntry
@@ -218,7 +218,7 @@ class EsdhConnector:
             self._check_sender(message)
         except memo.MemoError as exc:
             self._submissions.labels("invalid").inc()
-            return Answer(422, _error_body(exc, violations=exc.violations))
+            return Answer(422, error_body(exc, exc.violations))
         header = message.header
         case = header.contentData.caseID if header.contentData else None
         claim, first = self._store.claim(
@@ -236,7 +236,7 @@ class EsdhConnector:
             )
         return Answer(
             409,
-            _error_body(
+            error_body(
                 Dp2Error(
                     f"messageUUID {header.messageUUID} was already used for another message",
                     reason_code="MEMO_UUID_REUSED",
@@ -272,7 +272,7 @@ class EsdhConnector:
             log.warning("submit_failed", message_id=message_uuid, error=repr(exc))
             return Answer(
                 503,
-                _error_body(
+                error_body(
                     Dp2Error(
                         "the backbone did not take the message; nothing was sent",
                         reason_code="BACKBONE_UNAVAILABLE",
@@ -283,7 +283,7 @@ class EsdhConnector:
         except Dp2Error as exc:  # MessageError, an unknown provider key, ...
             self._store.release(message_uuid)
             self._submissions.labels("refused").inc()
-            return Answer(503 if exc.retriable else 422, _error_body(exc))
+            return Answer(503 if exc.retriable else 422, error_body(exc))
         body = {
             "messageUUID": receipt.message_uuid,
             "status": "SUBMITTED",
@@ -304,7 +304,7 @@ class EsdhConnector:
         if request.content_type not in XML_TYPES:
             return _json(
                 415,
-                _error_body(
+                error_body(
                     Dp2Error(
                         f"Content-Type {request.content_type!r} is not MeMo XML",
                         reason_code="UNSUPPORTED_MEDIA_TYPE",
@@ -321,7 +321,7 @@ class EsdhConnector:
         if found is None:
             return _json(
                 404,
-                _error_body(
+                error_body(
                     Dp2Error(
                         "this connector has not sent a message with that UUID",
                         reason_code="UNKNOWN_MESSAGE",
@@ -336,7 +336,7 @@ class EsdhConnector:
         if status not in {"pending", "journaled", "all"}:
             return _json(
                 400,
-                _error_body(
+                error_body(
                     Dp2Error(
                         f"status {status!r} is not a journal status",
                         reason_code="BAD_QUERY",
@@ -525,17 +525,6 @@ def _drop(case_dir: Path, message_uuid: str, xml: bytes, meta: dict[str, Any]) -
 
 def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def _error_body(error: Dp2Error, violations: Sequence[memo.Violation] = ()) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "reasonCode": error.reason_code,
-        "message": error.message,
-        "hint": error.hint,
-    }
-    if violations:
-        body["violations"] = [v.as_dict() for v in violations]
-    return body
 
 
 def _json(status: int, body: dict[str, Any]) -> web.Response:

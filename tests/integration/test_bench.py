@@ -31,7 +31,7 @@ def test_quick_bench_writes_a_complete_result(tmp_path: Path) -> None:
         env=env,
         capture_output=True,
         text=True,
-        timeout=110,
+        timeout=400,  # a loaded CI machine; a quick run takes about a minute
         check=False,
     )
     assert run.returncode == 0, run.stderr[-3000:]
@@ -70,6 +70,7 @@ def test_quick_bench_writes_a_complete_result(tmp_path: Path) -> None:
 
     assert result["ceilings"]["kafka_producer"]["records_per_s"] > 0
     assert result["ceilings"]["kafka_consumer"]["records_per_s"] > 0
+    assert result["ceilings"]["kafka_hop_latency"]["p99_ms"] >= 0
     assert result["ceilings"]["verify"]["per_s"] > 0
     for ratio in (
         "delivered_vs_kafka_producer",

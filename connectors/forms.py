@@ -1,0 +1,375 @@
+"""Self-service forms connector: a citizen's form submission becomes signed post.
+
+Why it exists: municipalities' self-service forms (selvbetjeningsløsninger) today
+end in e-mail inboxes or bespoke integrations. Here a form posts one submission;
+the connector binds it to the citizen who is logged in (a bearer token, see
+connectors.citizens), turns it into a MeMo message from that CPR number to the
+authority — with FORMdata and KLE in ContentData so the ESDH can file it — and
+sends it signed and encrypted. The answer is a receipt with the message UUID; the
+ESDH connector journals it on the case.
+
+    POST /forms/{cvr}/submissions      Authorization: Bearer <citizen token>
+      application/json:     {"label", "text"?, "formData": {"taskKey", ...},
+                             "kle"?: {"subjectKey", ...}, "caseID"?, "fields"?: {...},
+                             "attachments"?: [{"filename", "mimeType", "content" (base64)}]}
+      multipart/form-data:  a "submission" part with that JSON, plus file parts
+
+Limits: 10 MB per submission (MeMo's citizen-to-authority limit); an authority may
+allow up to 60 MB (``[connectors.forms.authorities."<cvr>"] max_bytes``). Nothing
+reaches Kafka unless the whole submission is valid.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from aiohttp import BodyPartReader, StreamReader, web
+from aiokafka.errors import KafkaError
+
+from brokers.contacts import ContactRegister, pseudonym_key
+from brokers.crypto import Pseudonymizer
+from connectors.base import ConnectorContext, error_response
+from connectors.citizens import (
+    Citizen,
+    DevTokens,
+    IdentityProvider,
+    bearer,
+    citizen_message,
+)
+from connectors.esdh import memo
+from connectors.sdk import Document, Dp2Client
+from schemas.errors import ConfigError, Dp2Error
+from schemas.models import CaseID, ContactStatus, ContentData, Envelope, FORMdata, KLEdata
+
+log = structlog.get_logger("dp2.forms")
+
+DEFAULT_MAX_BYTES = 10_000_000
+CEILING_BYTES = 60_000_000
+
+
+_STATUS = {
+    "AUTH_REQUIRED": 401,
+    "INVALID_TOKEN": 401,
+    "TOKEN_EXPIRED": 401,
+    "UNKNOWN_AUTHORITY": 404,
+    "SUBMISSION_TOO_LARGE": 413,
+    "UNSUPPORTED_MEDIA_TYPE": 415,
+    "BACKBONE_UNAVAILABLE": 503,
+}
+
+
+class SubmissionError(Dp2Error):
+    """A submission that cannot be turned into a message; nothing was sent."""
+
+    reason_code = "INVALID_SUBMISSION"
+
+
+def create(context: ConnectorContext) -> FormsConnector:
+    return FormsConnector(context)
+
+
+class FormsConnector:
+    """Connector + HttpConnector for self-service forms (see the module docstring)."""
+
+    def __init__(
+        self, context: ConnectorContext, identities: IdentityProvider | None = None
+    ) -> None:
+        self.name = context.name
+        self._settings = context.settings
+        self._identities = identities or DevTokens.from_home(context.settings.home)
+        self._default_max = int(context.option("max_bytes", DEFAULT_MAX_BYTES))
+        self._limits: dict[str, int] = {}
+        for cvr, table in dict(context.option("authorities", {})).items():
+            limit = int(table.get("max_bytes", self._default_max))
+            if limit > CEILING_BYTES:
+                raise ConfigError(
+                    f"forms: authority {cvr} allows {limit} bytes, above MeMo's 60 MB",
+                    hint="Set max_bytes to at most 60000000.",
+                )
+            self._limits[str(cvr)] = limit
+        self._pseudonyms = Pseudonymizer(pseudonym_key(context.settings.home))
+        self._contacts = ContactRegister(context.settings.kafka_bootstrap)
+        self._client = Dp2Client.from_settings(
+            context.settings,
+            str(context.require("identity")),
+            contacts=self._contacts,
+            actor=f"connector:{context.name}",
+        )
+        self._started = False
+        self.submitted = 0
+
+    async def start(self) -> None:
+        if not self._started:
+            await self._contacts.start()
+            await self._client.start()
+            self._started = True
+
+    async def stop(self) -> None:
+        if self._started:
+            self._started = False
+            await self._client.stop()
+            await self._contacts.stop()
+
+    def health(self) -> Mapping[str, Any]:
+        return {
+            "check": "forms",
+            "status": "ok" if self._started else "failing",
+            "submitted": self.submitted,
+        }
+
+    def routes(self) -> Iterable[web.AbstractRouteDef]:
+        return [
+            web.post("/forms/{cvr}/submissions", self._submit),
+            web.get("/openapi.json", self._openapi),
+        ]
+
+    def limit_for(self, cvr: str) -> int:
+        return self._limits.get(cvr, self._default_max)
+
+    async def _submit(self, request: web.Request) -> web.Response:
+        try:
+            body = await self._accept(request)
+        except memo.MemoError as exc:
+            return error_response(422, exc, exc.violations)
+        except Dp2Error as exc:
+            fallback = 503 if exc.retriable else (400 if isinstance(exc, SubmissionError) else 422)
+            return error_response(_STATUS.get(exc.reason_code, fallback), exc)
+        return web.json_response(body, status=202)
+
+    async def _accept(self, request: web.Request) -> dict[str, Any]:
+        """Authenticate, read, build, validate and send one submission (raises Dp2Error)."""
+        citizen = self._identities.authenticate(bearer(request.headers.get("Authorization")))
+        cvr = request.match_info["cvr"]
+        if len(cvr) != 8 or not cvr.isdigit() or not self._is_registered(cvr):
+            raise Dp2Error(
+                "there is no authority on DP2 with that CVR number",
+                reason_code="UNKNOWN_AUTHORITY",
+                hint="Post to /forms/<the authority's 8-digit CVR>/submissions.",
+            )
+        limit = self.limit_for(cvr)
+        if request.content_length is not None and request.content_length > limit:
+            raise _too_large(limit)
+        submission, files = await self._read(request, limit)
+        message = _message(citizen, cvr, submission, files)
+        violations = memo.validate(message, now=datetime.now(UTC))
+        if violations:
+            raise memo.MemoError(violations)
+        try:
+            receipt = await self._client.send(message)
+        except (KafkaError, OSError) as exc:
+            log.warning("submit_failed", error=repr(exc))
+            raise Dp2Error(
+                "the backbone did not take the submission; nothing was sent",
+                reason_code="BACKBONE_UNAVAILABLE",
+                hint="Submit again in a little while.",
+            ) from exc
+        self.submitted += 1
+        log.info("form_submitted", message_id=receipt.message_uuid, token_id=citizen.token_id)
+        return {
+            "messageUUID": receipt.message_uuid,
+            "status": "SUBMITTED",
+            "authority": cvr,
+            "submittedAt": receipt.submitted_at.isoformat().replace("+00:00", "Z"),
+        }
+
+    def _is_registered(self, cvr: str) -> bool:
+        record = self._contacts.get(self._pseudonyms.ref("CVR", cvr))
+        return record is not None and record.status is ContactStatus.REGISTERED
+
+    async def _read(
+        self, request: web.Request, limit: int
+    ) -> tuple[dict[str, Any], list[Document]]:
+        """The submission JSON and its files, refusing more than ``limit`` bytes in all."""
+        if request.content_type == "application/json":
+            raw = await _read_limited(request.content, limit)
+            submission = _json_object(raw, "the request body")
+            return submission, _inline_attachments(submission)
+        if request.content_type != "multipart/form-data":
+            raise SubmissionError(
+                f"Content-Type {request.content_type!r} is not a form submission",
+                reason_code="UNSUPPORTED_MEDIA_TYPE",
+                hint="Send application/json, or multipart/form-data with a 'submission' part.",
+            )
+        try:
+            reader = await request.multipart()
+        except (ValueError, AssertionError) as exc:
+            raise _bad_multipart(str(exc)) from exc
+        found: dict[str, Any] | None = None
+        files: list[Document] = []
+        budget = limit
+        while True:
+            try:
+                part = await reader.next()
+            except (ValueError, AssertionError) as exc:
+                raise _bad_multipart(str(exc)) from exc
+            if part is None:
+                break
+            if not isinstance(part, BodyPartReader):
+                raise _bad_multipart("nested multipart parts are not supported")
+            data = await _read_limited(part, budget)
+            budget -= len(data)
+            if part.name == "submission" and part.filename is None:
+                found = _json_object(data, "the 'submission' part")
+            elif part.filename:
+                files.append(
+                    Document(
+                        part.filename,
+                        part.headers.get("Content-Type", "application/octet-stream"),
+                        data,
+                    )
+                )
+        if found is None:
+            raise _bad_multipart("there is no 'submission' part with the form's JSON")
+        return found, [*_inline_attachments(found), *files]
+
+    async def _openapi(self, _: web.Request) -> web.Response:
+        from connectors.citizen_openapi import forms_openapi  # noqa: PLC0415 - only when asked
+
+        return web.json_response(forms_openapi())
+
+
+async def _read_limited(stream: StreamReader | BodyPartReader, limit: int) -> bytes:
+    """At most ``limit`` bytes of a request body or part (SubmissionError beyond)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        if isinstance(stream, BodyPartReader):
+            chunk = await stream.read_chunk(64 * 1024)
+        else:
+            chunk = await stream.readany()
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> SubmissionError:
+    return SubmissionError(
+        f"the submission is larger than the {limit // 1_000_000} MB this authority accepts",
+        reason_code="SUBMISSION_TOO_LARGE",
+        hint="Attach fewer or smaller files.",
+    )
+
+
+def _bad_multipart(detail: str) -> SubmissionError:
+    return SubmissionError(
+        f"the multipart body cannot be read: {detail}",
+        reason_code="MALFORMED_MULTIPART",
+        hint="Send multipart/form-data with a boundary, a 'submission' JSON part and file parts.",
+    )
+
+
+def _json_object(raw: bytes, where: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SubmissionError(
+            f"{where} is not valid JSON",
+            reason_code="MALFORMED_JSON",
+            hint="Send one JSON object, UTF-8 encoded.",
+        ) from exc
+    if not isinstance(value, dict):
+        raise SubmissionError(
+            f"{where} is not a JSON object",
+            reason_code="MALFORMED_JSON",
+            hint='Send an object such as {"label": ..., "formData": {"taskKey": ...}}.',
+        )
+    return value
+
+
+def _text(submission: Mapping[str, Any], key: str, *, required: bool = False) -> str | None:
+    value = submission.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise SubmissionError(
+            f"'{key}' must be a non-empty string",
+            hint=f'Give \'{key}\' as text, e.g. "{key}": "...".',
+        )
+    return value
+
+
+def _inline_attachments(submission: Mapping[str, Any]) -> list[Document]:
+    listed = submission.get("attachments", [])
+    if not isinstance(listed, list):
+        raise SubmissionError("'attachments' must be a list", hint="Send a list of objects.")
+    documents = []
+    for n, item in enumerate(listed, start=1):
+        if not isinstance(item, dict):
+            raise SubmissionError(
+                f"attachment {n} is not an object", hint="See the API description."
+            )
+        name = _text(item, "filename", required=True)
+        mime = _text(item, "mimeType") or "application/octet-stream"
+        try:
+            data = base64.b64decode(str(item.get("content", "")), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise SubmissionError(
+                f"attachment {n}'s content is not base64",
+                hint="Encode each attachment's bytes as standard base64.",
+            ) from exc
+        assert name is not None  # noqa: S101 - required above
+        documents.append(Document(name, mime, data))
+    return documents
+
+
+def _message(
+    citizen: Citizen, cvr: str, submission: Mapping[str, Any], files: list[Document]
+) -> Envelope:
+    label = _text(submission, "label", required=True)
+    form = submission.get("formData")
+    if not isinstance(form, dict):
+        raise SubmissionError(
+            "'formData' with the form's taskKey is missing",
+            hint='Add "formData": {"taskKey": "<the FORM task key>"}.',
+        )
+    kle = submission.get("kle")
+    if kle is not None and not isinstance(kle, dict):
+        raise SubmissionError("'kle' must be an object", hint='Send {"subjectKey": "..."}.')
+    fields = submission.get("fields", {})
+    if not isinstance(fields, dict):
+        raise SubmissionError("'fields' must be an object", hint="Send name/value pairs.")
+    case_id = _text(submission, "caseID")
+    content = ContentData(
+        formData=FORMdata(
+            taskKey=str(_text(form, "taskKey", required=True)),
+            version=_text(form, "version"),
+            activityFacet=_text(form, "activityFacet"),
+            label=_text(form, "label"),
+        ),
+        kleData=KLEdata(
+            subjectKey=str(_text(kle, "subjectKey", required=True)),
+            version=_text(kle, "version"),
+            activityFacet=_text(kle, "activityFacet"),
+            label=_text(kle, "label"),
+        )
+        if kle
+        else None,
+        caseID=CaseID(caseID=case_id) if case_id else None,
+    )
+    text = _text(submission, "text") or ""
+    lines = [str(label), "", text, ""] + [f"{k}: {v}" for k, v in fields.items()]
+    rendered = Document("formular.txt", "text/plain", "\n".join(lines).strip().encode())
+    data = Document(
+        "formular.json",
+        "application/json",
+        json.dumps({"fields": fields, "text": text}, ensure_ascii=False).encode(),
+        label="Formularens data",
+    )
+    assert label is not None  # noqa: S101 - required above
+    return citizen_message(
+        cpr=citizen.cpr,
+        authority_cvr=cvr,
+        label=label,
+        documents=[rendered, data, *files],
+        content_data=content,
+    )
