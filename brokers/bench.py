@@ -133,6 +133,7 @@ class Config:
     bootstrap: str | None
     progress: bool
     keep_home: bool
+    notify_concurrency: int = 16
 
     @property
     def total(self) -> int:
@@ -177,6 +178,7 @@ def config_from_args(settings: Settings, args: argparse.Namespace) -> Config:
         warmup=warmup,
         recipients=args.recipients or (50 if quick else 300),
         sms_share=args.sms_share,
+        notify_concurrency=args.notify_concurrency,
         document_size=args.document_size,
         phases=phases,
         perf_records=args.perf_records or (2000 if quick else 100_000),
@@ -957,7 +959,14 @@ def _service_ports() -> tuple[int, list[stack.ServiceSpec]]:
 
 
 def _service_env(
-    home: Path, bootstrap: str, *, kafka_port: int, port_base: int, peers: Peers, libs: Path
+    home: Path,
+    bootstrap: str,
+    *,
+    kafka_port: int,
+    port_base: int,
+    peers: Peers,
+    libs: Path,
+    notify_concurrency: int = 16,
 ) -> dict[str, str]:
     env = {
         k: v for k, v in os.environ.items() if not k.startswith("DP2_") or k == "DP2_PSEUDONYM_KEY"
@@ -973,6 +982,7 @@ def _service_env(
             "DP2_SMTP_PORT": str(peers.smtp_port),
             "DP2_SMS_PROVIDERS": f"bench={peers.sms_url}",
             "DP2_DIGEST_WINDOW_S": "0",
+            "DP2_NOTIFY_CONCURRENCY": str(notify_concurrency),
             "DP2_LOG_FORMAT": "json",
         }
     )
@@ -1107,6 +1117,7 @@ def run_bench(settings: Settings, config: Config) -> int:
             port_base=port_base,
             peers=peers,
             libs=settings.kafka_libs,
+            notify_concurrency=config.notify_concurrency,
         )
         bench_settings = Settings.from_env(env)
         algorithm = _issue_identities(bench_settings, config.senders)
@@ -1187,6 +1198,7 @@ def _result(
             "warmup": config.warmup,
             "recipients": config.recipients,
             "sms_share": config.sms_share,
+            "notify_concurrency": config.notify_concurrency,
             "document_size": config.document_size,
             "record_size": outcome.record_size,
             "phases": [
@@ -1231,6 +1243,12 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--warmup", type=int, help="messages sent and finished before the clock starts (200)")
     add("--recipients", type=int, help="generated CPR recipients; default 300")
     add("--sms-share", type=float, default=0.1, help="share of recipients notified by SMS")
+    add(
+        "--notify-concurrency",
+        type=int,
+        default=16,
+        help="DP2_NOTIFY_CONCURRENCY of the notifier under test (default 16)",
+    )
     add("--document-size", type=int, default=1024, help="bytes of the letter's document")
     add("--rate", type=_rates, help="open loop at these msg/s, e.g. 100,500,1000,2000")
     add(

@@ -388,7 +388,8 @@ def render(result: dict[str, Any]) -> str:
         "recipients "
         f"({params.get('sms_share', 0):.0%} SMS, the rest e-mail), "
         f"{params.get('document_size')}-byte document, {params.get('signature_algorithm')}, "
-        f"digest off, broker {params.get('broker')}",
+        f"digest off, notifier concurrency {params.get('notify_concurrency', 1)}, "
+        f"broker {params.get('broker')}",
         "",
         "sender cost per message (before the timed phase; on vendors' machines in production)",
         f"  seal+sign  p50 {_num(cost.get('seal_sign_us', {}).get('p50'))} us, "

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import hashlib
 import hmac
 import itertools
@@ -154,9 +155,16 @@ def signature_algorithm(key: SigningKey | CertificatePublicKeyTypes) -> str:
     )
 
 
+@functools.lru_cache(maxsize=4096)  # the same few signers sign every message
 def certificate_fingerprint(certificate: x509.Certificate) -> str:
     """Lowercase hex SHA-256 of the certificate's DER encoding (how envelopes name signers)."""
     return certificate.fingerprint(hashes.SHA256()).hex()
+
+
+@functools.lru_cache(maxsize=1024)
+def load_certificate_der(der: bytes) -> x509.Certificate:
+    """A certificate from DER, parsed once per distinct certificate (ValueError if not DER)."""
+    return x509.load_der_x509_certificate(der)
 
 
 def sign_bytes(private_key: SigningKey, data: bytes) -> bytes:

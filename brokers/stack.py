@@ -318,7 +318,9 @@ def _notifier(
     producer = new_producer(settings.kafka_bootstrap)
     tasks: list[asyncio.Task[None]] = []
     config = NotifierConfig(
-        digest_window_s=float(settings.digest_window_s), quiet_hours=settings.quiet_hours
+        digest_window_s=float(settings.digest_window_s),
+        quiet_hours=settings.quiet_hours,
+        concurrency=settings.notify_concurrency,
     )
 
     async def start() -> None:

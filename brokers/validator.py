@@ -318,7 +318,7 @@ class Validator:
         der = context.header_value(record.headers, SIGNER_CERT_HEADER)
         if der is not None:
             try:
-                return x509.load_der_x509_certificate(der)
+                return crypto.load_certificate_der(der)
             except ValueError as exc:
                 raise _reject(
                     "UNKNOWN_CERTIFICATE",

@@ -156,7 +156,12 @@ def order_timeline(events: Iterable[LifecycleEvent]) -> list[LifecycleEvent]:
 
 def current_state(events: Iterable[LifecycleEvent]) -> LifecycleState:
     """The message's state by the module's rules, whatever the events' arrival order."""
-    states = {event.state for event in events} - _NO_STATE
+    return current_state_of({event.state for event in events})
+
+
+def current_state_of(reported: set[LifecycleState]) -> LifecycleState:
+    """The state by the module's rules from the set of states a message reported."""
+    states = reported - _NO_STATE
     if not states:
         return S.UNKNOWN
     finals = states & FINAL_STATES

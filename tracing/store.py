@@ -97,11 +97,18 @@ class TraceStore(Protocol):
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
-    event_id     TEXT PRIMARY KEY,
-    message_uuid TEXT NOT NULL,
-    state        TEXT NOT NULL,
-    occurred_at  INTEGER NOT NULL,  -- microseconds since the epoch, UTC
-    record       BLOB NOT NULL      -- schemas.codec single-object encoding
+    event_id      TEXT PRIMARY KEY,
+    message_uuid  TEXT NOT NULL,
+    state         TEXT NOT NULL,
+    occurred_at   INTEGER NOT NULL,  -- microseconds since the epoch, UTC
+    record        BLOB NOT NULL,     -- schemas.codec single-object encoding
+    -- Copies of the fields the summary needs, so that an event's arrival refreshes
+    -- its message's summary without decoding the message's whole timeline.
+    rank          INTEGER,
+    sequence      INTEGER,
+    sender_id     TEXT,
+    recipient_ref TEXT,
+    reason_code   TEXT
 );
 CREATE INDEX IF NOT EXISTS events_by_message ON events (message_uuid);
 CREATE TABLE IF NOT EXISTS summaries (
@@ -134,6 +141,7 @@ class SqliteTraceStore:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._db: sqlite3.Connection | None = sqlite.connect(path)
         self._db.executescript(_SCHEMA)
+        self._add_summary_columns(self._db)
 
     @property
     def _conn(self) -> sqlite3.Connection:
@@ -149,13 +157,16 @@ class SqliteTraceStore:
         db = self._conn
         with db:  # one transaction: the event and its message's summary, or neither
             inserted = db.execute(
-                "INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO events (event_id, message_uuid, state, occurred_at,"
+                " record, rank, sequence, sender_id, recipient_ref, reason_code)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     event.eventId,
                     event.messageUUID,
                     event.state.value,
                     _micros(event.occurredAt),
                     codec.encode(event),
+                    *_summary_fields(event),
                 ),
             ).rowcount
             if inserted:
@@ -225,24 +236,66 @@ class SqliteTraceStore:
         self.close()
 
     def _refresh_summary(self, db: sqlite3.Connection, message_uuid: str) -> None:
+        # Timeline order as in lifecycle.timeline_key, from the copied columns.
         rows = db.execute(
-            "SELECT record FROM events WHERE message_uuid = ?", (message_uuid,)
+            "SELECT state, occurred_at, sender_id, recipient_ref, reason_code FROM events"
+            " WHERE message_uuid = ? ORDER BY occurred_at, rank, sequence, event_id",
+            (message_uuid,),
         ).fetchall()
-        events = lifecycle.order_timeline(codec.decode(row[0], LifecycleEvent) for row in rows)
-        reasons = [e.reasonCode for e in events if e.reasonCode is not None]
+        reasons = [r[4] for r in rows if r[4] is not None]
         db.execute(
             "INSERT OR REPLACE INTO summaries VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 message_uuid,
-                lifecycle.current_state(events).value,
-                _first(e.senderID for e in events),
-                _first(e.recipientRef for e in events),
-                _micros(events[0].occurredAt),
-                _micros(max(e.occurredAt for e in events)),
-                len(events),
+                lifecycle.current_state_of({LifecycleState(r[0]) for r in rows}).value,
+                _first(r[2] for r in rows),
+                _first(r[3] for r in rows),
+                rows[0][1],
+                max(r[1] for r in rows),
+                len(rows),
                 reasons[-1] if reasons else None,
             ),
         )
+
+    @staticmethod
+    def _add_summary_columns(db: sqlite3.Connection) -> None:
+        """Fill the summary columns of a store written before they existed (once)."""
+        columns = {row[1] for row in db.execute("PRAGMA table_info(events)")}
+        for name, kind in _SUMMARY_COLUMNS:
+            if name not in columns:
+                db.execute(f"ALTER TABLE events ADD COLUMN {name} {kind}")
+        missing = db.execute("SELECT COUNT(*) FROM events WHERE rank IS NULL").fetchone()[0]
+        if not missing:
+            return
+        with db:
+            for event_id, record in db.execute(
+                "SELECT event_id, record FROM events WHERE rank IS NULL"
+            ).fetchall():
+                event = codec.decode(record, LifecycleEvent)
+                db.execute(
+                    "UPDATE events SET rank = ?, sequence = ?, sender_id = ?, recipient_ref = ?,"
+                    " reason_code = ? WHERE event_id = ?",
+                    (*_summary_fields(event), event_id),
+                )
+
+
+_SUMMARY_COLUMNS = (
+    ("rank", "INTEGER"),
+    ("sequence", "INTEGER"),
+    ("sender_id", "TEXT"),
+    ("recipient_ref", "TEXT"),
+    ("reason_code", "TEXT"),
+)
+
+
+def _summary_fields(event: LifecycleEvent) -> tuple[int, int, str | None, str | None, str | None]:
+    return (
+        lifecycle.RANK[event.state],
+        event.sequence,
+        event.senderID,
+        event.recipientRef,
+        event.reasonCode,
+    )
 
 
 def _first(values: Any) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from schemas import codec
 from schemas.errors import Dp2Error
 from schemas.models import LifecycleEvent, LifecycleState
 from tracing.lifecycle import order_timeline
@@ -203,3 +205,27 @@ def test_close_is_safe_twice() -> None:
     with pytest.raises(Dp2Error) as caught:
         store.summary("m-1")
     assert caught.value.reason_code == "STORE_CLOSED"
+
+
+def test_a_store_from_before_the_summary_columns_is_upgraded(tmp_path: Path) -> None:
+    """A trace file written by the older five-column schema opens, fills in, and summarises."""
+    path = tmp_path / "old.sqlite"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE events (event_id TEXT PRIMARY KEY, message_uuid TEXT NOT NULL,"
+        " state TEXT NOT NULL, occurred_at INTEGER NOT NULL, record BLOB NOT NULL)"
+    )
+    events = delivered_then_late_failure()
+    for event in events[:-1]:
+        old.execute(
+            "INSERT INTO events VALUES (?, ?, ?, ?, ?)",
+            (event.eventId, event.messageUUID, event.state.value, 0, codec.encode(event)),
+        )
+    old.commit()
+    old.close()
+    with SqliteTraceStore(path) as upgraded:
+        assert upgraded.add(events[-1]) is True
+        summary = upgraded.summary("m-1")
+        assert summary is not None and summary.state is S.DELIVERED
+        assert summary.senderID == "29189846" and summary.lastReasonCode == "MAILBOX_TIMEOUT"
+        assert summary.eventCount == len(events)
