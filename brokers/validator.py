@@ -18,7 +18,7 @@ Checks, in order (the first failure decides):
 | UNKNOWN_MESSAGE_TYPE, NEMSMS_INVALID, BODY_MISSING, NO_DOCUMENT_FILE | MeMo structure |
 | LABEL_TOO_LONG, NOTIFICATION_TOO_LONG, TEXT_TOO_LONG | MeMo text limits (256 / 160) |
 | TOO_MANY_ATTACHMENTS | more than 10 additional documents |
-| MESSAGE_TOO_LARGE | over 99.5 MB from an authority, 10 MB from a citizen |
+| MESSAGE_TOO_LARGE | over 99.5 MB from an authority, 60 MB from a citizen |
 | INVALID_CVR, CPR_IN_CLEAR, INVALID_ID | identifiers: CVR 8 digits; CPR only as pseudonym |
 | INVALID_FILENAME | a file name with ``< > : " / \\ | ? *``, control or odd space characters |
 | ENCRYPTION_MISSING | documents not encrypted for a mailbox provider |
@@ -67,6 +67,9 @@ MAX_NOTIFICATION = 160
 MAX_ATTACHMENTS = 10
 MAX_AUTHORITY_BYTES = 99_500_000
 MAX_CITIZEN_BYTES = 10_000_000
+# A citizen's message may be up to 10 MB unless the authority allows up to 60 MB. The
+# backbone holds the ceiling; the citizen connectors hold each authority's own limit.
+MAX_CITIZEN_BYTES_CEILING = 60_000_000
 _FILENAME_FORBIDDEN = re.compile(r'[<>:"/\\|?*\r\n\t]')
 
 
@@ -198,7 +201,7 @@ def check_limits(envelope: Envelope, today: datetime) -> None:
             "Merge attachments or send them in more than one message.",
         )
     files = crypto.files_of(envelope.body)
-    limit = MAX_CITIZEN_BYTES if header.sender.idType is IdType.CPR else MAX_AUTHORITY_BYTES
+    limit = MAX_CITIZEN_BYTES_CEILING if header.sender.idType is IdType.CPR else MAX_AUTHORITY_BYTES
     size = sum(_content_size(f) for f in files)
     if size > limit:
         raise _reject(

@@ -35,7 +35,7 @@ plaintext Envelope of MeMo values.
 | MEMO_MISSING_ELEMENT | parse | a required element (or @memoVersion) is absent |
 | MEMO_UNKNOWN_ELEMENT | parse | an element MeMo has not got at that place |
 | MEMO_TOO_MANY | parse, validate | a one-only element repeated; a list over its maximum |
-| MEMO_INVALID_VALUE | parse | bad enum, boolean, number, date, timestamp or base64 |
+| MEMO_INVALID_VALUE | parse, validate | a bad enum, number, date or base64; a non-XML char |
 | MEMO_TIME_NOT_UTC | parse | a timestamp not ending in Z (needs the raw text) |
 | MEMO_ACTION_ON_TECHNICAL_DOCUMENT | parse | an Action in a TechnicalDocument |
 | MEMO_NOT_IN_VERSION | validate | a 1.2 element in 1.1, or memoSchVersion in 1.2 |

@@ -47,7 +47,7 @@ from prometheus_client import Counter, Gauge
 
 from brokers.contacts import ContactRegister, pseudonym_key
 from brokers.crypto import Pseudonymizer
-from brokers.validator import MAX_CITIZEN_BYTES
+from brokers.validator import MAX_CITIZEN_BYTES, MAX_CITIZEN_BYTES_CEILING
 from connectors.base import ConnectorContext, error_response
 from connectors.citizens import AuthError, Citizen, DevTokens, IdentityProvider, bearer
 from connectors.mail.mime import MODES, Mode, forward_mail
@@ -98,11 +98,11 @@ class MailConfig:
                 hint='Write the mail domain of the authorities, e.g. domain = "post.dp2.dk".',
             )
         max_bytes = int(context.option("max_bytes", MAX_CITIZEN_BYTES))
-        if not 0 < max_bytes <= MAX_CITIZEN_BYTES:
+        if not 0 < max_bytes <= MAX_CITIZEN_BYTES_CEILING:
             raise ConfigError(
-                f"{where}: max_bytes must be between 1 and {MAX_CITIZEN_BYTES}",
-                hint="The validator rejects more than 10 MB from a citizen; a larger limit "
-                "here would accept mail that DP2 then refuses.",
+                f"{where}: max_bytes must be between 1 and {MAX_CITIZEN_BYTES_CEILING}",
+                hint="MeMo allows 10 MB from a citizen, or up to 60 MB where the authority "
+                "allows it; DP2's validator refuses anything above 60 MB.",
             )
         cert, key = context.option("tls_cert"), context.option("tls_key")
         if (cert is None) != (key is None):

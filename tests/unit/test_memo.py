@@ -558,3 +558,14 @@ def _strategy(hint: Any) -> st.SearchStrategy[Any]:
 def test_any_plaintext_envelope_round_trips(envelope: Envelope) -> None:
     """parse(to_xml(e)) == e for every plaintext envelope of MeMo values."""
     assert parse(to_xml(envelope)) == envelope
+
+
+def test_validate_refuses_text_that_xml_cannot_carry() -> None:
+    """An envelope built in code with a control character is refused before it is sent."""
+    envelope = parse(sample("minimal.xml").encode())
+    broken = dataclasses.replace(
+        envelope, header=dataclasses.replace(envelope.header, label="Brev\x1bom flytning")
+    )
+    found = validate(broken, now=NOW)
+    assert [(v.code, v.path) for v in found] == [("MEMO_INVALID_VALUE", "MessageHeader/label")]
+    assert "U+001B" in found[0].message
