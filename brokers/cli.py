@@ -178,6 +178,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     if not settings.kafka_is_external:
         _cluster(settings, 1).start()
     demo.ensure_development_pki(settings, _say)
+    demo.ensure_default_connectors(settings, _say)
     connector_config = read_config(settings)
     # A receiving connector (an authority's ESDH, say) is its provider's mailbox.
     served = {str(table["provider"]) for table in connector_config.values() if "provider" in table}

@@ -22,6 +22,7 @@ from brokers.crypto import Pseudonymizer
 from brokers.pki import Identity, Pki, provider_identity_name
 from brokers.router import PRINT_PROVIDER
 from brokers.settings import PROJECT_ROOT, Settings
+from connectors.base import configured
 from connectors.sdk import Document, Dp2Client, Receipt, build_message
 from schemas.errors import Dp2Error
 from schemas.models import IdType, MessageType
@@ -37,7 +38,7 @@ Say = Callable[[str], None]
 def ensure_development_pki(settings: Settings, say: Say) -> None:
     """Create the development CA and demo identities once (idempotent)."""
     pki = Pki(settings.home / "pki")
-    if not (pki.root / "ca.pem").exists():
+    if not (pki.root / "ca" / "cert.pem").exists():
         say(f"creating a development PKI in {pki.root} (not for production)")
         pki.init()
     existing = set(pki.names())
@@ -46,6 +47,22 @@ def ensure_development_pki(settings: Settings, say: Say) -> None:
     for provider in (DEMO_PROVIDER, PRINT_PROVIDER):
         if provider_identity_name(provider) not in existing:
             pki.issue_provider(provider)
+
+
+DEFAULT_CONNECTORS = """# Connectors that `dp2 up` runs (see docs/connectors.md, section 5).
+# Remote print: letters for recipients without digital post become PDFs in
+# $DP2_HOME/data/connectors/print/outbox (set drop_dir or upload_url to change).
+[connectors.print]
+"""
+
+
+def ensure_default_connectors(settings: Settings, say: Say) -> None:
+    """A first connectors.toml for the embedded default: remote print on (once)."""
+    path = settings.home / "connectors.toml"
+    if not path.exists():
+        settings.home.mkdir(parents=True, exist_ok=True)
+        path.write_text(DEFAULT_CONNECTORS, encoding="utf-8")
+        say(f"wrote {path} (remote print to a folder); add your connectors there")
 
 
 def sender_cvr(identity: Identity) -> str | None:
@@ -91,9 +108,10 @@ async def run_demo(settings: Settings, say: Say) -> list[str]:
     await asyncio.sleep(0.5)  # let the router's register see the records
     letter = Document("brev.txt", "text/plain", "Kære borger, her er dit brev.".encode())
     today = datetime.now(UTC).date()
+    printed = "PRINTED" if "print" in configured(settings) else "ROUTED"
     samples = [  # recipient, label, doNotDeliverUntilDate, the state the demo waits for
         ("0101901234", "Afgørelse om boligstøtte", None, "DELIVERED"),  # registered: digital
-        ("2002303456", "Indkaldelse til samtale", None, "ROUTED"),  # exempt: to print
+        ("2002303456", "Indkaldelse til samtale", None, printed),  # exempt: to print
         ("1512452345", "Påmindelse om tandpleje", today + timedelta(days=30), "SCHEDULED"),
     ]
     uuids = []
