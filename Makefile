@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 BENCH_STAMP := $(VENV)/.bench-stamp
 BENCH_ARGS ?=
 
-.PHONY: help install jars run stop test test-fast bench lint format clean
+.PHONY: help install jars chromium run stop test test-fast bench lint format clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -38,8 +38,14 @@ run: install jars ## run the whole stack on 127.0.0.1 in the background; `make s
 stop: ## stop everything `make run` started
 	@test -x $(BIN)/dp2 && $(BIN)/dp2 down || true
 
-test: install jars ## run every test against a real Kafka the tests start themselves
+test: install jars chromium ## run every test against a real Kafka the tests start themselves
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The dashboard tests drive Debian's chromium; Playwright must not download a browser.
+chromium:
+	@command -v chromium >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; }
 
 test-fast: install ## unit tests only (no broker)
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)

@@ -51,6 +51,7 @@ from connectors.citizens import add_token_commands
 from connectors.esdh import memo
 from connectors.sdk import Document, Dp2Client
 from schemas.errors import Dp2Error
+from tracing.access import add_dashboard_commands
 from tracing.client import add_trace_command
 
 
@@ -399,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_pki_commands(sub)
     add_token_commands(sub)
     add_bench_command(sub)
+    add_dashboard_commands(sub)
     add_trace_command(sub)
     st = sub.add_parser("status", help="every service with its URL and health")
     st.add_argument("--json", action="store_true")

@@ -64,8 +64,13 @@ from connectors.notify.service import (
     Outbox,
     dispatch_loop,
 )
+from schemas import codec
 from schemas.errors import Dp2Error
+from schemas.models import LifecycleEvent
+from tracing.access import Users
 from tracing.api import TraceService, make_app
+from tracing.dashboard import Dashboard
+from tracing.deadletters import DeadLetterStore
 from tracing.store import SqliteTraceStore
 
 #: Offsets from DP2_PORT_BASE (default 8470); mailboxes follow the router.
@@ -152,24 +157,7 @@ async def build_service(
         )
 
     if kind == "tracing":
-        store = SqliteTraceStore(data / "trace.sqlite")
-        trace = TraceService(store, registry)
-
-        async def ingest(record: Any) -> list[Output]:
-            from schemas import codec  # noqa: PLC0415 - keep the import list short
-            from schemas.models import LifecycleEvent  # noqa: PLC0415
-
-            trace.ingest(codec.decode(record.value or b"", LifecycleEvent))
-            return []
-
-        return ServiceHost(
-            "tracing",
-            [worker("tracing", ["dp2.lifecycle"], ingest)],
-            registry,
-            port=port,
-            app=make_app(trace),
-            on_stop=[_async(store.close)],
-        )
+        return _tracing(settings, registry, worker, port=port, data=data)
     if kind == "validator":
         submissions = SubmissionLog(data / "validator.sqlite")
         validator = Validator(TrustStore(pki_root), submissions)
@@ -255,6 +243,47 @@ async def build_service(
         f"no service called {kind!r}",
         reason_code="UNKNOWN_SERVICE",
         hint="Choose tracing, validator, router, mailbox, notifier or connector.",
+    )
+
+
+def _tracing(
+    settings: Settings,
+    registry: CollectorRegistry,
+    worker: Callable[..., KafkaWorker],
+    *,
+    port: int,
+    data: Path,
+) -> ServiceHost:
+    """The trace of every message, its HTTP API and the operators' dashboard."""
+    store = SqliteTraceStore(data / "trace.sqlite")
+    trace = TraceService(store, registry)
+    deadletters = DeadLetterStore(data / "deadletters.sqlite")
+    producer = new_producer(settings.kafka_bootstrap)  # re-drives dead letters
+    dashboard = Dashboard(
+        store, deadletters, Users(settings.home), run_dir=run_dir(settings), producer=producer
+    )
+    app = make_app(trace)
+    app.add_routes(dashboard.routes())
+
+    async def ingest(record: Any) -> list[Output]:
+        trace.ingest(codec.decode(record.value or b"", LifecycleEvent))
+        return []
+
+    async def park(record: Any) -> list[Output]:
+        deadletters.park(record)
+        return []
+
+    return ServiceHost(
+        "tracing",
+        [
+            worker("tracing", ["dp2.lifecycle"], ingest, producer=producer),
+            worker("tracing-deadletters", ["dp2.deadletter"], park, producer=producer),
+        ],
+        registry,
+        port=port,
+        app=app,
+        on_start=[producer.start],
+        on_stop=[producer.stop, _async(store.close), _async(deadletters.close)],
     )
 
 

@@ -224,6 +224,24 @@ class SqliteTraceStore:
         last = items[-1]
         return Page(items, _encode_cursor(_micros(last.firstSeen), last.messageUUID))
 
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The connection, for read-only projections over the same tables (tracing.stats)."""
+        return self._conn
+
+    def throughput(self, since: datetime, sender: str | None = None) -> list[tuple[int, str, int]]:
+        """(minute since the epoch, state, events) from ``since`` on; one sender's if given."""
+        return [
+            (int(minute), str(state), int(count))
+            for minute, state, count in self._conn.execute(
+                "SELECT e.occurred_at / 60000000, e.state, COUNT(*) FROM events e"
+                " LEFT JOIN summaries s ON s.message_uuid = e.message_uuid"
+                " WHERE e.occurred_at >= ? AND (? IS NULL OR s.sender_id = ?)"
+                " GROUP BY 1, 2 ORDER BY 1",
+                (_micros(since), sender, sender),
+            )
+        ]
+
     def close(self) -> None:
         db, self._db = self._db, None
         if db is not None:

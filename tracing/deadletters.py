@@ -1,0 +1,150 @@
+"""Dead letters as operators see them: kept, inspectable, and re-drivable.
+
+Why it exists: a record no service could handle is parked on ``dp2.deadletter``
+with why (brokers.service) — never lost, never blocking its partition. Someone has
+to look at it and, once the cause is fixed, send it back. The tracing service keeps
+every dead letter here (SQLite, keyed by where it came from), the dashboard lists
+and inspects them (headers, reason, size — never the body, which may hold
+personal data), and a re-drive produces the original bytes, key and headers back
+to the topic it came from, where the service that failed takes it again.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaProducer, ConsumerRecord
+
+from brokers import sqlite
+from schemas.errors import Dp2Error
+
+# Headers the dead-letter step added; a re-drive sends the record without them.
+_PARKING_HEADERS = {"dp2-reason-code", "dp2-reason", "dp2-source", "dp2-service"}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS deadletters (
+    source TEXT PRIMARY KEY, topic TEXT NOT NULL, service TEXT, reason_code TEXT,
+    reason TEXT, message_uuid TEXT, key BLOB, value BLOB NOT NULL, headers TEXT NOT NULL,
+    parked_at TEXT NOT NULL, redriven_at TEXT, redriven_by TEXT);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    source: str  # topic/partition/offset it was read from
+    topic: str
+    service: str | None
+    reason_code: str | None
+    reason: str | None
+    message_uuid: str | None
+    size: int
+    header_names: list[str]
+    parked_at: str
+    redriven_at: str | None
+    redriven_by: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "topic": self.topic,
+            "service": self.service,
+            "reasonCode": self.reason_code,
+            "reason": self.reason,
+            "messageUUID": self.message_uuid,
+            "size": self.size,
+            "headers": self.header_names,
+            "parkedAt": self.parked_at,
+            "redrivenAt": self.redriven_at,
+            "redrivenBy": self.redriven_by,
+        }
+
+
+class DeadLetterStore:
+    def __init__(self, path: Path | str) -> None:
+        self._db = sqlite.connect(str(path))
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def park(self, record: ConsumerRecord[bytes, bytes]) -> bool:
+        """Keep one dead letter (a redelivery of the same one changes nothing)."""
+        headers = {k: v for k, v in (record.headers or ())}
+        text = {k: v.decode("utf-8", "replace") for k, v in headers.items()}
+        source = text.get("dp2-source") or f"{record.topic}/{record.partition}/{record.offset}"
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO deadletters VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
+            (
+                source,
+                source.rsplit("/", 2)[0],
+                text.get("dp2-service"),
+                text.get("dp2-reason-code"),
+                text.get("dp2-reason"),
+                text.get("dp2-message-uuid"),
+                record.key,
+                record.value or b"",
+                _encode_headers(record.headers or ()),
+                datetime.now(UTC).isoformat(),
+            ),
+        )
+        self._db.commit()
+        return cursor.rowcount == 1
+
+    def list(self, *, include_redriven: bool = True, limit: int = 200) -> list[DeadLetter]:
+        rows = self._db.execute(
+            _SELECT + " WHERE ? OR redriven_at IS NULL ORDER BY parked_at DESC LIMIT ?",
+            (include_redriven, limit),
+        ).fetchall()
+        return [_letter(r) for r in rows]
+
+    def get(self, source: str) -> DeadLetter | None:
+        row = self._db.execute(_SELECT + " WHERE source = ?", (source,)).fetchone()
+        return None if row is None else _letter(row)
+
+    async def redrive(self, source: str, producer: AIOKafkaProducer, by: str) -> DeadLetter:
+        """Send the original record back to its topic, and note who did it and when."""
+        row = self._db.execute(
+            "SELECT topic, key, value, headers FROM deadletters WHERE source = ?", (source,)
+        ).fetchone()
+        if row is None:
+            raise Dp2Error(
+                "there is no dead letter from that source",
+                reason_code="UNKNOWN_DEAD_LETTER",
+                hint="Pick one from the dead-letter list.",
+            )
+        topic, key, value, headers = row
+        kept = [(k, v) for k, v in _decode_headers(headers) if k not in _PARKING_HEADERS]
+        await producer.send_and_wait(topic, value, key=key, headers=kept)
+        self._db.execute(
+            "UPDATE deadletters SET redriven_at = ?, redriven_by = ? WHERE source = ?",
+            (datetime.now(UTC).isoformat(), by, source),
+        )
+        self._db.commit()
+        letter = self.get(source)
+        assert letter is not None  # noqa: S101 - read back what was just updated
+        return letter
+
+
+_SELECT = (
+    "SELECT source, topic, service, reason_code, reason, message_uuid, length(value), headers,"
+    " parked_at, redriven_at, redriven_by FROM deadletters"
+)
+
+
+def _letter(row: sqlite3.Row | tuple[Any, ...]) -> DeadLetter:
+    (source, topic, service, code, reason, uuid, size, headers, parked, redriven, by) = row
+    names = [k for k, _ in _decode_headers(headers)]
+    return DeadLetter(source, topic, service, code, reason, uuid, size, names, parked, redriven, by)
+
+
+def _encode_headers(headers: Any) -> str:
+    return json.dumps([[k, v.hex()] for k, v in headers])
+
+
+def _decode_headers(text: str) -> list[tuple[str, bytes]]:
+    return [(k, bytes.fromhex(v)) for k, v in json.loads(text)]
