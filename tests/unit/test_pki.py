@@ -26,7 +26,11 @@ from brokers.pki import (
 from brokers.settings import Settings
 from tests.unit.test_crypto import letter
 
-NOW = datetime.now(UTC)
+
+def now() -> datetime:
+    """The time of the check itself: certificates are issued a few minutes back-dated,
+    and a clock read at import would fall behind them in a long test session."""
+    return datetime.now(UTC)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +87,7 @@ def test_each_kind_verifies(
         provider.certificate,
         provider.encryption_certificate,
     ):
-        trust.verify_certificate(cert, NOW)
+        trust.verify_certificate(cert, now())
     assert [kind_of(i.certificate) for i in (sender, vendor, provider)] == [
         "sender",
         "vendor",
@@ -161,10 +165,10 @@ def test_every_ca_algorithm_issues_verifiable_certificates(algorithm: str, tmp_p
     pki.init(algorithm)
     identity = pki.issue_sender("12345678", "org", algorithm=crypto.ED25519)
     trust = TrustStore(tmp_path)
-    trust.verify_certificate(identity.certificate, NOW)
+    trust.verify_certificate(identity.certificate, now())
     pki.revoke("org")
     trust.reload()
-    assert reason(lambda: trust.verify_certificate(identity.certificate, NOW)) == (
+    assert reason(lambda: trust.verify_certificate(identity.certificate, now())) == (
         "CERTIFICATE_REVOKED"
     )
 
@@ -179,20 +183,23 @@ def test_issued_keys_follow_the_ca_algorithm(fresh_pki: Pki) -> None:
 def test_expired_certificate(fresh_pki: Pki) -> None:
     """A certificate past its not_after is CERTIFICATE_EXPIRED."""
     old = fresh_pki.issue_sender(
-        "12345678", "old", not_before=NOW - timedelta(days=30), not_after=NOW - timedelta(days=1)
+        "12345678",
+        "old",
+        not_before=now() - timedelta(days=30),
+        not_after=now() - timedelta(days=1),
     )
     trust = TrustStore(fresh_pki.root)
-    assert reason(lambda: trust.verify_certificate(old.certificate, NOW)) == "CERTIFICATE_EXPIRED"
+    assert reason(lambda: trust.verify_certificate(old.certificate, now())) == "CERTIFICATE_EXPIRED"
 
 
 def test_not_yet_valid_certificate(fresh_pki: Pki) -> None:
     """A certificate before its not_before is CERTIFICATE_NOT_YET_VALID."""
-    early = fresh_pki.issue_sender("12345678", "early", not_before=NOW + timedelta(days=1))
+    early = fresh_pki.issue_sender("12345678", "early", not_before=now() + timedelta(days=1))
     trust = TrustStore(fresh_pki.root)
-    assert reason(lambda: trust.verify_certificate(early.certificate, NOW)) == (
+    assert reason(lambda: trust.verify_certificate(early.certificate, now())) == (
         "CERTIFICATE_NOT_YET_VALID"
     )
-    trust.verify_certificate(early.certificate, NOW + timedelta(days=2))
+    trust.verify_certificate(early.certificate, now() + timedelta(days=2))
 
 
 def test_revoked_certificate(fresh_pki: Pki) -> None:
@@ -201,7 +208,7 @@ def test_revoked_certificate(fresh_pki: Pki) -> None:
     assert fresh_pki.revoke("gone") == [identity.fingerprint]
     assert fresh_pki.revoke(identity.fingerprint) == []
     trust = TrustStore(fresh_pki.root)
-    assert reason(lambda: trust.verify_certificate(identity.certificate, NOW)) == (
+    assert reason(lambda: trust.verify_certificate(identity.certificate, now())) == (
         "CERTIFICATE_REVOKED"
     )
 
@@ -220,7 +227,7 @@ def test_other_ca_is_untrusted_issuer(fresh_pki: Pki, tmp_path: Path) -> None:
     other.init(crypto.ED25519)
     stranger = other.issue_sender("12345678", "org")
     trust = TrustStore(fresh_pki.root)
-    assert reason(lambda: trust.verify_certificate(stranger.certificate, NOW)) == (
+    assert reason(lambda: trust.verify_certificate(stranger.certificate, now())) == (
         "UNTRUSTED_ISSUER"
     )
 
@@ -229,7 +236,7 @@ def test_ca_certificate_cannot_sign_messages(fresh_pki: Pki) -> None:
     """The self-signed CA certificate is not accepted as an end-entity certificate."""
     trust = TrustStore(fresh_pki.root)
     ca = fresh_pki.ca_certificate()
-    assert reason(lambda: trust.verify_certificate(ca, NOW)) == "UNTRUSTED_ISSUER"
+    assert reason(lambda: trust.verify_certificate(ca, now())) == "UNTRUSTED_ISSUER"
 
 
 def test_crl_from_another_ca_is_refused(fresh_pki: Pki, tmp_path: Path) -> None:
@@ -299,7 +306,7 @@ def test_init_is_idempotent_unless_forced(fresh_pki: Pki) -> None:
     assert fresh_pki.init(crypto.ED25519) == ca
     assert fresh_pki.init(crypto.ED25519, force=True) != ca
     trust = TrustStore(fresh_pki.root)
-    assert reason(lambda: trust.verify_certificate(identity.certificate, NOW)) == (
+    assert reason(lambda: trust.verify_certificate(identity.certificate, now())) == (
         "UNTRUSTED_ISSUER"
     )
 
@@ -327,14 +334,14 @@ def test_reload_sees_a_revocation(fresh_pki: Pki) -> None:
     """A running trust store picks up a revocation at its next reload()."""
     identity = fresh_pki.issue_sender("12345678", "org")
     trust = TrustStore(fresh_pki.root)
-    trust.verify_certificate(identity.certificate, NOW)
+    trust.verify_certificate(identity.certificate, now())
     version = trust.crl_version
     trust.reload()
     assert trust.crl_version == version  # nothing changed: nothing re-read
     fresh_pki.revoke("org")
     trust.reload()
     assert trust.crl_version == version + 1
-    assert reason(lambda: trust.verify_certificate(identity.certificate, NOW)) == (
+    assert reason(lambda: trust.verify_certificate(identity.certificate, now())) == (
         "CERTIFICATE_REVOKED"
     )
 
