@@ -14,7 +14,7 @@ Checks, in order (the first failure decides):
 | SIGNATURE_MISSING / CERTIFICATE_MISMATCH / SIGNATURE_INVALID | see brokers.crypto |
 | UNKNOWN_CERTIFICATE / UNTRUSTED_ISSUER / CERTIFICATE_EXPIRED /        | see brokers.pki |
 | CERTIFICATE_NOT_YET_VALID / CERTIFICATE_REVOKED                        |                 |
-| SENDER_NOT_AUTHORISED | the signer may not send as the envelope's sender CVR |
+| SENDER_NOT_AUTHORISED | the signer may not send as the sender CVR, or for a citizen (CPR) |
 | UNKNOWN_MESSAGE_TYPE, NEMSMS_INVALID, BODY_MISSING, NO_DOCUMENT_FILE | MeMo structure |
 | LABEL_TOO_LONG, NOTIFICATION_TOO_LONG, TEXT_TOO_LONG | MeMo text limits (256 / 160) |
 | TOO_MANY_ATTACHMENTS | more than 10 additional documents |
@@ -45,7 +45,7 @@ from aiokafka import ConsumerRecord
 from cryptography import x509
 
 from brokers import crypto, sqlite
-from brokers.pki import TrustStore
+from brokers.pki import PROVIDER, TrustStore, kind_of
 from brokers.service import Output, lifecycle_output, rejection_output, source_of
 from schemas import codec
 from schemas.errors import Dp2Error
@@ -343,5 +343,15 @@ class Validator:
                 f"the signing certificate may not send on behalf of CVR {sender.senderID}",
                 "Sign with that authority's certificate, or have your vendor certificate "
                 "issued with this CVR among those it sends for.",
+            )
+        if sender.idType is IdType.CPR and kind_of(certificate) != PROVIDER:
+            # A citizen's message is signed by the connector that authenticated the
+            # citizen — a mailbox provider or a citizen-facing connector, both holding
+            # provider certificates — never by an authority's or a vendor's key.
+            raise _reject(
+                "SENDER_NOT_AUTHORISED",
+                "only a provider's certificate may send on behalf of a citizen",
+                "Send citizens' messages through a citizen-facing connector that signs with "
+                "a provider identity (dp2 pki issue provider --id ...).",
             )
         check_limits(envelope, self._clock())

@@ -22,7 +22,9 @@ from schemas.models import (
     BlobContent,
     Envelope,
     File,
+    IdType,
     InlineContent,
+    Sender,
 )
 from tests.integration.conftest import (
     EXEMPT_CPR,
@@ -170,6 +172,20 @@ async def test_each_fault_is_rejected_with_its_own_reason(stack: Stack, tmp_path
                 stack, vendor, codec.encode(message), message.header.messageUUID
             )
 
+        # An authority's key may not speak for a citizen (only a provider's may).
+        plain = letter(EXEMPT_CPR)
+        as_citizen = dataclasses.replace(
+            plain,
+            header=dataclasses.replace(
+                plain.header,
+                sender=Sender(senderID=UNKNOWN_CPR, idType=IdType.CPR, label="Borger"),
+            ),
+        )
+        message, _ = client.seal_and_sign(as_citizen)
+        codes["authority as citizen"] = await _rejected_with(
+            stack, client, codec.encode(message), message.header.messageUUID
+        )
+
         signed, _ = client.seal_and_sign(letter())
         assert signed.body is not None
         main_file = signed.body.mainDocument.file[0]
@@ -240,6 +256,7 @@ async def test_each_fault_is_rejected_with_its_own_reason(stack: Stack, tmp_path
         "expired": "CERTIFICATE_EXPIRED",
         "revoked": "CERTIFICATE_REVOKED",
         "not allowed": "SENDER_NOT_AUTHORISED",
+        "authority as citizen": "SENDER_NOT_AUTHORISED",
         "oversize": "MESSAGE_TOO_LARGE",
         "too many attachments": "TOO_MANY_ATTACHMENTS",
         "long notification": "NOTIFICATION_TOO_LONG",

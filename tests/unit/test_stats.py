@@ -162,7 +162,7 @@ def db() -> Iterator[sqlite3.Connection]:
         for event in reversed(events):  # arrival order must not matter
             store.add(event)
         store.add(events[0])  # a Kafka redelivery must not count twice
-        yield store._conn
+        yield store.db
 
 
 def only(stats: list[PeriodStats]) -> PeriodStats:
@@ -304,8 +304,8 @@ def test_senders_lists_only_authorities() -> None:
     with SqliteTraceStore(":memory:") as store:
         for event in t.events:
             store.add(event)
-        assert senders(store._conn) == [B, A]  # 12345678 before 29189846
-        everyone = only(compute(store._conn, kind="day", start=DAY1, end=DAY2))
+        assert senders(store.db) == [B, A]  # 12345678 before 29189846
+        everyone = only(compute(store.db, kind="day", start=DAY1, end=DAY2))
         assert (everyone.messages, everyone.digital) == (4, 3)
 
 
@@ -329,7 +329,7 @@ def test_channel_rules_for_messages_in_transit_failed_or_printed_after_delivery(
     with SqliteTraceStore(":memory:") as store:
         for event in t.events:
             store.add(event)
-        s = only(compute(store._conn, kind="day", start=DAY1, end=DAY2))
+        s = only(compute(store.db, kind="day", start=DAY1, end=DAY2))
     assert s.messages == 7
     # digital: in-transit, skewed, says-nemsms; print: resent-on-paper, print-pending;
     # none: failed, scheduled
