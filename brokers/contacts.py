@@ -34,7 +34,7 @@ from typing import Any
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from brokers.crypto import Pseudonymizer
+from brokers.crypto import Pseudonymizer, secret_key_file
 from brokers.service import behind, new_producer, read_from_start
 from schemas import codec
 from schemas.errors import Dp2Error, SchemaError
@@ -66,13 +66,7 @@ def pseudonym_key(home: Path) -> bytes:
     from_env = os.environ.get("DP2_PSEUDONYM_KEY")
     if from_env:
         return bytes.fromhex(from_env)
-    path = home / "pseudonym.key"
-    if not path.exists():
-        home.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(os.urandom(32))
-    return path.read_bytes()
+    return secret_key_file(home / "pseudonym.key")
 
 
 def _id_type(value: str, row: int) -> IdType:

@@ -55,6 +55,7 @@ import os
 import re
 import struct
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Final, TypeAlias
 
 from cryptography import x509
@@ -156,6 +157,23 @@ def signature_algorithm(key: SigningKey | CertificatePublicKeyTypes) -> str:
 
 
 @functools.lru_cache(maxsize=4096)  # the same few signers sign every message
+def secret_key_file(path: Path, size: int = 32) -> bytes:
+    """A deployment's secret kept in ``path``: made once (random bytes, mode 0600), then read.
+
+    Two processes starting together both end up with the one that was written first.
+    """
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it first
+            pass
+        else:
+            with os.fdopen(fd, "wb") as out:
+                out.write(os.urandom(size))
+    return path.read_bytes()
+
+
 def certificate_fingerprint(certificate: x509.Certificate) -> str:
     """Lowercase hex SHA-256 of the certificate's DER encoding (how envelopes name signers)."""
     return certificate.fingerprint(hashes.SHA256()).hex()

@@ -44,10 +44,9 @@ from typing import Any
 import aiohttp
 from prometheus_client import CollectorRegistry
 
-from brokers.blobstore import FileBlobStore
 from brokers.contacts import ContactRegister, pseudonym_key
 from brokers.crypto import Pseudonymizer
-from brokers.pki import Pki, TrustStore, provider_identity_name
+from brokers.pki import TrustStore
 from brokers.router import Router, ScheduleStore, release_loop
 from brokers.service import KafkaWorker, Output, ServiceHost, ServiceMetrics, new_producer
 from brokers.settings import Settings
@@ -300,15 +299,8 @@ async def _mailbox(
     topic = provider_topic(provider).name
     await ensure_topics(settings.kafka_bootstrap, [provider_topic(provider)])
     mailbox_store = MailboxStore(data / f"mailbox-{provider}.sqlite")
-    pki_root = settings.home / "pki"
-    mailbox = DeliveryHandler(
-        provider,
-        Pki(pki_root).identity(provider_identity_name(provider)),
-        TrustStore(pki_root),
-        mailbox_store,
-        FileBlobStore(settings.home / "blobs"),
-        pseudonyms=Pseudonymizer(pseudonym_key(settings.home)),
-        facts=lambda plain: notification_facts(plain, provider),
+    mailbox = DeliveryHandler.for_provider(
+        settings, provider, mailbox_store, facts=lambda plain: notification_facts(plain, provider)
     )
     return ServiceHost(
         f"mailbox-{provider}",

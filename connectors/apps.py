@@ -40,6 +40,7 @@ from brokers.contacts import ContactRegister, pseudonym_key
 from brokers.pki import Pki, provider_identity_name
 from brokers.service import lifecycle_output, new_producer
 from connectors.base import ConnectorContext, error_response
+from connectors.citizen_openapi import apps_openapi
 from connectors.citizens import (
     AuthError,
     Citizen,
@@ -56,7 +57,6 @@ from schemas.models import (
     CaseID,
     ContentData,
     Envelope,
-    File,
     InlineContent,
     LifecycleEvent,
     LifecycleState,
@@ -296,7 +296,7 @@ class AppsConnector:
         async def work(citizen: Citizen) -> tuple[int, Any]:
             cpr, _, _ = self._owner(citizen, request.match_info["mailbox"])
             message = self._message(cpr, request.match_info["uuid"])
-            files = _files(message)
+            files = crypto.files_of(message.body)
             index = _int(request.match_info["index"], "index", 0, max(len(files) - 1, 0))
             if index >= len(files):
                 raise _not_found()
@@ -372,7 +372,8 @@ class AppsConnector:
                 cpr=cpr,
                 authority_cvr=header.sender.senderID,
                 label=f"Svar: {header.label}"[:256],
-                documents=[Document("svar.txt", "text/plain", text.encode()), *files],
+                main=[Document("svar.txt", "text/plain", text.encode())],
+                attachments=files,
                 content_data=ContentData(
                     caseID=CaseID(caseID=case.caseID, caseSystem=case.caseSystem)
                 )
@@ -543,8 +544,6 @@ class AppsConnector:
         return await self._guarded(request, "audit", work)
 
     async def _openapi(self, _: web.Request) -> web.Response:
-        from connectors.citizen_openapi import apps_openapi  # noqa: PLC0415 - only when asked
-
         return web.json_response(apps_openapi())
 
 
@@ -595,18 +594,6 @@ async def _reply_body(request: web.Request) -> tuple[str, list[Document]]:
     return text, []
 
 
-def _files(message: Envelope) -> list[File]:
-    body = message.body
-    if body is None:
-        return []
-    files = list(body.mainDocument.file)
-    for document in body.additionalDocument:
-        files += document.file
-    for technical in body.technicalDocument:
-        files += technical.file
-    return files
-
-
 def _summary(message: Envelope, received_at: str, read: bool) -> dict[str, Any]:
     header = message.header
     return {
@@ -639,7 +626,7 @@ def _detail(message: Envelope, read: bool, owner: bool) -> dict[str, Any]:
                 "mimeType": f.encodingFormat,
                 "size": len(f.content.data) if isinstance(f.content, InlineContent) else None,
             }
-            for n, f in enumerate(_files(message))
+            for n, f in enumerate(crypto.files_of(message.body))
         ],
     }
 

@@ -45,10 +45,6 @@ from typing import Any, Protocol, runtime_checkable
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from brokers.blobstore import FileBlobStore
-from brokers.contacts import pseudonym_key
-from brokers.crypto import Pseudonymizer
-from brokers.pki import Pki, TrustStore, provider_identity_name
 from brokers.service import Handler, KafkaWorker, ServiceHost, ServiceMetrics
 from brokers.settings import Settings
 from brokers.topics import ensure_topics, provider_topic
@@ -226,15 +222,8 @@ async def build_connector_service(
     if isinstance(connector, ReceivingConnector):
         provider = connector.provider_id
         await ensure_topics(settings.kafka_bootstrap, [provider_topic(provider)])
-        pki_root = settings.home / "pki"
-        handler = DeliveryHandler(
-            provider,
-            Pki(pki_root).identity(provider_identity_name(provider)),
-            TrustStore(pki_root),
-            connector,
-            FileBlobStore(settings.home / "blobs"),
-            pseudonyms=Pseudonymizer(pseudonym_key(settings.home)),
-            actor=f"connector:{name}",
+        handler = DeliveryHandler.for_provider(
+            settings, provider, connector, actor=f"connector:{name}"
         )
         workers.append(
             context.worker("deliveries", [provider_topic(provider).name], handler.handle)

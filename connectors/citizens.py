@@ -23,7 +23,6 @@ import binascii
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import uuid
 from collections.abc import Sequence
@@ -32,18 +31,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
+from brokers.crypto import secret_key_file
 from brokers.settings import Settings
-from connectors.sdk import Document
+from connectors.sdk import Document, message_body
 from schemas.errors import Dp2Error
 from schemas.models import (
-    AdditionalDocument,
     ContentData,
     Envelope,
-    File,
     IdType,
-    InlineContent,
-    MainDocument,
-    MessageBody,
     MessageHeader,
     MessageType,
     Recipient,
@@ -86,17 +81,7 @@ class DevTokens:
 
     @classmethod
     def from_home(cls, home: Path) -> DevTokens:
-        path = home / KEY_FILE
-        if not path.exists():
-            home.mkdir(parents=True, exist_ok=True)
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:  # another process made it first
-                pass
-            else:
-                with os.fdopen(fd, "wb") as out:
-                    out.write(secrets.token_bytes(32))
-        return cls(path.read_bytes())
+        return cls(secret_key_file(home / KEY_FILE))
 
     def issue(
         self, cpr: str, *, ttl: timedelta = timedelta(hours=12), now: datetime | None = None
@@ -179,38 +164,25 @@ def citizen_message(
     cpr: str,
     authority_cvr: str,
     label: str,
-    documents: Sequence[Document],
+    main: Sequence[Document],
+    attachments: Sequence[Document] = (),
     content_data: ContentData | None = None,
     reply_data: Sequence[ReplyData] = (),
-    sender_label: str | None = None,
+    sender_label: str = "Borger",
+    message_uuid: str | None = None,
+    created: datetime | None = None,
 ) -> Envelope:
     """A plain MeMo 1.2 message from a citizen to an authority (forms, apps, mail)."""
-    files = [
-        File(
-            encodingFormat=d.mime_type,
-            filename=d.filename,
-            language=d.language,
-            content=InlineContent(data=d.data),
-        )
-        for d in documents
-    ]
     return Envelope(
         memoVersion="1.2",
         header=MessageHeader(
             messageType=MessageType.DIGITALPOST,
-            messageUUID=str(uuid.uuid4()),
+            messageUUID=message_uuid or str(uuid.uuid4()),
             label=label,
-            sender=Sender(senderID=cpr, idType=IdType.CPR, label=sender_label or "Borger"),
+            sender=Sender(senderID=cpr, idType=IdType.CPR, label=sender_label),
             recipient=Recipient(recipientID=authority_cvr, idType=IdType.CVR),
             contentData=content_data,
             replyData=list(reply_data),
         ),
-        body=MessageBody(
-            createdDateTime=datetime.now(UTC),
-            mainDocument=MainDocument(label=label, file=files[:1]),
-            additionalDocument=[
-                AdditionalDocument(label=d.label or d.filename, file=[f])
-                for d, f in zip(documents[1:], files[1:], strict=True)
-            ],
-        ),
+        body=message_body(label, main, attachments, created),
     )

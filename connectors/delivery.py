@@ -29,9 +29,11 @@ from aiokafka import ConsumerRecord
 from cryptography import x509
 
 from brokers import crypto
-from brokers.blobstore import BlobStore
-from brokers.pki import Identity, TrustStore
+from brokers.blobstore import BlobStore, FileBlobStore
+from brokers.contacts import pseudonym_key
+from brokers.pki import Identity, Pki, TrustStore, provider_identity_name
 from brokers.service import Output, lifecycle_output, source_of
+from brokers.settings import Settings
 from brokers.validator import SIGNER_CERT_HEADER
 from schemas import codec
 from schemas.errors import Dp2Error
@@ -80,6 +82,27 @@ class DeliveryHandler:
         self._blobs = blob_store
         self._pseudonyms = pseudonyms
         self._facts = facts or (lambda plain: {"provider": provider_id})
+
+    @classmethod
+    def for_provider(
+        cls,
+        settings: Settings,
+        provider_id: str,
+        receiver: Receiver | Callable[[Envelope], Awaitable[None]],
+        **kwargs: Any,
+    ) -> DeliveryHandler:
+        """The handler of ``provider_id`` in the deployment of ``settings`` (its PKI,
+        blob store and pseudonym key); ``kwargs`` as for the constructor."""
+        pki_root = settings.home / "pki"
+        return cls(
+            provider_id,
+            Pki(pki_root).identity(provider_identity_name(provider_id)),
+            TrustStore(pki_root),
+            receiver,
+            FileBlobStore(settings.home / "blobs"),
+            pseudonyms=crypto.Pseudonymizer(pseudonym_key(settings.home)),
+            **kwargs,
+        )
 
     async def handle(self, record: ConsumerRecord[bytes, bytes]) -> Sequence[Output]:
         sealed = codec.decode(record.value or b"", Envelope)

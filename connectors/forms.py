@@ -35,6 +35,7 @@ from aiokafka.errors import KafkaError
 from brokers.contacts import ContactRegister, pseudonym_key
 from brokers.crypto import Pseudonymizer
 from connectors.base import ConnectorContext, error_response
+from connectors.citizen_openapi import forms_openapi
 from connectors.citizens import (
     Citizen,
     DevTokens,
@@ -46,6 +47,7 @@ from connectors.esdh import memo
 from connectors.sdk import Document, Dp2Client
 from schemas.errors import ConfigError, Dp2Error
 from schemas.models import CaseID, ContactStatus, ContentData, Envelope, FORMdata, KLEdata
+from tracing.api import iso_z
 
 log = structlog.get_logger("dp2.forms")
 
@@ -175,7 +177,7 @@ class FormsConnector:
             "messageUUID": receipt.message_uuid,
             "status": "SUBMITTED",
             "authority": cvr,
-            "submittedAt": receipt.submitted_at.isoformat().replace("+00:00", "Z"),
+            "submittedAt": iso_z(receipt.submitted_at, "auto"),
         }
 
     def _is_registered(self, cvr: str) -> bool:
@@ -229,8 +231,6 @@ class FormsConnector:
         return found, [*_inline_attachments(found), *files]
 
     async def _openapi(self, _: web.Request) -> web.Response:
-        from connectors.citizen_openapi import forms_openapi  # noqa: PLC0415 - only when asked
-
         return web.json_response(forms_openapi())
 
 
@@ -370,6 +370,7 @@ def _message(
         cpr=citizen.cpr,
         authority_cvr=cvr,
         label=label,
-        documents=[rendered, data, *files],
+        main=[rendered],
+        attachments=[data, *files],
         content_data=content,
     )

@@ -114,25 +114,9 @@ def build_message(
     label_is_sensitive: bool = True,
 ) -> Envelope:
     """A plain (unsealed, unsigned) MeMo 1.2 message from values."""
-    files = [
-        File(
-            encodingFormat=d.mime_type,
-            filename=d.filename,
-            language=d.language,
-            content=InlineContent(data=d.data),
-        )
-        for d in documents
-    ]
     body = None
     if message_type is MessageType.DIGITALPOST:
-        body = MessageBody(
-            createdDateTime=datetime.now(UTC),
-            mainDocument=MainDocument(label=label, file=files[:1]),
-            additionalDocument=[
-                AdditionalDocument(label=d.label or d.filename, file=[f])
-                for d, f in zip(documents[1:], files[1:], strict=True)
-            ],
-        )
+        body = message_body(label, documents[:1], documents[1:])
     return Envelope(
         memoVersion="1.2",
         header=MessageHeader(
@@ -148,6 +132,31 @@ def build_message(
             labelIsSensitive=label_is_sensitive,
         ),
         body=body,
+    )
+
+
+def message_body(
+    label: str,
+    main: Sequence[Document],
+    attachments: Sequence[Document] = (),
+    created: datetime | None = None,
+) -> MessageBody:
+    """A MeMo body: ``main`` as the MainDocument's files, each attachment its own document."""
+    return MessageBody(
+        createdDateTime=created or datetime.now(UTC),
+        mainDocument=MainDocument(label=label, file=[_file(d) for d in main]),
+        additionalDocument=[
+            AdditionalDocument(label=d.label or d.filename, file=[_file(d)]) for d in attachments
+        ],
+    )
+
+
+def _file(document: Document) -> File:
+    return File(
+        encodingFormat=document.mime_type,
+        filename=document.filename,
+        language=document.language,
+        content=InlineContent(data=document.data),
     )
 
 
@@ -390,4 +399,5 @@ __all__ = [
     "Receipt",
     "build_message",
     "check_plain",
+    "message_body",
 ]

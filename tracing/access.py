@@ -22,12 +22,12 @@ import hashlib
 import hmac
 import json
 import os
-import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from brokers.crypto import secret_key_file
 from brokers.settings import Settings
 from schemas.errors import Dp2Error
 
@@ -68,7 +68,7 @@ class Users:
 
     def __init__(self, home: Path) -> None:
         self._path = home / USERS_FILE
-        self._key = _key(home)
+        self._key = secret_key_file(home / KEY_FILE)
 
     def _load(self) -> dict[str, dict[str, Any]]:
         try:
@@ -146,20 +146,6 @@ class Users:
         if entry is None:  # a deleted user's sessions end with it
             return None
         return User(str(claims["u"]), str(entry["role"]), entry.get("cvr"))
-
-
-def _key(home: Path) -> bytes:
-    path = home / KEY_FILE
-    if not path.exists():
-        home.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            with os.fdopen(fd, "wb") as out:
-                out.write(secrets.token_bytes(32))
-    return path.read_bytes()
 
 
 def cmd_user_add(settings: Settings, args: argparse.Namespace) -> int:

@@ -77,9 +77,10 @@ class TraceService:
         return stored
 
 
-def iso_z(moment: datetime) -> str:
-    """ISO 8601 in UTC with microseconds and a Z, e.g. 2025-01-31T12:00:00.000000Z."""
-    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+def iso_z(moment: datetime, timespec: str = "microseconds") -> str:
+    """ISO 8601 in UTC with a Z, e.g. 2025-01-31T12:00:00.000000Z (``timespec`` as in
+    ``datetime.isoformat``: "auto" leaves out zero microseconds)."""
+    return moment.astimezone(UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
 def summary_json(summary: MessageSummary) -> dict[str, Any]:

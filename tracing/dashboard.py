@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 from aiohttp import web
@@ -392,8 +393,6 @@ def _e(text: str) -> str:
 
 
 def _qs(params: dict[str, str]) -> str:
-    from urllib.parse import urlencode  # noqa: PLC0415 - only for links
-
     return urlencode({k: v for k, v in params.items() if v})
 
 

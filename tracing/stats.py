@@ -54,6 +54,7 @@ from typing import Any
 
 from schemas import codec
 from schemas.models import LifecycleEvent, LifecycleState
+from tracing.api import iso_z
 from tracing.store import BadQueryError
 
 S = LifecycleState
@@ -412,7 +413,7 @@ def _micros(moment: datetime) -> int:
 
 
 def _iso(moment: datetime) -> str:
-    return _utc(moment).isoformat().replace("+00:00", "Z")
+    return iso_z(_utc(moment), "auto")
 
 
 def _percent(part: int, whole: int) -> float | None:

@@ -67,6 +67,7 @@ from connectors.sdk import Dp2Client
 from schemas import codec
 from schemas.errors import ConfigError, Dp2Error, SchemaError
 from schemas.models import Envelope, IdType, LifecycleEvent, LifecycleState
+from tracing.api import iso_z
 
 log = structlog.get_logger("dp2.esdh")
 
@@ -287,7 +288,7 @@ class EsdhConnector:
         body = {
             "messageUUID": receipt.message_uuid,
             "status": "SUBMITTED",
-            "submittedAt": _iso(receipt.submitted_at),
+            "submittedAt": iso_z(receipt.submitted_at, "auto"),
             "kafka": {
                 "topic": receipt.topic,
                 "partition": receipt.partition,
@@ -379,7 +380,7 @@ class EsdhConnector:
                 "messageUUID": event.messageUUID,
                 "eventId": event.eventId,
                 "state": event.state.value,
-                "occurredAt": _iso(event.occurredAt),
+                "occurredAt": iso_z(event.occurredAt, "auto"),
                 "reasonCode": event.reasonCode,
                 "reasonText": event.reasonText,
                 "channel": event.channel,
@@ -521,10 +522,6 @@ def _drop(case_dir: Path, message_uuid: str, xml: bytes, meta: dict[str, Any]) -
         partial = case_dir / f".{name}.{uuid.uuid4().hex}.part"
         partial.write_bytes(data)
         partial.replace(case_dir / name)
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _json(status: int, body: dict[str, Any]) -> web.Response:

@@ -77,6 +77,7 @@ from typing import Any, NoReturn
 from xml.parsers import expat
 
 from connectors.esdh.memo_rules import (
+    NOT_XML,
     SUPPORTED_VERSIONS,
     Slot,
     Violation,
@@ -103,7 +104,6 @@ __all__ = [
 
 NS = "https://DigitalPost.dk/MeMo-1"
 _ROOT = f"{{{NS}}}Message"
-_ILLEGAL_XML_CHAR = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 _DATETIME = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(Z|[+-]\d{2}:\d{2})?", re.ASCII
 )
@@ -455,7 +455,7 @@ def _format(kind: type[Any], value: Any) -> str:
 
 
 def _checked_text(text: str, where: str) -> str:
-    bad = _ILLEGAL_XML_CHAR.search(text)
+    bad = NOT_XML.search(text)
     if bad is not None:
         raise Dp2Error(
             f"{where} holds U+{ord(bad.group()):04X}, which XML cannot carry",

@@ -353,11 +353,11 @@ def _time_rules(header: MessageHeader, now: datetime) -> list[Violation]:
 
 # Characters that XML 1.0 cannot carry: an Envelope built in code (a form, a mail)
 # holding one could never be journaled as MeMo, so it is refused before sending.
-_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
 def _text_rules(field: str, value: str, where: str) -> list[Violation]:
-    bad = _NOT_XML.search(value)
+    bad = NOT_XML.search(value)
     if bad is not None:
         return [
             violation(

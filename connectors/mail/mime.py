@@ -40,24 +40,20 @@ from email.parser import BytesParser
 from email.utils import formatdate
 from typing import Literal
 
+from brokers.crypto import files_of
+from connectors.citizens import citizen_message
+from connectors.esdh.memo_rules import NOT_XML
 from connectors.notify.templates import render
 from connectors.sdk import Document
 from schemas.errors import Dp2Error
 from schemas.models import (
-    AdditionalDocument,
     CaseID,
     ContentData,
     Envelope,
     File,
     IdType,
     InlineContent,
-    MainDocument,
-    MessageBody,
-    MessageHeader,
-    MessageType,
-    Recipient,
     ReplyData,
-    Sender,
 )
 
 Mode = Literal["full", "notice", "off"]
@@ -68,9 +64,6 @@ TEXT_FILE, HTML_FILE = "besked.txt", "besked.html"
 _CASE_TAG = re.compile(r"\[\s*(?:sag|case)\s*:\s*([^\]\s][^\]]*?)\s*\]", re.IGNORECASE)
 _MESSAGE_REF = re.compile(r"<([0-9a-fA-F-]{36})@([^<>\s]+)>")
 _FORBIDDEN = frozenset('<>:"/\\|?*\r\n')
-# What XML 1.0 cannot carry (control characters, lone surrogates from undecodable
-# header bytes, U+FFFE/FFFF): the ESDH gets the message as MeMo XML.
-_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 _MAX_FILENAME = 200  # under MeMo's 256, leaving room for a suffix
 
 
@@ -103,7 +96,7 @@ def read_mail(raw: bytes, domain: str) -> Mail:
     """The label, case, reply link, body and attachments of a mail as it came over SMTP."""
     try:
         message = BytesParser(policy=policy.default).parsebytes(raw)
-        subject = _one_line(_NOT_XML.sub(" ", str(message.get("Subject", "")))) or ""
+        subject = _one_line(NOT_XML.sub(" ", str(message.get("Subject", "")))) or ""
         plain = message.get_body(preferencelist=("plain",))
         html = message.get_body(preferencelist=("html",))
         chosen = {id(part) for part in (plain, html) if part is not None}
@@ -136,30 +129,22 @@ def citizen_envelope(
     mail: Mail, *, cpr: str, cvr: str, message_uuid: str, now: datetime
 ) -> Envelope:
     """The plain MeMo 1.2 message from the citizen ``cpr`` to the authority ``cvr``."""
-    main: list[File] = []
+    main: list[Document] = []
     if mail.text is not None or mail.html is None:  # a mail of attachments only: empty text
-        main.append(_file(TEXT_FILE, "text/plain", (mail.text or "").encode()))
+        main.append(Document(TEXT_FILE, "text/plain", (mail.text or "").encode()))
     if mail.html is not None:
-        main.append(_file(HTML_FILE, "text/html", mail.html.encode()))
-    return Envelope(
-        memoVersion="1.2",
-        header=MessageHeader(
-            messageType=MessageType.DIGITALPOST,
-            messageUUID=message_uuid,
-            label=mail.label,
-            sender=Sender(senderID=cpr, idType=IdType.CPR, label=CITIZEN_LABEL),
-            recipient=Recipient(recipientID=cvr, idType=IdType.CVR),
-            contentData=ContentData(caseID=CaseID(caseID=mail.case_id)) if mail.case_id else None,
-            replyData=[ReplyData(messageUUID=mail.reply_to)] if mail.reply_to else [],
-        ),
-        body=MessageBody(
-            createdDateTime=now,
-            mainDocument=MainDocument(label=mail.label, file=main),
-            additionalDocument=[
-                AdditionalDocument(label=d.filename, file=[_file(d.filename, d.mime_type, d.data)])
-                for d in mail.attachments
-            ],
-        ),
+        main.append(Document(HTML_FILE, "text/html", mail.html.encode()))
+    return citizen_message(
+        cpr=cpr,
+        authority_cvr=cvr,
+        label=mail.label,
+        main=main,
+        attachments=mail.attachments,
+        content_data=ContentData(caseID=CaseID(caseID=mail.case_id)) if mail.case_id else None,
+        reply_data=[ReplyData(messageUUID=mail.reply_to)] if mail.reply_to else [],
+        sender_label=CITIZEN_LABEL,
+        message_uuid=message_uuid,
+        created=now,
     )
 
 
@@ -169,7 +154,7 @@ def safe_filename(name: str | None, fallback: str) -> str:
         "_"
         if char in _FORBIDDEN or (unicodedata.category(char) in {"Zs", "Cc", "Cf"} and char != " ")
         else char
-        for char in _NOT_XML.sub("_", name or "")
+        for char in NOT_XML.sub("_", name or "")
     ).strip()
     if not cleaned.strip("._ "):
         cleaned = fallback
@@ -209,7 +194,7 @@ def forward_mail(
         mail.set_content(rendered.text)
         return mail
     mail["Subject"] = _one_line(header.label) or sender_label
-    files = _files_of(letter)
+    files = files_of(letter.body)
     text = next((f for f in files if f.encodingFormat == "text/plain"), None)
     mail.set_content(
         _inline(text).decode("utf-8", errors="replace")
@@ -277,19 +262,6 @@ def _replied_message(references: list[str], domain: str) -> str | None:
             if parsed.version == 4:
                 return str(parsed)
     return None
-
-
-def _file(filename: str, mime_type: str, data: bytes) -> File:
-    return File(
-        encodingFormat=mime_type, filename=filename, language="da", content=InlineContent(data=data)
-    )
-
-
-def _files_of(letter: Envelope) -> list[File]:
-    body = letter.body
-    if body is None:
-        return []
-    return [*body.mainDocument.file, *(f for d in body.additionalDocument for f in d.file)]
 
 
 def _inline(file: File) -> bytes:

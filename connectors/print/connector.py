@@ -59,10 +59,8 @@ import structlog
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from prometheus_client import Counter
 
-from brokers.blobstore import FileBlobStore
 from brokers.contacts import ContactRegister, pseudonym_key, recipient_ref
 from brokers.crypto import Pseudonymizer
-from brokers.pki import Pki, TrustStore, provider_identity_name
 from brokers.router import PRINT_PROVIDER, PRINT_TOPIC
 from brokers.service import Output, lifecycle_output, new_producer, source_of
 from connectors.base import ConnectorContext
@@ -232,16 +230,9 @@ class PrintConnector:
         self.config = config
         self.actor = f"connector:{context.name}"
         settings = context.settings
-        pki_root = settings.home / "pki"
         self._pseudonyms = Pseudonymizer(pseudonym_key(settings.home))
-        self._delivery = DeliveryHandler(
-            config.provider,
-            Pki(pki_root).identity(provider_identity_name(config.provider)),
-            TrustStore(pki_root),
-            _not_a_mailbox,
-            FileBlobStore(settings.home / "blobs"),
-            pseudonyms=self._pseudonyms,
-            actor=self.actor,
+        self._delivery = DeliveryHandler.for_provider(
+            settings, config.provider, _not_a_mailbox, actor=self.actor
         )
         self._bootstrap = settings.kafka_bootstrap
         self._contacts = ContactRegister(settings.kafka_bootstrap)
