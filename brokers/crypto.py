@@ -174,6 +174,37 @@ def secret_key_file(path: Path, size: int = 32) -> bytes:
     return path.read_bytes()
 
 
+def sign_claims(key: bytes, kind: str, claims: dict[str, Any]) -> str:
+    """``kind.<base64url JSON>.<base64url HMAC-SHA256>``: claims anyone may read and only
+    the key's holder can have written (citizen tokens, dashboard sessions)."""
+    payload = _b64url(json.dumps(claims, separators=(",", ":")).encode())
+    return f"{kind}.{payload}.{_b64url(_claims_mac(key, kind, payload))}"
+
+
+def read_claims(key: bytes, kind: str, token: str) -> dict[str, Any] | None:
+    """The claims of a token `sign_claims` made with ``key`` and ``kind``; None if it
+    is of another kind, damaged or forged."""
+    parts = token.split(".")
+    if len(parts) != 3 or parts[0] != kind:
+        return None
+    try:
+        given = base64.urlsafe_b64decode(parts[2] + "=" * (-len(parts[2]) % 4))
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except ValueError:  # binascii.Error, UnicodeDecodeError and JSON errors are ValueErrors
+        return None
+    if not hmac.compare_digest(given, _claims_mac(key, kind, parts[1])):
+        return None
+    return claims if isinstance(claims, dict) else None
+
+
+def _claims_mac(key: bytes, kind: str, payload: str) -> bytes:
+    return hmac.new(key, f"{kind}.{payload}".encode(), hashlib.sha256).digest()
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
 def certificate_fingerprint(certificate: x509.Certificate) -> str:
     """Lowercase hex SHA-256 of the certificate's DER encoding (how envelopes name signers)."""
     return certificate.fingerprint(hashes.SHA256()).hex()
