@@ -35,10 +35,13 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from brokers import crypto, sqlite
-from brokers.contacts import ContactRegister, pseudonym_key
-from brokers.pki import Pki, provider_identity_name
-from brokers.service import lifecycle_output, new_producer
+from brokers.contacts.register import ContactRegister
+from brokers.runtime import sqlite
+from brokers.runtime.kafka import new_producer
+from brokers.runtime.records import lifecycle_output
+from brokers.security import sealing, signing
+from brokers.security.pki import Pki, provider_identity_name
+from brokers.security.pseudonyms import Pseudonymizer, pseudonym_key
 from connectors.base import ConnectorContext, error_response
 from connectors.citizen_openapi import apps_openapi
 from connectors.citizens import (
@@ -49,9 +52,8 @@ from connectors.citizens import (
     bearer,
     citizen_message,
 )
-from connectors.esdh import memo
 from connectors.sdk import Document, Dp2Client
-from schemas import codec
+from schemas import codec, memo
 from schemas.errors import Dp2Error
 from schemas.models import (
     CaseID,
@@ -111,7 +113,7 @@ class AppsConnector:
         settings = context.settings
         self.provider = str(context.require("mailbox"))
         self._identities = identities or DevTokens.from_home(settings.home)
-        self._pseudonyms = crypto.Pseudonymizer(pseudonym_key(settings.home))
+        self._pseudonyms = Pseudonymizer(pseudonym_key(settings.home))
         self._mailbox_path = settings.home / "data" / f"mailbox-{self.provider}.sqlite"
         self._mailbox: sqlite3.Connection | None = None
         self._db = sqlite.connect(str(context.data_dir / "apps.sqlite"))
@@ -296,7 +298,7 @@ class AppsConnector:
         async def work(citizen: Citizen) -> tuple[int, Any]:
             cpr, _, _ = self._owner(citizen, request.match_info["mailbox"])
             message = self._message(cpr, request.match_info["uuid"])
-            files = crypto.files_of(message.body)
+            files = sealing.files_of(message.body)
             index = _int(request.match_info["index"], "index", 0, max(len(files) - 1, 0))
             if index >= len(files):
                 raise _not_found()
@@ -440,7 +442,7 @@ class AppsConnector:
             source=source,
         )
         event = codec.decode(output.value, LifecycleEvent)
-        signed = crypto.sign_event(event, self._identity.private_key, self._identity.fingerprint)
+        signed = signing.sign_event(event, self._identity.private_key, self._identity.fingerprint)
         await self._producer.send_and_wait(output.topic, codec.encode(signed), key=output.key)
 
     # --- read access ------------------------------------------------------------
@@ -626,7 +628,7 @@ def _detail(message: Envelope, read: bool, owner: bool) -> dict[str, Any]:
                 "mimeType": f.encodingFormat,
                 "size": len(f.content.data) if isinstance(f.content, InlineContent) else None,
             }
-            for n, f in enumerate(crypto.files_of(message.body))
+            for n, f in enumerate(sealing.files_of(message.body))
         ],
     }
 

@@ -45,12 +45,16 @@ from typing import Any, Protocol, runtime_checkable
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from brokers.service import Handler, KafkaWorker, ServiceHost, ServiceMetrics
-from brokers.settings import Settings
-from brokers.topics import ensure_topics, provider_topic
+from brokers.runtime.host import ServiceHost
+from brokers.runtime.kafka import ensure_topics
+from brokers.runtime.metrics import ServiceMetrics
+from brokers.runtime.records import Handler
+from brokers.runtime.settings import Settings
+from brokers.runtime.worker import KafkaWorker
 from connectors.delivery import DeliveryHandler
 from schemas.errors import ConfigError, Dp2Error
 from schemas.models import Envelope
+from schemas.vocabulary import provider_topic
 
 ENTRY_POINT_GROUP = "dp2.connectors"
 CONFIG_FILE = "connectors.toml"
@@ -218,6 +222,7 @@ async def build_connector_service(
         group_suffix,
     )
     connector = create(context)
+    # The host runs the connector's own workers (if it lists them) and its deliveries.
     workers: list[KafkaWorker] = []
     if isinstance(connector, ReceivingConnector):
         provider = connector.provider_id
@@ -228,18 +233,12 @@ async def build_connector_service(
         workers.append(
             context.worker("deliveries", [provider_topic(provider).name], handler.handle)
         )
-    app = web.Application(client_max_size=_MAX_REQUEST_BYTES)
-    if isinstance(connector, HttpConnector):
-        app.add_routes(list(connector.routes()))
-    return ServiceHost(
-        f"connector-{name}",
-        workers,
+    return ServiceHost.serve(
+        connector,
         registry,
         port=port,
-        app=app,
-        on_start=[connector.start],
-        on_stop=[connector.stop],
-        checks=[connector.health],
+        workers=workers,
+        app=web.Application(client_max_size=_MAX_REQUEST_BYTES),
     )
 
 

@@ -17,17 +17,15 @@ are not encrypted — the holder is the citizen — and never logged: log ``toke
 
 from __future__ import annotations
 
-import argparse
 import secrets
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
-from brokers.crypto import read_claims, secret_key_file, sign_claims
-from brokers.settings import Settings
+from brokers.security.tokens import read_claims, secret_key_file, sign_claims
 from connectors.sdk import Document, message_body
 from schemas.errors import Dp2Error
 from schemas.models import (
@@ -117,22 +115,6 @@ def bearer(authorization: str | None) -> str:
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthError("the Authorization header is not 'Bearer <token>'")
     return token.strip()
-
-
-def cmd_tokens_issue(settings: Settings, args: argparse.Namespace) -> int:
-    token = DevTokens.from_home(settings.home).issue(args.cpr, ttl=timedelta(hours=args.hours))
-    print(token)
-    return 0
-
-
-def add_token_commands(subparsers: Any) -> None:
-    """``dp2 tokens issue``: development bearer tokens for citizen-facing connectors."""
-    tokens = subparsers.add_parser("tokens", help="development citizen tokens (not MitID)")
-    sub = tokens.add_subparsers(dest="tokens_command", required=True, metavar="ACTION")
-    issue = sub.add_parser("issue", help="a bearer token bound to a CPR number")
-    issue.add_argument("--cpr", required=True, help="10 digits")
-    issue.add_argument("--hours", type=float, default=12.0, help="validity (default 12)")
-    issue.set_defaults(func=cmd_tokens_issue)
 
 
 def citizen_message(

@@ -28,17 +28,18 @@ import structlog
 from aiokafka import ConsumerRecord
 from cryptography import x509
 
-from brokers import crypto
-from brokers.blobstore import BlobStore, FileBlobStore
-from brokers.contacts import pseudonym_key
-from brokers.pki import Identity, Pki, TrustStore, provider_identity_name
-from brokers.service import Output, lifecycle_output, source_of
-from brokers.settings import Settings
-from brokers.validator import SIGNER_CERT_HEADER
+from brokers.runtime import context
+from brokers.runtime.blobstore import BlobStore, FileBlobStore
+from brokers.runtime.records import Output, lifecycle_output, source_of
+from brokers.runtime.settings import Settings
+from brokers.security import sealing, signing
+from brokers.security.pki import Identity, Pki, provider_identity_name
+from brokers.security.pseudonyms import Pseudonymizer, pseudonym_key
+from brokers.security.trust import TrustStore
 from schemas import codec
 from schemas.errors import Dp2Error
 from schemas.models import Envelope, LifecycleEvent, LifecycleState
-from tracing import context
+from schemas.vocabulary import SIGNER_CERT_HEADER
 
 log = structlog.get_logger("dp2.delivery")
 
@@ -63,7 +64,7 @@ class DeliveryHandler:
         receiver: Receiver | Callable[[Envelope], Awaitable[None]],
         blob_store: BlobStore,
         *,
-        pseudonyms: crypto.Pseudonymizer,
+        pseudonyms: Pseudonymizer,
         actor: str | None = None,
         facts: Facts | None = None,
     ) -> None:
@@ -100,7 +101,7 @@ class DeliveryHandler:
             TrustStore(pki_root),
             receiver,
             FileBlobStore(settings.home / "blobs"),
-            pseudonyms=crypto.Pseudonymizer(pseudonym_key(settings.home)),
+            pseudonyms=Pseudonymizer(pseudonym_key(settings.home)),
             **kwargs,
         )
 
@@ -145,30 +146,30 @@ class DeliveryHandler:
         certificate = self._signer(sealed, record)
         self._trust.reload()
         self._trust.verify_certificate(certificate, datetime.now(UTC))
-        crypto.verify_envelope(sealed, certificate)
-        return crypto.open_envelope(
+        signing.verify_envelope(sealed, certificate)
+        return sealing.open_envelope(
             sealed, self._decryption_key, self._blobs, pseudonymizer=self._pseudonyms
         )
 
     def signed(self, event_output: Output) -> Output:
         """A lifecycle output signed by this provider (a receipt others can verify)."""
         event = codec.decode(event_output.value, LifecycleEvent)
-        signed = crypto.sign_event(event, self._identity.private_key, self._identity.fingerprint)
+        signed = signing.sign_event(event, self._identity.private_key, self._identity.fingerprint)
         return Output(event_output.topic, codec.encode(signed), key=event_output.key)
 
     def _signer(self, sealed: Envelope, record: ConsumerRecord[bytes, bytes]) -> x509.Certificate:
         der = context.header_value(record.headers, SIGNER_CERT_HEADER)
         if der is not None:
             try:
-                return crypto.load_certificate_der(der)
+                return signing.load_certificate_der(der)
             except ValueError as exc:
-                raise crypto.SecurityError(
+                raise signing.SecurityError(
                     "the dp2-signer-cert header is not a DER certificate",
                     reason_code="UNKNOWN_CERTIFICATE",
                     hint="The validator should have rejected this; re-drive it through it.",
                 ) from exc
         if sealed.signature is None:
-            raise crypto.SecurityError(
+            raise signing.SecurityError(
                 "the envelope is not signed",
                 reason_code="SIGNATURE_MISSING",
                 hint="Only signed envelopes are delivered.",

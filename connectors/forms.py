@@ -32,22 +32,16 @@ import structlog
 from aiohttp import BodyPartReader, StreamReader, web
 from aiokafka.errors import KafkaError
 
-from brokers.contacts import ContactRegister, pseudonym_key
-from brokers.crypto import Pseudonymizer
+from brokers.contacts.register import ContactRegister
+from brokers.runtime.records import iso_z
+from brokers.security.pseudonyms import Pseudonymizer, pseudonym_key
 from connectors.base import ConnectorContext, error_response
 from connectors.citizen_openapi import forms_openapi
-from connectors.citizens import (
-    Citizen,
-    DevTokens,
-    IdentityProvider,
-    bearer,
-    citizen_message,
-)
-from connectors.esdh import memo
+from connectors.citizens import Citizen, DevTokens, IdentityProvider, bearer, citizen_message
 from connectors.sdk import Document, Dp2Client
+from schemas import memo
 from schemas.errors import ConfigError, Dp2Error
 from schemas.models import CaseID, ContactStatus, ContentData, Envelope, FORMdata, KLEdata
-from tracing.api import iso_z
 
 log = structlog.get_logger("dp2.forms")
 

@@ -17,12 +17,19 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import structlog
 
-from brokers import sqlite
+from brokers.runtime import sqlite
+from brokers.runtime.host import ServiceContext
+from brokers.runtime.kafka import ensure_topics
+from brokers.runtime.tasks import AsyncResource
+from connectors.delivery import DeliveryHandler
 from schemas import codec
+from schemas.errors import ConfigError
 from schemas.models import Envelope, MessageType
+from schemas.vocabulary import provider_topic
 
 log = structlog.get_logger("dp2.mailbox")
 
@@ -96,3 +103,39 @@ def notification_facts(plain: Envelope, provider_id: str) -> dict[str, str]:
     if header.messageType is MessageType.NEMSMS and header.notification:
         facts["nemSmsText"] = header.notification
     return facts
+
+
+class MailboxService(AsyncResource):
+    """The reference mailbox of one provider: connectors.delivery into a MailboxStore."""
+
+    def __init__(self, ctx: ServiceContext) -> None:
+        if not ctx.provider:
+            raise ConfigError(
+                "a mailbox needs --provider",
+                hint="Run: dp2 run mailbox --provider ID",
+            )
+        provider = ctx.provider
+        self.name = f"mailbox-{provider}"
+        self._bootstrap = ctx.settings.kafka_bootstrap
+        self._topic = provider_topic(provider)
+        self.store = MailboxStore(ctx.data_dir / f"mailbox-{provider}.sqlite")
+        handler = DeliveryHandler.for_provider(
+            ctx.settings,
+            provider,
+            self.store,
+            facts=lambda plain: notification_facts(plain, provider),
+        )
+        self.workers = [ctx.worker(self.name, [self._topic.name], handler.handle)]
+
+    async def start(self) -> None:
+        await ensure_topics(self._bootstrap, [self._topic])  # before the worker subscribes
+
+    async def stop(self) -> None:
+        self.store.close()
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok"}
+
+
+def create(ctx: ServiceContext) -> MailboxService:
+    return MailboxService(ctx)

@@ -31,20 +31,16 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from brokers import crypto
-from brokers.blobstore import BlobStore, FileBlobStore
-from brokers.contacts import ContactRegister, pseudonym_key
-from brokers.pki import Identity, Pki, TrustStore
-from brokers.router import COMMANDS_TOPIC, PRINT_PROVIDER
-from brokers.service import (
-    LIFECYCLE_TOPIC,
-    MESSAGE_UUID_HEADER,
-    lifecycle_output,
-    new_producer,
-    read_from_start,
-)
-from brokers.settings import Settings
-from brokers.validator import SIGNER_CERT_HEADER
+from brokers.contacts.register import ContactRegister
+from brokers.runtime import context
+from brokers.runtime.blobstore import BlobStore, FileBlobStore
+from brokers.runtime.kafka import new_producer, read_from_start
+from brokers.runtime.records import lifecycle_output
+from brokers.runtime.settings import Settings
+from brokers.security import sealing, signing
+from brokers.security.pki import Identity, Pki
+from brokers.security.pseudonyms import Pseudonymizer, pseudonym_key
+from brokers.security.trust import TrustStore
 from schemas import codec
 from schemas.errors import Dp2Error, SchemaError
 from schemas.models import (
@@ -65,9 +61,14 @@ from schemas.models import (
     Recipient,
     Sender,
 )
-from tracing import context
-
-SUBMITTED_TOPIC = "dp2.submitted"
+from schemas.vocabulary import (
+    COMMANDS_TOPIC,
+    LIFECYCLE_TOPIC,
+    MESSAGE_UUID_HEADER,
+    PRINT_PROVIDER,
+    SIGNER_CERT_HEADER,
+    SUBMITTED_TOPIC,
+)
 
 
 class MessageError(Dp2Error):
@@ -185,7 +186,7 @@ class Dp2Client:
         bootstrap: str,
         identity: Identity,
         trust: TrustStore,
-        pseudonyms: crypto.Pseudonymizer,
+        pseudonyms: Pseudonymizer,
         blob_store: BlobStore,
         contacts: ContactRegister | None = None,
         actor: str | None = None,
@@ -214,7 +215,7 @@ class Dp2Client:
             bootstrap=settings.kafka_bootstrap,
             identity=pki.identity(identity_name),
             trust=TrustStore(settings.home / "pki"),
-            pseudonyms=crypto.Pseudonymizer(pseudonym_key(settings.home)),
+            pseudonyms=Pseudonymizer(pseudonym_key(settings.home)),
             blob_store=FileBlobStore(settings.home / "blobs"),
             **kwargs,
         )
@@ -265,10 +266,10 @@ class Dp2Client:
             else PRINT_PROVIDER
         )
         key_id, key = self._trust.provider_key(provider)
-        sealed = crypto.seal_envelope(
+        sealed = sealing.seal_envelope(
             message, key, key_id, self._pseudonyms, self._blobs, self._threshold
         )
-        signed = crypto.sign_envelope(sealed, self.identity.private_key, self.identity.fingerprint)
+        signed = signing.sign_envelope(sealed, self.identity.private_key, self.identity.fingerprint)
         return signed, ref
 
     async def send(self, message: Envelope) -> Receipt:
@@ -319,7 +320,7 @@ class Dp2Client:
             ).value,
             LifecycleEvent,
         )
-        signed = crypto.sign_event(request, self.identity.private_key, self.identity.fingerprint)
+        signed = signing.sign_event(request, self.identity.private_key, self.identity.fingerprint)
         await self._require_producer().send_and_wait(
             COMMANDS_TOPIC, codec.encode(signed), key=message_uuid.encode()
         )

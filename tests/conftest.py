@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from brokers.kafka_runner import ClusterSpec, LocalKafka, free_base_port
-from brokers.settings import Settings
+from brokers.runtime.settings import Settings
+from brokers.stack.kafka import ClusterSpec, LocalKafka, free_base_port
 
 TopicFactory = Callable[..., Awaitable[str]]
 

@@ -15,8 +15,6 @@ session is kept on the server; changing the key logs everyone out.
 
 from __future__ import annotations
 
-import argparse
-import getpass
 import hashlib
 import hmac
 import json
@@ -26,8 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from brokers.crypto import read_claims, secret_key_file, sign_claims
-from brokers.settings import Settings
+from brokers.security.tokens import read_claims, secret_key_file, sign_claims
 from schemas.errors import Dp2Error
 
 USERS_FILE = "dashboard-users.json"
@@ -128,23 +125,3 @@ class Users:
         if entry is None:  # a deleted user's sessions end with it
             return None
         return User(str(claims["u"]), str(entry["role"]), entry.get("cvr"))
-
-
-def cmd_user_add(settings: Settings, args: argparse.Namespace) -> int:
-    password = args.password or getpass.getpass(f"password for {args.name}: ")
-    user = Users(settings.home).add(args.name, password, args.role, args.cvr)
-    print(f"dashboard user {user.name} ({user.role}{', CVR ' + user.cvr if user.cvr else ''})")
-    return 0
-
-
-def add_dashboard_commands(subparsers: Any) -> None:
-    dashboard = subparsers.add_parser("dashboard", help="users of the operators' dashboard")
-    sub = dashboard.add_subparsers(dest="dashboard_command", required=True, metavar="ACTION")
-    user = sub.add_parser("user", help="dashboard users")
-    usub = user.add_subparsers(dest="user_command", required=True, metavar="ACTION")
-    add = usub.add_parser("add", help="add or replace a user")
-    add.add_argument("name")
-    add.add_argument("--role", choices=ROLES, required=True)
-    add.add_argument("--cvr", help="the authority's CVR (role authority)")
-    add.add_argument("--password", help="(development) instead of a prompt")
-    add.set_defaults(func=cmd_user_add)

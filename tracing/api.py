@@ -18,13 +18,14 @@ event ``attributes`` are not served, because connectors fill them freely.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
+from brokers.runtime.records import iso_z
 from schemas.errors import Dp2Error
 from schemas.models import LifecycleEvent, LifecycleState
 from tracing.store import BadQueryError, MessageSummary, TraceStore
@@ -75,12 +76,6 @@ class TraceService:
             stored=stored,
         )
         return stored
-
-
-def iso_z(moment: datetime, timespec: str = "microseconds") -> str:
-    """ISO 8601 in UTC with a Z, e.g. 2025-01-31T12:00:00.000000Z (``timespec`` as in
-    ``datetime.isoformat``: "auto" leaves out zero microseconds)."""
-    return moment.astimezone(UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
 def summary_json(summary: MessageSummary) -> dict[str, Any]:

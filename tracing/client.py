@@ -12,10 +12,8 @@ one in two lines and exits 1.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
-import sys
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -28,7 +26,7 @@ from schemas.models import LifecycleState
 from tracing.lifecycle import is_final
 
 if TYPE_CHECKING:
-    from brokers.settings import Settings
+    pass
 
 DEFAULT_URL = "http://127.0.0.1:8470"  # the tracing service's port in brokers.stack
 _TIMEOUT = aiohttp.ClientTimeout(total=10)
@@ -143,53 +141,3 @@ def _state(value: Any) -> LifecycleState:
         return LifecycleState(value)
     except ValueError:
         return LifecycleState.UNKNOWN
-
-
-async def _follow_and_print(args: argparse.Namespace) -> None:
-    header_shown = False
-    async for event in follow(args.url, args.uuid):
-        if args.json:
-            print(json.dumps(event), flush=True)
-            continue
-        if not header_shown:
-            print(render_header({"messageUUID": args.uuid, "state": "(following)"}), flush=True)
-            header_shown = True
-        print(render_event(event), flush=True)
-
-
-def cmd_trace(settings: Settings | None, args: argparse.Namespace) -> int:
-    """Print the message's timeline (or follow it); exit 1 when unknown or unreachable."""
-    if args.url is None:
-        args.url = settings.tracing_url if settings is not None else DEFAULT_URL
-    try:
-        if args.follow:
-            asyncio.run(_follow_and_print(args))
-        else:
-            doc = asyncio.run(fetch_timeline(args.url, args.uuid))
-            print(json.dumps(doc, indent=2) if args.json else render_timeline(doc))
-    except (UnknownMessageError, TraceUnreachableError) as exc:
-        print(f"dp2 trace: {exc.reason_code}: {exc.message}", file=sys.stderr)
-        print(f"  how to fix: {exc.hint}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def add_trace_command(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``dp2 trace`` on the `dp2` sub-parsers (argparse's private type, hence Any)."""
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        "trace", help="a message's timeline from the tracing service"
-    )
-    parser.add_argument("uuid", metavar="UUID", help="the message's messageUUID")
-    parser.add_argument(
-        "--json",
-        action="store_true",
-        help="print the API's JSON (one event per line with --follow)",
-    )
-    parser.add_argument(
-        "--follow",
-        action="store_true",
-        help="print events as they arrive, until the state is final (or Ctrl-C)",
-    )
-    parser.add_argument("--url", help=f"tracing service (default DP2_PORT_BASE's, {DEFAULT_URL})")
-    parser.set_defaults(func=cmd_trace)
-    return parser

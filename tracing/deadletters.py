@@ -20,7 +20,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 
-from brokers import sqlite
+from brokers.runtime import sqlite
 from schemas.errors import Dp2Error
 
 # Headers the dead-letter step added; a re-drive sends the record without them.

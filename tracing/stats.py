@@ -52,9 +52,9 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
+from brokers.runtime.records import iso_z
 from schemas import codec
 from schemas.models import LifecycleEvent, LifecycleState
-from tracing.api import iso_z
 from tracing.store import BadQueryError
 
 S = LifecycleState

@@ -55,19 +55,19 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge
 
-from brokers import crypto
-from brokers.contacts import pseudonym_key
-from brokers.pki import Pki, provider_identity_name
-from brokers.service import KafkaWorker, Output, lifecycle_output, new_producer
+from brokers.runtime.kafka import new_producer
+from brokers.runtime.records import Output, iso_z, lifecycle_output
+from brokers.runtime.worker import KafkaWorker
+from brokers.security import signing
+from brokers.security.pki import Pki, provider_identity_name
+from brokers.security.pseudonyms import Pseudonymizer, pseudonym_key
 from connectors.base import ConnectorContext, error_body
-from connectors.esdh import memo
 from connectors.esdh.openapi import openapi_document
 from connectors.esdh.store import EsdhStore, JournalEntry
 from connectors.sdk import Dp2Client
-from schemas import codec
+from schemas import codec, memo
 from schemas.errors import ConfigError, Dp2Error, SchemaError
 from schemas.models import Envelope, IdType, LifecycleEvent, LifecycleState
-from tracing.api import iso_z
 
 log = structlog.get_logger("dp2.esdh")
 
@@ -135,7 +135,7 @@ class EsdhConnector:
         self._store = EsdhStore(context.data_dir / "esdh.sqlite")
         pki = Pki(context.settings.home / "pki")
         self._provider_identity = pki.identity(provider_identity_name(config.provider))
-        self._pseudonyms = crypto.Pseudonymizer(pseudonym_key(context.settings.home))
+        self._pseudonyms = Pseudonymizer(pseudonym_key(context.settings.home))
         self._client = Dp2Client.from_settings(context.settings, config.identity, actor=self.actor)
         self._producer: AIOKafkaProducer | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -482,7 +482,7 @@ class EsdhConnector:
         )
         event = codec.decode(output.value, LifecycleEvent)
         identity = self._provider_identity
-        signed = crypto.sign_event(event, identity.private_key, identity.fingerprint)
+        signed = signing.sign_event(event, identity.private_key, identity.fingerprint)
         assert self._producer is not None  # noqa: S101 - started before the loops
         await self._producer.send_and_wait(output.topic, codec.encode(signed), key=output.key)
 

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from brokers import sqlite
+from brokers.runtime import sqlite
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sent (

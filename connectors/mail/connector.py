@@ -45,9 +45,9 @@ import structlog
 from aiohttp import web
 from prometheus_client import Counter, Gauge
 
-from brokers.contacts import ContactRegister, pseudonym_key
-from brokers.crypto import Pseudonymizer
-from brokers.validator import MAX_CITIZEN_BYTES, MAX_CITIZEN_BYTES_CEILING
+from brokers.contacts.register import ContactRegister
+from brokers.security.pseudonyms import Pseudonymizer, pseudonym_key
+from brokers.validator.rules import MAX_CITIZEN_BYTES, MAX_CITIZEN_BYTES_CEILING
 from connectors.base import ConnectorContext, error_response
 from connectors.citizens import AuthError, Citizen, DevTokens, IdentityProvider, bearer
 from connectors.mail.mime import MODES, Mode, forward_mail

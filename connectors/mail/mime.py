@@ -40,21 +40,13 @@ from email.parser import BytesParser
 from email.utils import formatdate
 from typing import Literal
 
-from brokers.crypto import files_of
+from brokers.security.sealing import files_of
 from connectors.citizens import citizen_message
-from connectors.esdh.memo_rules import NOT_XML
 from connectors.notify.templates import render
 from connectors.sdk import Document
 from schemas.errors import Dp2Error
-from schemas.models import (
-    CaseID,
-    ContentData,
-    Envelope,
-    File,
-    IdType,
-    InlineContent,
-    ReplyData,
-)
+from schemas.memo_rules import NOT_XML
+from schemas.models import CaseID, ContentData, Envelope, File, IdType, InlineContent, ReplyData
 
 Mode = Literal["full", "notice", "off"]
 MODES: tuple[Mode, ...] = ("full", "notice", "off")

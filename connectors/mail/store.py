@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from brokers import sqlite
+from brokers.runtime import sqlite
 from connectors.mail.mime import MODES, Mode
 
 DEFAULT_MODE: Mode = "notice"

@@ -60,9 +60,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from prometheus_client import Counter
 
 from connectors.citizens import AuthError, Citizen, IdentityProvider
-from connectors.esdh import memo
 from connectors.mail.mime import MailError, citizen_envelope, read_mail
 from connectors.sdk import Receipt
+from schemas import memo
 from schemas.errors import Dp2Error
 from schemas.models import Envelope
 

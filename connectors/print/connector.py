@@ -59,10 +59,11 @@ import structlog
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from prometheus_client import Counter
 
-from brokers.contacts import ContactRegister, pseudonym_key, recipient_ref
-from brokers.crypto import Pseudonymizer
-from brokers.router import PRINT_PROVIDER, PRINT_TOPIC
-from brokers.service import Output, lifecycle_output, new_producer, source_of
+from brokers.contacts.records import recipient_ref
+from brokers.contacts.register import ContactRegister
+from brokers.runtime.kafka import new_producer
+from brokers.runtime.records import Output, lifecycle_output, source_of
+from brokers.security.pseudonyms import Pseudonymizer, pseudonym_key
 from connectors.base import ConnectorContext
 from connectors.delivery import DeliveryHandler
 from connectors.print import render
@@ -80,6 +81,7 @@ from schemas.models import (
     MainDocument,
     TechnicalDocument,
 )
+from schemas.vocabulary import PRINT_PROVIDER, PRINT_TOPIC
 
 log = structlog.get_logger("dp2.print")
 COPENHAGEN = ZoneInfo("Europe/Copenhagen")  # the letter's date is the Danish date

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from brokers import sqlite
+from brokers.runtime import sqlite
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (

@@ -21,13 +21,15 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from brokers.blobstore import FileBlobStore
-from brokers.contacts import ContactRegister, pseudonym_key, publish_contacts, read_contact_file
-from brokers.crypto import Pseudonymizer
-from brokers.pki import Pki, TrustStore
-from brokers.service import ServiceHost
-from brokers.settings import Settings
-from brokers.stack import build_service, prepare_topics
+from brokers.contacts.records import read_contact_file
+from brokers.contacts.register import ContactRegister, publish_contacts
+from brokers.runtime.blobstore import FileBlobStore
+from brokers.runtime.host import ServiceHost
+from brokers.runtime.settings import Settings
+from brokers.security.pki import Pki
+from brokers.security.pseudonyms import Pseudonymizer, pseudonym_key
+from brokers.security.trust import TrustStore
+from brokers.stack.registry import build_service, prepare_topics
 from connectors.mailbox import MailboxStore
 from connectors.sdk import Dp2Client
 

@@ -24,13 +24,14 @@ from typing import Any
 import aiohttp
 import pytest
 
-from brokers.contacts import publish_contacts, read_contact_file
-from brokers.service import ServiceHost
-from brokers.stack import build_service
+from brokers.contacts.records import read_contact_file
+from brokers.contacts.register import publish_contacts
+from brokers.runtime.host import ServiceHost
+from brokers.stack.registry import build_service
 from connectors.citizen_openapi import apps_openapi, forms_openapi
 from connectors.citizens import DevTokens
-from connectors.esdh import memo
 from connectors.sdk import Document, build_message
+from schemas import memo
 from schemas.models import CaseID, ContentData
 from tests.integration.conftest import (
     AUTHORITY_CVR,

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from brokers.kafka_runner import free_base_port, port_is_free
+from brokers.stack.kafka import free_base_port, port_is_free
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

@@ -17,10 +17,10 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 from playwright.async_api import Browser, Page, async_playwright
 
-from brokers.service import MESSAGE_UUID_HEADER, new_producer
-from brokers.validator import SIGNER_CERT_HEADER
+from brokers.runtime.kafka import new_producer
 from connectors.sdk import Document, build_message
 from schemas import codec
+from schemas.vocabulary import MESSAGE_UUID_HEADER, SIGNER_CERT_HEADER
 from tests.integration.conftest import REGISTERED_CPR, SENDER_CVR, Stack
 from tracing.access import Users
 

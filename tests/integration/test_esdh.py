@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from connectors.esdh import memo
 from connectors.esdh.openapi import openapi_document
 from connectors.sdk import Document, build_message
+from schemas import memo
 from schemas.models import (
     CaseID,
     ContentData,

@@ -15,7 +15,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from brokers.kafka_runner import free_base_port
+from brokers.stack.kafka import free_base_port
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

@@ -29,13 +29,14 @@ import aiohttp
 import pytest
 from aiosmtpd.controller import Controller
 
-from brokers.contacts import publish_contacts, read_contact_file
-from brokers.service import ServiceHost
-from brokers.stack import build_service
+from brokers.contacts.records import read_contact_file
+from brokers.contacts.register import publish_contacts
+from brokers.runtime.host import ServiceHost
+from brokers.stack.registry import build_service
 from connectors.citizens import DevTokens
-from connectors.esdh import memo
 from connectors.mail.mime import citizen_envelope, read_mail, safe_filename
 from connectors.sdk import Document, build_message
+from schemas import memo
 from schemas.models import CaseID, ContentData, IdType
 from tests.integration.conftest import AUTHORITY_CVR, Esdh, Stack, until
 

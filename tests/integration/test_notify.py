@@ -22,11 +22,13 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer
 from aiosmtpd.controller import Controller
 
-from brokers.contacts import publish_contacts, read_contact_file
-from brokers.kafka_runner import free_base_port
-from brokers.service import ServiceHost, read_from_start
-from brokers.settings import Settings
-from brokers.stack import build_service
+from brokers.contacts.records import read_contact_file
+from brokers.contacts.register import publish_contacts
+from brokers.runtime.host import ServiceHost
+from brokers.runtime.kafka import read_from_start
+from brokers.runtime.settings import Settings
+from brokers.stack.kafka import free_base_port
+from brokers.stack.registry import build_service
 from connectors.sdk import Document, build_message
 from schemas.models import MessageType
 from tests.integration.conftest import SENDER_CVR, Stack

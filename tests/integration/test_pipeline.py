@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from brokers import crypto
-from brokers.pki import Pki
-from brokers.service import behind, read_from_start
-from brokers.stack import build_service
+from brokers.runtime.kafka import behind, read_from_start
+from brokers.security import signing
+from brokers.security.pki import Pki
+from brokers.stack.registry import build_service
 from connectors.sdk import Document, Dp2Client, build_message
 from schemas import codec
 from schemas.models import (
@@ -87,7 +87,7 @@ async def _good_message_still_delivered(client: Dp2Client) -> None:
 
 
 def _resign(client: Dp2Client, envelope: Envelope) -> bytes:
-    signed = crypto.sign_envelope(
+    signed = signing.sign_envelope(
         dataclasses.replace(envelope, signature=None),
         client.identity.private_key,
         client.identity.fingerprint,

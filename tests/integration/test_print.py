@@ -31,16 +31,18 @@ from aiohttp import web
 from pypdf import PdfReader
 from reportlab.pdfgen.canvas import Canvas
 
-from brokers import crypto
-from brokers.contacts import publish_contacts, read_contact_file
-from brokers.pki import provider_identity_name
-from brokers.router import PRINT_TOPIC
-from brokers.service import MESSAGE_UUID_HEADER, ServiceHost, new_producer
-from brokers.stack import build_service
+from brokers.contacts.records import read_contact_file
+from brokers.contacts.register import publish_contacts
+from brokers.runtime.host import ServiceHost
+from brokers.runtime.kafka import new_producer
+from brokers.security import signing
+from brokers.security.pki import provider_identity_name
+from brokers.stack.registry import build_service
 from connectors.base import discover
 from connectors.sdk import Document, build_message
 from schemas import codec
 from schemas.models import Envelope, LifecycleState
+from schemas.vocabulary import MESSAGE_UUID_HEADER, PRINT_TOPIC
 from tests.integration.conftest import EXEMPT_CPR, SENDER_CVR, Stack, until
 
 pytestmark = [pytest.mark.kafka]
@@ -176,7 +178,7 @@ class TestFolderDrop:
         assert event.state is LifecycleState.PRINTED, event.reasonText
         assert event.attributes["pages"] == "4" and event.channel == "print"
         print_identity = stack.pki.identity(provider_identity_name("print"))
-        crypto.verify_event(event, print_identity.certificate)  # signed by the print provider
+        signing.verify_event(event, print_identity.certificate)  # signed by the print provider
         trace = await stack.wait_trace(message_uuid, "PRINTED")
         assert trace["state"] == "PRINTED"
 

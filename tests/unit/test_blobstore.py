@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from brokers.blobstore import BlobMissingError, BlobStore, FileBlobStore, MemoryBlobStore
+from brokers.runtime.blobstore import BlobMissingError, BlobStore, FileBlobStore, MemoryBlobStore
 
 
 class BlobStoreContract:

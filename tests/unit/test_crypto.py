@@ -14,10 +14,11 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from brokers import crypto
-from brokers.blobstore import BlobMissingError, FileBlobStore
-from brokers.crypto import Pseudonymizer, SecurityError
-from brokers.pki import Identity, Pki
+from brokers.runtime.blobstore import BlobMissingError, FileBlobStore
+from brokers.security import sealing, signing
+from brokers.security.pki import Identity, Pki
+from brokers.security.pseudonyms import Pseudonymizer
+from brokers.security.signing import SecurityError
 from schemas import codec
 from schemas.models import (
     BlobContent,
@@ -50,10 +51,10 @@ PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[Healt
 def signers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Identity]:
     """One sender identity per signature algorithm (the RSA key is made once per module)."""
     pki = Pki(tmp_path_factory.mktemp("pki"))
-    pki.init(crypto.ED25519)
+    pki.init(signing.ED25519)
     return {
         algorithm: pki.issue_sender("12345678", f"sender-{i}", algorithm=algorithm)
-        for i, algorithm in enumerate(crypto.SIGNATURE_ALGORITHMS)
+        for i, algorithm in enumerate(signing.SIGNATURE_ALGORITHMS)
     }
 
 
@@ -90,13 +91,13 @@ def letter(*files: bytes, recipient: str = CPR, id_type: IdType = IdType.CPR) ->
 
 
 def seal(envelope: Envelope, blobs: FileBlobStore, threshold: int = 512 * 1024) -> Envelope:
-    return crypto.seal_envelope(
+    return sealing.seal_envelope(
         envelope, PROVIDER.public_key(), KEY_ID, PSEUDONYMS, blobs, threshold
     )
 
 
 def open_(sealed: Envelope, blobs: FileBlobStore) -> Envelope:
-    return crypto.open_envelope(sealed, PROVIDER, blobs, pseudonymizer=PSEUDONYMS)
+    return sealing.open_envelope(sealed, PROVIDER, blobs, pseudonymizer=PSEUDONYMS)
 
 
 def plain(envelope: Envelope) -> Envelope:
@@ -109,7 +110,7 @@ def plain(envelope: Envelope) -> Envelope:
 
     return dataclasses.replace(
         envelope,
-        body=crypto.map_files(envelope.body, inline),
+        body=sealing.map_files(envelope.body, inline),
         encryption=None,
         sealedPersonalData=None,
         signature=None,
@@ -143,7 +144,7 @@ def secret_envelopes(draw: st.DrawFn) -> Envelope:
     recipient = dataclasses.replace(envelope.header.recipient, recipientID=CPR, idType=IdType.CPR)
     header = dataclasses.replace(envelope.header, recipient=recipient)
     return dataclasses.replace(
-        envelope, header=header, body=crypto.map_files(envelope.body, secret)
+        envelope, header=header, body=sealing.map_files(envelope.body, secret)
     )
 
 
@@ -152,60 +153,60 @@ def expect(code: str, error: pytest.ExceptionInfo[Exception]) -> None:
 
 
 # --- signatures ------------------------------------------------------------------------
-@pytest.mark.parametrize("algorithm", crypto.SIGNATURE_ALGORITHMS)
+@pytest.mark.parametrize("algorithm", signing.SIGNATURE_ALGORITHMS)
 def test_each_algorithm_signs_and_verifies(algorithm: str, signers: dict[str, Identity]) -> None:
     """An envelope signed with each supported algorithm verifies with its certificate."""
     signer = signers[algorithm]
-    signed = crypto.sign_envelope(letter(b"doc"), signer.private_key, signer.fingerprint)
+    signed = signing.sign_envelope(letter(b"doc"), signer.private_key, signer.fingerprint)
     assert signed.signature is not None
     assert signed.signature.algorithm == algorithm
     assert signed.signature.signerCertificate == signer.fingerprint
-    crypto.verify_envelope(signed, signer.certificate)
+    signing.verify_envelope(signed, signer.certificate)
 
 
-@pytest.mark.parametrize("algorithm", crypto.SIGNATURE_ALGORITHMS)
+@pytest.mark.parametrize("algorithm", signing.SIGNATURE_ALGORITHMS)
 def test_changed_envelope_is_signature_invalid(
     algorithm: str, signers: dict[str, Identity]
 ) -> None:
     """Changing any field after signing makes verification fail with SIGNATURE_INVALID."""
     signer = signers[algorithm]
-    signed = crypto.sign_envelope(letter(b"doc"), signer.private_key, signer.fingerprint)
+    signed = signing.sign_envelope(letter(b"doc"), signer.private_key, signer.fingerprint)
     changed = dataclasses.replace(
         signed, header=dataclasses.replace(signed.header, label="Changed")
     )
     with pytest.raises(SecurityError) as error:
-        crypto.verify_envelope(changed, signer.certificate)
+        signing.verify_envelope(changed, signer.certificate)
     expect("SIGNATURE_INVALID", error)
 
 
 def test_unsigned_envelope_is_signature_missing(signers: dict[str, Identity]) -> None:
     """An envelope without a signature fails with SIGNATURE_MISSING."""
     with pytest.raises(SecurityError) as error:
-        crypto.verify_envelope(letter(b"doc"), signers[crypto.ED25519].certificate)
+        signing.verify_envelope(letter(b"doc"), signers[signing.ED25519].certificate)
     expect("SIGNATURE_MISSING", error)
 
 
 def test_other_certificate_is_certificate_mismatch(signers: dict[str, Identity]) -> None:
     """Verifying with a certificate other than the one the signature names is refused."""
-    signer, other = signers[crypto.ED25519], signers[crypto.ECDSA_P256_SHA256]
-    signed = crypto.sign_envelope(letter(b"doc"), signer.private_key, signer.fingerprint)
+    signer, other = signers[signing.ED25519], signers[signing.ECDSA_P256_SHA256]
+    signed = signing.sign_envelope(letter(b"doc"), signer.private_key, signer.fingerprint)
     with pytest.raises(SecurityError) as error:
-        crypto.verify_envelope(signed, other.certificate)
+        signing.verify_envelope(signed, other.certificate)
     expect("CERTIFICATE_MISMATCH", error)
 
 
-@pytest.mark.parametrize("claimed", crypto.SIGNATURE_ALGORITHMS)
+@pytest.mark.parametrize("claimed", signing.SIGNATURE_ALGORITHMS)
 def test_algorithm_name_must_match_key_type(claimed: str, signers: dict[str, Identity]) -> None:
     """A signature whose algorithm name disagrees with the certificate's key is invalid."""
-    actual = crypto.ED25519 if claimed != crypto.ED25519 else crypto.RSA_PSS_SHA256
+    actual = signing.ED25519 if claimed != signing.ED25519 else signing.RSA_PSS_SHA256
     signer = signers[actual]
-    signed = crypto.sign_envelope(letter(b"doc"), signer.private_key, signer.fingerprint)
+    signed = signing.sign_envelope(letter(b"doc"), signer.private_key, signer.fingerprint)
     assert signed.signature is not None
     relabelled = dataclasses.replace(
         signed, signature=dataclasses.replace(signed.signature, algorithm=claimed)
     )
     with pytest.raises(SecurityError) as error:
-        crypto.verify_envelope(relabelled, signer.certificate)
+        signing.verify_envelope(relabelled, signer.certificate)
     expect("SIGNATURE_INVALID", error)
 
 
@@ -213,43 +214,45 @@ def test_signing_input_is_the_codec_encoding_without_signature(
     signers: dict[str, Identity],
 ) -> None:
     """The signed bytes are codec.encode of the envelope with signature None."""
-    signer = signers[crypto.ED25519]
+    signer = signers[signing.ED25519]
     unsigned = letter(b"doc")
-    signed = crypto.sign_envelope(unsigned, signer.private_key, signer.fingerprint)
-    assert crypto.signing_input(signed) == crypto.signing_input(unsigned) == codec.encode(unsigned)
+    signed = signing.sign_envelope(unsigned, signer.private_key, signer.fingerprint)
+    assert (
+        signing.signing_input(signed) == signing.signing_input(unsigned) == codec.encode(unsigned)
+    )
 
 
 def test_batch_signatures_are_not_accepted_yet(signers: dict[str, Identity]) -> None:
     """A signature that claims a batch root is refused until batch verification exists."""
-    signer = signers[crypto.ED25519]
-    signed = crypto.sign_envelope(letter(b"doc"), signer.private_key, signer.fingerprint)
+    signer = signers[signing.ED25519]
+    signed = signing.sign_envelope(letter(b"doc"), signer.private_key, signer.fingerprint)
     assert signed.signature is not None
     batch = dataclasses.replace(
         signed, signature=dataclasses.replace(signed.signature, batchRoot=b"\x00" * 32)
     )
     with pytest.raises(SecurityError) as error:
-        crypto.verify_envelope(batch, signer.certificate)
+        signing.verify_envelope(batch, signer.certificate)
     expect("SIGNATURE_INVALID", error)
 
 
 def test_certificate_fingerprint_is_lowercase_sha256_of_der(signers: dict[str, Identity]) -> None:
     """The fingerprint is the lowercase hex SHA-256 of the DER certificate."""
-    cert = signers[crypto.ED25519].certificate
+    cert = signers[signing.ED25519].certificate
     expected = hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
-    assert crypto.certificate_fingerprint(cert) == expected
+    assert signing.certificate_fingerprint(cert) == expected
 
 
 def test_sign_envelope_wants_a_fingerprint(signers: dict[str, Identity]) -> None:
     """Naming the signer by anything but a fingerprint is refused with BAD_FINGERPRINT."""
     with pytest.raises(SecurityError) as error:
-        crypto.sign_envelope(letter(), signers[crypto.ED25519].private_key, "sender-0")
+        signing.sign_envelope(letter(), signers[signing.ED25519].private_key, "sender-0")
     expect("BAD_FINGERPRINT", error)
 
 
 def test_unknown_algorithm_cannot_make_keys() -> None:
     """generate_signing_key refuses names outside SIGNATURE_ALGORITHMS."""
     with pytest.raises(SecurityError) as error:
-        crypto.generate_signing_key("DSA")
+        signing.generate_signing_key("DSA")
     expect("UNSUPPORTED_ALGORITHM", error)
 
 
@@ -260,17 +263,17 @@ def test_weak_or_other_curve_keys_cannot_sign() -> None:
         rsa.generate_private_key(public_exponent=65537, key_size=1024),  # noqa: S505 - the point
     ):
         with pytest.raises(SecurityError) as error:
-            crypto.sign_bytes(key, b"data")
+            signing.sign_bytes(key, b"data")
         expect("UNSUPPORTED_KEY", error)
 
 
 def test_verify_bytes_refuses_a_wrong_signature(signers: dict[str, Identity]) -> None:
     """verify_bytes, used for lifecycle events, rejects a signature over other bytes."""
-    signer = signers[crypto.ECDSA_P256_SHA256]
-    signature = crypto.sign_bytes(signer.private_key, b"one")
-    crypto.verify_bytes(signer.certificate.public_key(), signature, b"one")
+    signer = signers[signing.ECDSA_P256_SHA256]
+    signature = signing.sign_bytes(signer.private_key, b"one")
+    signing.verify_bytes(signer.certificate.public_key(), signature, b"one")
     with pytest.raises(SecurityError) as error:
-        crypto.verify_bytes(signer.certificate.public_key(), signature, b"two")
+        signing.verify_bytes(signer.certificate.public_key(), signature, b"two")
     expect("SIGNATURE_INVALID", error)
 
 
@@ -287,22 +290,22 @@ def event(**attributes: str) -> LifecycleEvent:
     )
 
 
-@pytest.mark.parametrize("algorithm", crypto.SIGNATURE_ALGORITHMS)
+@pytest.mark.parametrize("algorithm", signing.SIGNATURE_ALGORITHMS)
 def test_signed_event_verifies_even_with_reordered_attributes(
     algorithm: str, signers: dict[str, Identity]
 ) -> None:
     """sign_event/verify_event round-trip, also after the attribute map is re-ordered."""
     signer = signers[algorithm]
-    signed = crypto.sign_event(event(b="2", a="1"), signer.private_key, signer.fingerprint)
-    crypto.verify_event(signed, signer.certificate)
+    signed = signing.sign_event(event(b="2", a="1"), signer.private_key, signer.fingerprint)
+    signing.verify_event(signed, signer.certificate)
     reordered = dataclasses.replace(signed, attributes=dict(reversed(signed.attributes.items())))
-    crypto.verify_event(codec.decode(codec.encode(reordered), LifecycleEvent), signer.certificate)
+    signing.verify_event(codec.decode(codec.encode(reordered), LifecycleEvent), signer.certificate)
 
 
 def test_changed_event_is_refused(signers: dict[str, Identity]) -> None:
     """Changing a signed event's state, or dropping or misnaming its signer, is refused."""
-    signer, other = signers[crypto.ED25519], signers[crypto.ECDSA_P256_SHA256]
-    signed = crypto.sign_event(event(), signer.private_key, signer.fingerprint)
+    signer, other = signers[signing.ED25519], signers[signing.ECDSA_P256_SHA256]
+    signed = signing.sign_event(event(), signer.private_key, signer.fingerprint)
     failed = dataclasses.replace(signed, state=LifecycleState.FAILED)
     cases = [
         (failed, signer, "SIGNATURE_INVALID"),
@@ -311,7 +314,7 @@ def test_changed_event_is_refused(signers: dict[str, Identity]) -> None:
     ]
     for candidate, identity, code in cases:
         with pytest.raises(SecurityError) as error:
-            crypto.verify_event(candidate, identity.certificate)
+            signing.verify_event(candidate, identity.certificate)
         expect(code, error)
 
 
@@ -364,7 +367,7 @@ def test_open_undoes_seal(envelope: Envelope, threshold: int, blobs: FileBlobSto
 def test_sealed_bytes_hold_no_plaintext_or_cpr(envelope: Envelope, blobs: FileBlobStore) -> None:
     """The encoded sealed envelope contains no file plaintext and not the recipient's CPR."""
     sealed = codec.encode(seal(envelope, blobs))
-    for file in crypto.files_of(envelope.body):
+    for file in sealing.files_of(envelope.body):
         assert isinstance(file.content, InlineContent)
         assert file.content.data not in sealed
     assert CPR.encode() not in sealed
@@ -377,7 +380,7 @@ def test_tampered_ciphertext_does_not_open(
 ) -> None:
     """Flipping any bit of any file's ciphertext makes opening fail with DECRYPTION_FAILED."""
     sealed = seal(envelope, blobs)
-    files = crypto.files_of(sealed.body)
+    files = sealing.files_of(sealed.body)
     target = data.draw(st.integers(0, len(files) - 1))
     content = files[target].content
     assert isinstance(content, InlineContent)
@@ -391,7 +394,7 @@ def test_tampered_ciphertext_does_not_open(
             return file
         return dataclasses.replace(file, content=InlineContent(data=bytes(flipped)))
 
-    tampered = dataclasses.replace(sealed, body=crypto.map_files(sealed.body, tamper))
+    tampered = dataclasses.replace(sealed, body=sealing.map_files(sealed.body, tamper))
     with pytest.raises(SecurityError) as error:
         open_(tampered, blobs)
     expect("DECRYPTION_FAILED", error)
@@ -404,11 +407,11 @@ def test_swapped_files_do_not_open(
 ) -> None:
     """Swapping two sealed files (content and nonce) makes opening fail."""
     sealed = seal(envelope, blobs)
-    files = crypto.files_of(sealed.body)
+    files = sealing.files_of(sealed.body)
     first = data.draw(st.integers(0, len(files) - 2))
     second = data.draw(st.integers(first + 1, len(files) - 1))
     order = {first: files[second], second: files[first]}
-    swapped = dataclasses.replace(sealed, body=crypto.map_files(sealed.body, order.get))
+    swapped = dataclasses.replace(sealed, body=sealing.map_files(sealed.body, order.get))
     with pytest.raises(SecurityError) as error:
         open_(swapped, blobs)
     expect("DECRYPTION_FAILED", error)
@@ -428,7 +431,7 @@ def test_changed_recipient_pseudonym_does_not_open(
         sealed, header=dataclasses.replace(sealed.header, recipient=recipient)
     )
     with pytest.raises(SecurityError) as error:
-        crypto.open_envelope(moved, PROVIDER, blobs)
+        sealing.open_envelope(moved, PROVIDER, blobs)
     expect("DECRYPTION_FAILED", error)
 
 
@@ -466,7 +469,7 @@ def test_encryption_fields(blobs: FileBlobStore) -> None:
     assert encryption.ephemeralPublicKey is not None
     assert len(encryption.ephemeralPublicKey) == 32
     assert len(encryption.wrappedKey) == 40  # RFC 3394: 256-bit key + 64-bit check
-    file = crypto.files_of(sealed.body)[0]
+    file = sealing.files_of(sealed.body)[0]
     assert file.nonce is not None
     assert len(file.nonce) == 12
     assert sealed.signature is None
@@ -478,7 +481,7 @@ def test_every_seal_uses_fresh_keys_and_nonces(blobs: FileBlobStore) -> None:
     assert one.encryption is not None
     assert two.encryption is not None
     assert one.encryption.wrappedKey != two.encryption.wrappedKey
-    assert crypto.files_of(one.body)[0] != crypto.files_of(two.body)[0]
+    assert sealing.files_of(one.body)[0] != sealing.files_of(two.body)[0]
 
 
 def test_large_files_go_to_the_blob_store_encrypted(blobs: FileBlobStore) -> None:
@@ -486,7 +489,7 @@ def test_large_files_go_to_the_blob_store_encrypted(blobs: FileBlobStore) -> Non
     document = b"%PDF-" + bytes(range(256)) * 8
     envelope = letter(b"small", document)
     sealed = seal(envelope, blobs, threshold=1024)
-    small, large = crypto.files_of(sealed.body)
+    small, large = sealing.files_of(sealed.body)
     assert isinstance(small.content, InlineContent)
     assert isinstance(large.content, BlobContent)
     stored = blobs.get(large.content.ref)
@@ -500,7 +503,7 @@ def test_corrupt_blob_is_blob_corrupt(tmp_path: Path) -> None:
     """A blob whose bytes no longer match the envelope's SHA-256 fails with BLOB_CORRUPT."""
     blobs = FileBlobStore(tmp_path)
     sealed = seal(letter(b"x" * 100), blobs, threshold=10)
-    content = crypto.files_of(sealed.body)[0].content
+    content = sealing.files_of(sealed.body)[0].content
     assert isinstance(content, BlobContent)
     path = blobs.path_of(content.ref)
     damaged = bytearray(path.read_bytes())
@@ -523,7 +526,7 @@ def test_another_provider_key_cannot_open(blobs: FileBlobStore) -> None:
     """Only the provider sealed for can open: another X25519 key gives DECRYPTION_FAILED."""
     sealed = seal(letter(b"doc"), blobs)
     with pytest.raises(SecurityError) as error:
-        crypto.open_envelope(sealed, x25519.X25519PrivateKey.generate(), blobs)
+        sealing.open_envelope(sealed, x25519.X25519PrivateKey.generate(), blobs)
     expect("DECRYPTION_FAILED", error)
 
 
@@ -547,7 +550,7 @@ def test_pseudonym_check_catches_another_deployment_key(blobs: FileBlobStore) ->
     sealed = seal(letter(b"doc"), blobs)
     other = Pseudonymizer(b"another-pseudonym-key-of-32-byte")
     with pytest.raises(SecurityError) as error:
-        crypto.open_envelope(sealed, PROVIDER, blobs, pseudonymizer=other)
+        sealing.open_envelope(sealed, PROVIDER, blobs, pseudonymizer=other)
     expect("PSEUDONYM_MISMATCH", error)
 
 
@@ -555,8 +558,8 @@ def test_only_plain_envelopes_are_sealed(
     blobs: FileBlobStore, signers: dict[str, Identity]
 ) -> None:
     """Sealing a signed, sealed or blob-carrying envelope is refused with NOT_PLAIN."""
-    signer = signers[crypto.ED25519]
-    signed = crypto.sign_envelope(letter(b"doc"), signer.private_key, signer.fingerprint)
+    signer = signers[signing.ED25519]
+    signed = signing.sign_envelope(letter(b"doc"), signer.private_key, signer.fingerprint)
     sealed = seal(letter(b"doc"), blobs)
     for envelope in (signed, sealed, dataclasses.replace(sealed, encryption=None)):
         with pytest.raises(SecurityError) as error:
@@ -566,15 +569,15 @@ def test_only_plain_envelopes_are_sealed(
 
 def test_seal_sign_verify_open(signers: dict[str, Identity], blobs: FileBlobStore) -> None:
     """The SDK's order works end to end: seal, sign, encode, decode, verify, open."""
-    signer = signers[crypto.RSA_PSS_SHA256]
+    signer = signers[signing.RSA_PSS_SHA256]
     envelope = letter(b"doc one", b"doc two")
-    signed = crypto.sign_envelope(seal(envelope, blobs), signer.private_key, signer.fingerprint)
+    signed = signing.sign_envelope(seal(envelope, blobs), signer.private_key, signer.fingerprint)
     received = codec.decode(codec.encode(signed), Envelope)
-    crypto.verify_envelope(received, signer.certificate)
+    signing.verify_envelope(received, signer.certificate)
     assert open_(received, blobs) == envelope
 
 
 def test_fingerprint_helper_matches_cryptography(signers: dict[str, Identity]) -> None:
     """certificate_fingerprint agrees with cryptography's own SHA-256 fingerprint."""
-    cert = signers[crypto.ECDSA_P256_SHA256].certificate
-    assert crypto.certificate_fingerprint(cert) == cert.fingerprint(hashes.SHA256()).hex()
+    cert = signers[signing.ECDSA_P256_SHA256].certificate
+    assert signing.certificate_fingerprint(cert) == cert.fingerprint(hashes.SHA256()).hex()

@@ -14,19 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connectors.esdh.memo import (
-    NS,
-    SUPPORTED_VERSIONS,
-    MemoError,
-    Violation,
-    equivalent,
-    parse,
-    parse_and_validate,
-    to_xml,
-    validate,
-)
-from connectors.esdh.memo_rules import HINTS
+from connectors.esdh.memo import SUPPORTED_VERSIONS, Violation, validate
 from schemas.errors import Dp2Error
+from schemas.memo import NS, MemoError, equivalent, parse, parse_and_validate, to_xml
+from schemas.memo_rules import HINTS
 from schemas.models import (
     BlobContent,
     Encryption,

@@ -2,7 +2,7 @@
 
 from datetime import UTC, datetime
 
-from connectors.notify.service import quiet_hours_end
+from connectors.notify.notifier import quiet_hours_end
 
 
 def at(hour: int, minute: int = 0, day: int = 10) -> datetime:

@@ -11,19 +11,14 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import x25519
 
-from brokers import crypto
-from brokers.blobstore import MemoryBlobStore
-from brokers.crypto import SecurityError
-from brokers.pki import (
-    ON_BEHALF_OF_OID,
-    Identity,
-    Pki,
-    TrustStore,
-    add_pki_commands,
-    kind_of,
-    sender_cvrs,
-)
-from brokers.settings import Settings
+from brokers.pki import add_pki_commands
+from brokers.runtime.blobstore import MemoryBlobStore
+from brokers.runtime.settings import Settings
+from brokers.security import sealing, signing
+from brokers.security.pki import Identity, Pki
+from brokers.security.pseudonyms import Pseudonymizer
+from brokers.security.signing import SecurityError
+from brokers.security.trust import ON_BEHALF_OF_OID, TrustStore, kind_of, sender_cvrs
 from tests.unit.test_crypto import letter
 
 
@@ -37,7 +32,7 @@ def now() -> datetime:
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     """An Ed25519 development CA (fast keys) shared by this module's read-only tests."""
     pki = Pki(tmp_path_factory.mktemp("pki"))
-    pki.init(crypto.ED25519)
+    pki.init(signing.ED25519)
     return pki
 
 
@@ -63,7 +58,7 @@ def provider(pki: Pki) -> Identity:
 def fresh_pki(tmp_path: Path) -> Pki:
     """An Ed25519 CA of its own, for tests that revoke or replace things."""
     pki = Pki(tmp_path / "pki")
-    pki.init(crypto.ED25519)
+    pki.init(signing.ED25519)
     return pki
 
 
@@ -130,7 +125,7 @@ def test_provider_key_is_the_published_encryption_key(pki: Pki, provider: Identi
     assert provider.encryption_key is not None
     assert provider.encryption_certificate is not None
     key_id, key = TrustStore(pki.root).provider_key("mitpost")
-    assert key_id == crypto.certificate_fingerprint(provider.encryption_certificate)
+    assert key_id == signing.certificate_fingerprint(provider.encryption_certificate)
     assert key.public_bytes_raw() == provider.encryption_key.public_key().public_bytes_raw()
 
 
@@ -138,9 +133,9 @@ def test_provider_can_open_what_is_sealed_for_it(pki: Pki, provider: Identity) -
     """A letter sealed with the trust store's provider key opens with the identity's key."""
     assert provider.encryption_key is not None
     key_id, key = TrustStore(pki.root).provider_key("mitpost")
-    pseudonyms, blobs = crypto.Pseudonymizer(b"p" * 32), MemoryBlobStore()
-    sealed = crypto.seal_envelope(letter(b"doc"), key, key_id, pseudonyms, blobs)
-    assert crypto.open_envelope(sealed, provider.encryption_key, blobs) == letter(b"doc")
+    pseudonyms, blobs = Pseudonymizer(b"p" * 32), MemoryBlobStore()
+    sealed = sealing.seal_envelope(letter(b"doc"), key, key_id, pseudonyms, blobs)
+    assert sealing.open_envelope(sealed, provider.encryption_key, blobs) == letter(b"doc")
 
 
 def test_unknown_provider(pki: Pki) -> None:
@@ -158,12 +153,12 @@ def test_certificate_lookup(pki: Pki, sender: Identity) -> None:
     assert reason(lambda: trust.certificate("../ca/cert")) == "UNKNOWN_CERTIFICATE"
 
 
-@pytest.mark.parametrize("algorithm", crypto.SIGNATURE_ALGORITHMS)
+@pytest.mark.parametrize("algorithm", signing.SIGNATURE_ALGORITHMS)
 def test_every_ca_algorithm_issues_verifiable_certificates(algorithm: str, tmp_path: Path) -> None:
     """A CA of each algorithm signs certificates and CRLs the trust store accepts."""
     pki = Pki(tmp_path)
     pki.init(algorithm)
-    identity = pki.issue_sender("12345678", "org", algorithm=crypto.ED25519)
+    identity = pki.issue_sender("12345678", "org", algorithm=signing.ED25519)
     trust = TrustStore(tmp_path)
     trust.verify_certificate(identity.certificate, now())
     pki.revoke("org")
@@ -176,7 +171,7 @@ def test_every_ca_algorithm_issues_verifiable_certificates(algorithm: str, tmp_p
 def test_issued_keys_follow_the_ca_algorithm(fresh_pki: Pki) -> None:
     """Without --algorithm, an identity gets a key of the CA's algorithm."""
     identity = fresh_pki.issue_sender("12345678", "org")
-    assert crypto.signature_algorithm(identity.private_key) == crypto.ED25519
+    assert signing.signature_algorithm(identity.private_key) == signing.ED25519
 
 
 # --- rejections ------------------------------------------------------------------------
@@ -224,7 +219,7 @@ def test_revoking_a_provider_revokes_its_encryption_key(fresh_pki: Pki) -> None:
 def test_other_ca_is_untrusted_issuer(fresh_pki: Pki, tmp_path: Path) -> None:
     """A certificate from another CA, even with the same names, is UNTRUSTED_ISSUER."""
     other = Pki(tmp_path / "other")
-    other.init(crypto.ED25519)
+    other.init(signing.ED25519)
     stranger = other.issue_sender("12345678", "org")
     trust = TrustStore(fresh_pki.root)
     assert reason(lambda: trust.verify_certificate(stranger.certificate, now())) == (
@@ -242,7 +237,7 @@ def test_ca_certificate_cannot_sign_messages(fresh_pki: Pki) -> None:
 def test_crl_from_another_ca_is_refused(fresh_pki: Pki, tmp_path: Path) -> None:
     """A CRL not signed by our CA (e.g. copied over to un-revoke) fails with CRL_INVALID."""
     other = Pki(tmp_path / "other")
-    other.init(crypto.ED25519)
+    other.init(signing.ED25519)
     fresh_pki.crl_path.write_bytes(other.crl_path.read_bytes())
     assert reason(TrustStore(fresh_pki.root).reload) == "CRL_INVALID"
 
@@ -303,8 +298,8 @@ def test_init_is_idempotent_unless_forced(fresh_pki: Pki) -> None:
     """A second init keeps the CA; force makes a new one, which no longer trusts old certs."""
     ca = fresh_pki.ca_certificate()
     identity = fresh_pki.issue_sender("12345678", "org")
-    assert fresh_pki.init(crypto.ED25519) == ca
-    assert fresh_pki.init(crypto.ED25519, force=True) != ca
+    assert fresh_pki.init(signing.ED25519) == ca
+    assert fresh_pki.init(signing.ED25519, force=True) != ca
     trust = TrustStore(fresh_pki.root)
     assert reason(lambda: trust.verify_certificate(identity.certificate, now())) == (
         "UNTRUSTED_ISSUER"

@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
-from brokers.settings import Settings
+from brokers.runtime.settings import Settings
 from schemas.models import LifecycleEvent, LifecycleState
 from tracing.api import TraceService, make_app
 from tracing.client import (

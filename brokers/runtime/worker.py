@@ -31,205 +31,30 @@ import contextlib
 import dataclasses
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import structlog
-from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
+
+from brokers.runtime import context
+from brokers.runtime.kafka import new_producer
+from brokers.runtime.metrics import ServiceMetrics
+from brokers.runtime.records import (
+    Handler,
+    Output,
+    message_uuid_header,
+    rejection_output,
+    source_of,
 )
-
-from schemas import codec
 from schemas.errors import Dp2Error, SchemaError
-from schemas.models import LifecycleEvent, LifecycleState
-from tracing import context
+from schemas.vocabulary import DEADLETTER_TOPIC, MESSAGE_UUID_HEADER
 
-DEADLETTER_TOPIC = "dp2.deadletter"
-LIFECYCLE_TOPIC = "dp2.lifecycle"
-MESSAGE_UUID_HEADER = "dp2-message-uuid"
 _DEADLETTER_NAMESPACE = uuid.UUID("5b1f0e4c-3c1b-4d0e-9b59-2f1d5f3b7a10")
-_EVENT_NAMESPACE = uuid.UUID("0c5d3a8e-8f0e-4b8e-a3c6-6d1f4f2f9b21")
 _MAX_BACKOFF_S = 30.0
 
 log = structlog.get_logger("dp2.service")
-
-
-@dataclass(frozen=True, slots=True)
-class Output:
-    """One record a handler wants produced; ``traceparent`` is filled in by the loop."""
-
-    topic: str
-    value: bytes
-    key: bytes | None = None
-    headers: list[tuple[str, bytes]] = field(default_factory=list)
-    #: Set on a REJECTED event, so the worker counts rejections by reason.
-    rejection: str | None = None
-
-
-Handler = Callable[[ConsumerRecord[bytes, bytes]], Awaitable[Sequence[Output]]]
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
-
-
-def source_of(record: ConsumerRecord[bytes, bytes]) -> str:
-    """Where a record came from: ``topic/partition/offset``."""
-    return f"{record.topic}/{record.partition}/{record.offset}"
-
-
-def lifecycle_output(
-    message_uuid: str,
-    state: LifecycleState,
-    actor: str,
-    *,
-    reason_code: str | None = None,
-    reason_text: str | None = None,
-    sender_id: str | None = None,
-    recipient_ref: str | None = None,
-    channel: str | None = None,
-    related: str | None = None,
-    attributes: dict[str, str] | None = None,
-    occurred_at: datetime | None = None,
-    source: str | None = None,
-) -> Output:
-    """A lifecycle event as an output record on dp2.lifecycle, keyed by message UUID.
-
-    With ``source`` (the input's topic/partition/offset) the event id is derived
-    from actor, message, state and source, so re-processing a redelivered input
-    re-emits the *same* event, which the trace store keeps once.
-    """
-    event_id = (
-        uuid.uuid5(_EVENT_NAMESPACE, f"{actor}|{message_uuid}|{state.value}|{source}")
-        if source
-        else uuid.uuid4()
-    )
-    event = LifecycleEvent(
-        eventId=str(event_id),
-        messageUUID=message_uuid,
-        state=state,
-        reasonCode=reason_code,
-        reasonText=reason_text,
-        actor=actor,
-        occurredAt=occurred_at or now(),
-        # Per-actor ordering hint for events within the same microsecond.
-        sequence=time.monotonic_ns(),
-        senderID=sender_id,
-        recipientRef=recipient_ref,
-        channel=channel,
-        relatedMessageUUID=related,
-        attributes=attributes or {},
-    )
-    return Output(LIFECYCLE_TOPIC, codec.encode(event), key=message_uuid.encode())
-
-
-def rejection_output(message_uuid: str, actor: str, error: Dp2Error, **kwargs: Any) -> Output:
-    """REJECTED with the error's stable reason code and its how-to-fix sentence."""
-    output = lifecycle_output(
-        message_uuid,
-        LifecycleState.REJECTED,
-        actor,
-        reason_code=error.reason_code,
-        reason_text=f"{error.message.rstrip('.')}. {error.hint}",
-        **kwargs,
-    )
-    return dataclasses.replace(output, rejection=error.reason_code)
-
-
-class ServiceMetrics:
-    """The metrics every worker exports, registered in an injected registry."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.records_in = Counter(
-            "dp2_records_in", "Records consumed", ["service", "topic"], registry=registry
-        )
-        self.records_out = Counter(
-            "dp2_records_out", "Records produced", ["service", "topic"], registry=registry
-        )
-        self.rejections = Counter(
-            "dp2_rejections", "Messages rejected", ["service", "reason"], registry=registry
-        )
-        self.deadletters = Counter(
-            "dp2_deadletters",
-            "Records sent to the dead-letter topic",
-            ["service", "reason"],
-            registry=registry,
-        )
-        self.processing = Histogram(
-            "dp2_processing_seconds",
-            "Handler time per record",
-            ["service"],
-            registry=registry,
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
-        )
-        self.lag = Gauge(
-            "dp2_consumer_lag",
-            "Records not yet consumed",
-            ["service", "topic", "partition"],
-            registry=registry,
-        )
-
-
-async def read_from_start(
-    consumer: AIOKafkaConsumer,
-    topics: Sequence[str],
-    *,
-    to_end: bool = False,
-    wait_s: float = 30.0,
-) -> list[TopicPartition]:
-    """Subscribe a group-less consumer to every partition of ``topics`` and seek.
-
-    Without a group, aiokafka assigns all partitions on subscribe; but only once
-    it has fetched metadata, so wait for the assignment. Seeks to the beginning,
-    or to the end with ``to_end`` (to see only what comes next).
-
-    Create the consumer with ``auto_offset_reset`` "earliest" (or "latest" with
-    ``to_end``): the assignment's own offset reset can land after our seek.
-    """
-    consumer.subscribe(list(topics))
-    async with asyncio.timeout(wait_s):
-        while not consumer.assignment():
-            await asyncio.sleep(0.05)
-    partitions = sorted(consumer.assignment())
-    if to_end:
-        await consumer.seek_to_end(*partitions)
-        for tp in partitions:  # resolve the position now, before anything is produced
-            await consumer.position(tp)
-    else:
-        await consumer.seek_to_beginning(*partitions)
-    return partitions
-
-
-async def behind(consumer: AIOKafkaConsumer, end: dict[TopicPartition, int]) -> bool:
-    """True while the consumer's position is before ``end`` on any partition."""
-    for tp, offset in end.items():
-        if await consumer.position(tp) < offset:
-            return True
-    return False
-
-
-def new_producer(bootstrap: str, **overrides: Any) -> AIOKafkaProducer:
-    """The one producer configuration DP2 uses: idempotent, acks=all, batched."""
-    settings: dict[str, Any] = {
-        "bootstrap_servers": bootstrap,
-        "enable_idempotence": True,
-        "acks": "all",
-        "linger_ms": 5,
-        "max_request_size": 8 * 1024 * 1024,
-        "compression_type": None,
-    }
-    settings.update(overrides)
-    return AIOKafkaProducer(**settings)
 
 
 class KafkaWorker:
@@ -364,7 +189,7 @@ class KafkaWorker:
 
     async def _handle_one(self, record: ConsumerRecord[bytes, bytes]) -> list[Output]:
         parent = context.from_headers(record.headers)
-        message_uuid = _message_uuid_header(record)
+        message_uuid = message_uuid_header(record)
         bound = {"service": self.name, "trace_id": context.trace_id(parent)}
         if message_uuid:
             bound["message_id"] = message_uuid
@@ -400,9 +225,7 @@ class KafkaWorker:
 
     def _dead_letter(self, record: ConsumerRecord[bytes, bytes], error: Dp2Error) -> list[Output]:
         source = source_of(record)
-        message_uuid = _message_uuid_header(record) or str(
-            uuid.uuid5(_DEADLETTER_NAMESPACE, source)
-        )
+        message_uuid = message_uuid_header(record) or str(uuid.uuid5(_DEADLETTER_NAMESPACE, source))
         self.last_error = f"{error.reason_code} at {source}"
         self._metrics.deadletters.labels(self.name, error.reason_code).inc()
         log.warning(
@@ -445,100 +268,3 @@ class KafkaWorker:
             self._metrics.lag.labels(self.name, tp.topic, str(tp.partition)).set(
                 max(highwater - position, 0)
             )
-
-
-def _message_uuid_header(record: ConsumerRecord[bytes, bytes]) -> str | None:
-    raw = context.header_value(record.headers, MESSAGE_UUID_HEADER)
-    if raw is None:
-        return None
-    try:
-        return str(uuid.UUID(raw.decode("ascii")))
-    except (ValueError, UnicodeDecodeError):
-        return None
-
-
-class ServiceHost:
-    """Runs a service's workers plus its HTTP endpoints (/healthz, /metrics, extras).
-
-    One per process under ``dp2 run``; tests run several in one event loop.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        workers: Sequence[KafkaWorker],
-        registry: CollectorRegistry,
-        *,
-        port: int = 0,
-        app: web.Application | None = None,
-        on_start: Sequence[Callable[[], Awaitable[None]]] = (),
-        on_stop: Sequence[Callable[[], Awaitable[None]]] = (),
-        checks: Sequence[Callable[[], Mapping[str, Any]]] = (),
-    ) -> None:
-        self.name = name
-        self._checks = list(checks)
-        self.workers = list(workers)
-        self._registry = registry
-        self._port = port
-        self._app = app or web.Application()
-        self._app.router.add_get("/healthz", self._healthz)
-        self._app.router.add_get("/metrics", self._metrics)
-        self._on_start = list(on_start)
-        self._on_stop = list(on_stop)
-        self._runner: web.AppRunner | None = None
-        self.url: str | None = None
-
-    async def start(self) -> None:
-        if self._runner is not None:
-            return
-        for hook in self._on_start:
-            await hook()
-        for worker in self.workers:
-            await worker.start()
-        self._runner = web.AppRunner(self._app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self._port)
-        await site.start()
-        port = self._runner.addresses[0][1]  # the real port when 0 asked for any
-        self.url = f"http://127.0.0.1:{port}"
-        log.info("service_started", service=self.name, url=self.url)
-
-    async def stop(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-        for worker in self.workers:
-            await worker.stop()
-        for hook in self._on_stop:
-            await hook()
-
-    async def __aenter__(self) -> ServiceHost:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    def health(self) -> dict[str, Any]:
-        """ok, degraded (working, but something waits: still HTTP 200) or failing (503)."""
-        workers = [w.health() for w in self.workers]
-        checks = [dict(check()) for check in self._checks]
-        states = {c.get("status", "ok") for c in checks}
-        if not all(w["running"] for w in workers) or "failing" in states:
-            status = "failing"
-        else:
-            status = "degraded" if "degraded" in states else "ok"
-        report: dict[str, Any] = {"service": self.name, "status": status, "workers": workers}
-        if checks:
-            report["checks"] = checks
-        return report
-
-    async def _healthz(self, _: web.Request) -> web.Response:
-        report = self.health()
-        return web.json_response(report, status=503 if report["status"] == "failing" else 200)
-
-    async def _metrics(self, _: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(self._registry),
-            headers={"Content-Type": CONTENT_TYPE_LATEST},
-        )

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from brokers.settings import PROJECT_ROOT
+from brokers.runtime.settings import PROJECT_ROOT
 
 #: The stages every digital letter passes, in order (lifecycle states).
 STAGES = ("ACCEPTED", "ROUTED", "DELIVERED", "NOTIFIED")

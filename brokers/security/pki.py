@@ -1,10 +1,10 @@
-"""A development PKI on disk, and the trust store every service checks certificates with.
+"""A development PKI on disk: ``dp2 pki`` makes a CA and issues every party's certificates.
 
 Why it exists: every envelope is signed by an organisation or a vendor connector,
 and every mailbox provider publishes a key to seal documents for. ``dp2 pki``
 makes a root CA and issues those certificates, so a laptop runs the same checks
 as production; in production an OCES-style CA takes its place and only
-:class:`TrustStore` matters.
+brokers.security.trust matters.
 
 Layout under the root (``$DP2_HOME/pki`` by the callers' convention)::
 
@@ -26,7 +26,7 @@ key with KeyUsage keyAgreement only; cryptography signs X25519 keys into
 certificates directly, so no other format is needed. Keys are unencrypted PKCS#8
 PEM: a development PKI, protected by file mode only.
 
-Errors are brokers.crypto.SecurityError: PKI_NOT_INITIALISED, INVALID_CVR,
+Errors are brokers.security.signing.SecurityError: PKI_NOT_INITIALISED, INVALID_CVR,
 INVALID_NAME, INVALID_VALIDITY, IDENTITY_EXISTS, UNKNOWN_IDENTITY, BAD_KEY,
 CRL_MISSING, CRL_INVALID, UNKNOWN_CERTIFICATE, UNTRUSTED_ISSUER,
 CERTIFICATE_NOT_YET_VALID, CERTIFICATE_EXPIRED, CERTIFICATE_REVOKED, UNKNOWN_PROVIDER.
@@ -34,45 +34,46 @@ CERTIFICATE_NOT_YET_VALID, CERTIFICATE_EXPIRED, CERTIFICATE_REVOKED, UNKNOWN_PRO
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import re
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final, TypedDict, Unpack
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, x25519
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
-from cryptography.x509.oid import NameOID, ObjectIdentifier
+from cryptography.x509.oid import NameOID
 
-from brokers.crypto import (
+from brokers.security.signing import (
     DEFAULT_SIGNATURE_ALGORITHM,
     ECDSA_P256_SHA256,
-    SIGNATURE_ALGORITHMS,
-    SecurityError,
     SigningKey,
     certificate_fingerprint,
     generate_signing_key,
     signature_algorithm,
 )
-from brokers.settings import Settings
+from brokers.security.trust import (
+    CVR_PATTERN,
+    FINGERPRINT_PATTERN,
+    NAME_PATTERN,
+    ON_BEHALF_OF_OID,
+    PROVIDER,
+    PROVIDER_ENCRYPTION,
+    SENDER,
+    VENDOR,
+    kind_of,
+    load_certificate,
+    read_crl,
+    security_error,
+)
 
-ON_BEHALF_OF_OID: Final = ObjectIdentifier("1.3.6.1.4.1.55555.1.1")
-SENDER, VENDOR, PROVIDER = "sender", "vendor", "provider"
-PROVIDER_ENCRYPTION: Final = "provider-encryption"
 CA_DAYS: Final = 3650
 CRL_DAYS: Final = 365
 _CLOCK_SKEW: Final = timedelta(minutes=5)
-_CVR = re.compile(r"[0-9]{8}")
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 
 
 def provider_identity_name(provider_id: str) -> str:
@@ -102,10 +103,6 @@ class IssueOptions(TypedDict, total=False):
     not_after: datetime | None
     algorithm: str | None
     force: bool
-
-
-def _fail(code: str, message: str, hint: str) -> SecurityError:
-    return SecurityError(message, reason_code=code, hint=hint)
 
 
 # --- the issuing side ------------------------------------------------------------------
@@ -158,7 +155,7 @@ class Pki:
         return cert
 
     def ca_certificate(self) -> x509.Certificate:
-        return _load_cert(self._require_ca())
+        return load_certificate(self._require_ca())
 
     def revoked_serials(self) -> frozenset[int]:
         """Serial numbers on the current CRL."""
@@ -195,7 +192,7 @@ class Pki:
     ) -> Identity:
         """A vendor connector's signing certificate, allowed to send for the listed CVRs."""
         if not on_behalf_of:
-            raise _fail(
+            raise security_error(
                 "INVALID_CVR",
                 "a vendor certificate needs at least one CVR to send on behalf of",
                 "Pass --on-behalf-of CVR[,CVR...].",
@@ -251,7 +248,7 @@ class Pki:
         _check_name(name)
         folder = self.root / "identities" / name
         if (folder / "cert.pem").exists() and not force:
-            raise _fail(
+            raise security_error(
                 "IDENTITY_EXISTS",
                 f"an identity called {name!r} exists already",
                 "Choose another name, or re-issue with --force (revoke the old one first).",
@@ -275,7 +272,7 @@ class Pki:
     ) -> x509.Certificate:
         """A certificate signed by the CA, also stored under certs/<fingerprint>.pem."""
         if validity[1] <= validity[0]:
-            raise _fail(
+            raise security_error(
                 "INVALID_VALIDITY",
                 "the certificate would expire before it becomes valid",
                 "Give a positive --days, or a not_after later than not_before.",
@@ -312,26 +309,28 @@ class Pki:
     def identity(self, name: str) -> Identity:
         """The identity issued under `name` (for a provider: provider_identity_name(id))."""
         folder = self.root / "identities" / name
-        if _NAME.fullmatch(name) is None or not (folder / "cert.pem").exists():
-            raise _fail(
+        if NAME_PATTERN.fullmatch(name) is None or not (folder / "cert.pem").exists():
+            raise security_error(
                 "UNKNOWN_IDENTITY",
                 f"no identity called {name!r} in {self.root}",
                 "List identities with: dp2 pki list; issue one with: dp2 pki issue.",
             )
-        cert = _load_cert(folder / "cert.pem")
+        cert = load_certificate(folder / "cert.pem")
         key = _load_key(folder / "key.pem")
         if isinstance(key, x25519.X25519PrivateKey) or key.public_key() != cert.public_key():
-            raise _fail(
+            raise security_error(
                 "BAD_KEY",
                 f"{name}/key.pem is not the signing key of {name}/cert.pem",
                 f"Re-issue the identity with --force and revoke the old certificate ({name}).",
             )
         encryption_key = encryption_cert = None
         if (folder / "enc-cert.pem").exists():
-            encryption_cert = _load_cert(folder / "enc-cert.pem")
+            encryption_cert = load_certificate(folder / "enc-cert.pem")
             loaded = _load_key(folder / "enc-key.pem")
             if not isinstance(loaded, x25519.X25519PrivateKey):
-                raise _fail("BAD_KEY", f"{name}/enc-key.pem is not an X25519 key", "Re-issue it.")
+                raise security_error(
+                    "BAD_KEY", f"{name}/enc-key.pem is not an X25519 key", "Re-issue it."
+                )
             encryption_key = loaded
         return Identity(
             name=name,
@@ -354,14 +353,14 @@ class Pki:
 
     def _certificates_of(self, name_or_fingerprint: str) -> list[x509.Certificate]:
         path = self.root / "certs" / f"{name_or_fingerprint}.pem"
-        if _FINGERPRINT.fullmatch(name_or_fingerprint) and path.exists():
-            return [_load_cert(path)]
+        if FINGERPRINT_PATTERN.fullmatch(name_or_fingerprint) and path.exists():
+            return [load_certificate(path)]
         identity = self.identity(name_or_fingerprint)
         return [c for c in (identity.certificate, identity.encryption_certificate) if c is not None]
 
     def _require_ca(self) -> Path:
         if not self.ca_cert_path.exists():
-            raise _fail(
+            raise security_error(
                 "PKI_NOT_INITIALISED",
                 f"there is no CA in {self.root}",
                 "Run: dp2 pki init",
@@ -372,12 +371,14 @@ class Pki:
         self._require_ca()
         key = _load_key(self.ca_key_path)
         if isinstance(key, x25519.X25519PrivateKey):
-            raise _fail("BAD_KEY", "the CA key is not a signing key", "Run: dp2 pki init --force")
+            raise security_error(
+                "BAD_KEY", "the CA key is not a signing key", "Run: dp2 pki init --force"
+            )
         return key
 
     def _load_crl(self) -> x509.CertificateRevocationList:
         self._require_ca()
-        return _read_crl(self.crl_path)
+        return read_crl(self.crl_path)
 
     def _write_crl(
         self,
@@ -403,220 +404,10 @@ class Pki:
         _write(self.crl_path, crl.public_bytes(serialization.Encoding.PEM))
 
 
-# --- the checking side -----------------------------------------------------------------
-_Stamp = tuple[int, int, int]
-_ISSUER_KEYS: Final = (ed25519.Ed25519PublicKey, ec.EllipticCurvePublicKey, rsa.RSAPublicKey)
-
-
-@dataclass(frozen=True, slots=True)
-class _Rejection:
-    code: str
-    message: str
-    hint: str
-
-
-class TrustStore:
-    """What every service checks certificates against: the CA, its CRL, issued certs.
-
-    Read lazily from a :class:`Pki` root. ``reload()`` costs two ``stat`` calls and
-    re-reads the CA or CRL only when the file changed, so services call it once per
-    message. Verdicts (issuer and revocation) are cached per (fingerprint, CRL
-    version), so the hot path is a dict lookup plus a validity-window comparison.
-    Not thread-safe: one per event loop.
-    """
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self._ca: x509.Certificate | None = None
-        self._ca_stamp: _Stamp | None = None
-        self._crl_stamp: _Stamp | None = None
-        self._crl_version = 0
-        self._revoked: frozenset[int] = frozenset()
-        self._certs: dict[str, x509.Certificate] = {}
-        self._verdicts: dict[tuple[str, int], _Rejection | None] = {}
-        self._senders: dict[str, frozenset[str]] = {}
-        self._providers: dict[str, tuple[_Stamp, x509.Certificate]] = {}
-
-    @property
-    def crl_version(self) -> int:
-        """Goes up each time a changed CRL is read."""
-        return self._crl_version
-
-    def reload(self) -> None:
-        """Re-read the CA and the CRL if their files changed since the last look."""
-        ca_path = self.root / "ca" / "cert.pem"
-        ca_stamp = _stamp(ca_path)
-        if ca_stamp is None:
-            raise _fail(
-                "PKI_NOT_INITIALISED", f"there is no CA in {self.root}", "Run: dp2 pki init"
-            )
-        if ca_stamp != self._ca_stamp:
-            self._ca = _load_cert(ca_path)
-            self._ca_stamp, self._crl_stamp = ca_stamp, None
-            self._certs.clear()
-            self._senders.clear()
-            self._providers.clear()
-        crl_path = self.root / "crl.pem"
-        crl_stamp = _stamp(crl_path)
-        if crl_stamp != self._crl_stamp or crl_stamp is None:
-            crl = _read_crl(crl_path)  # fails closed: a deleted CRL must not un-revoke anything
-            ca = self._require_ca()
-            public = ca.public_key()
-            signed = isinstance(public, _ISSUER_KEYS) and crl.is_signature_valid(public)
-            if crl.issuer != ca.subject or not signed:
-                raise _fail(
-                    "CRL_INVALID",
-                    f"{crl_path} is not signed by the CA",
-                    "Restore the CRL written by dp2 pki, or revoke again with dp2 pki revoke.",
-                )
-            self._revoked = frozenset(r.serial_number for r in crl)
-            self._crl_stamp = crl_stamp
-            self._crl_version += 1
-            self._verdicts.clear()
-
-    def certificate(self, fingerprint: str) -> x509.Certificate:
-        """The issued certificate with this SHA-256 fingerprint (not yet verified)."""
-        cert = self._certs.get(fingerprint)
-        if cert is not None:
-            return cert
-        path = self.root / "certs" / f"{fingerprint}.pem"
-        if _FINGERPRINT.fullmatch(fingerprint) is None or not path.exists():
-            raise _fail(
-                "UNKNOWN_CERTIFICATE",
-                f"no certificate with fingerprint {fingerprint[:64]!r} was issued here",
-                "Sign with a certificate issued by this deployment's CA (dp2 pki issue).",
-            )
-        cert = _load_cert(path)
-        if certificate_fingerprint(cert) != fingerprint:
-            raise _fail(
-                "UNKNOWN_CERTIFICATE",
-                f"{path} holds another certificate than its name says",
-                "Remove the file; dp2 pki writes certs/<fingerprint>.pem itself.",
-            )
-        self._certs[fingerprint] = cert
-        return cert
-
-    def verify_certificate(self, cert: x509.Certificate, at: datetime) -> None:
-        """Raise SecurityError unless `cert` is issued by our CA, unrevoked and valid `at`."""
-        ca = self._require_ca()
-        key = (certificate_fingerprint(cert), self._crl_version)
-        if key in self._verdicts:
-            rejection = self._verdicts[key]
-        else:
-            rejection = self._verdicts[key] = self._judge(cert, ca)
-        if rejection is not None:
-            raise _fail(rejection.code, rejection.message, rejection.hint)
-        if at < cert.not_valid_before_utc:
-            raise _fail(
-                "CERTIFICATE_NOT_YET_VALID",
-                f"the certificate is valid from {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC",
-                "Check the clocks of sender and backbone, or wait until the certificate is valid.",
-            )
-        if at > cert.not_valid_after_utc:
-            raise _fail(
-                "CERTIFICATE_EXPIRED",
-                f"the certificate expired at {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC",
-                "Have a new certificate issued (dp2 pki issue ... --force) and sign with it.",
-            )
-
-    def may_send_as(self, cert: x509.Certificate, cvr: str) -> bool:
-        """May `cert` sign for the organisation `cvr`? (Verify the certificate first.)"""
-        fingerprint = certificate_fingerprint(cert)
-        allowed = self._senders.get(fingerprint)
-        if allowed is None:
-            allowed = self._senders[fingerprint] = sender_cvrs(cert)
-        return cvr in allowed
-
-    def provider_key(
-        self, provider_id: str, at: datetime | None = None
-    ) -> tuple[str, x25519.X25519PublicKey]:
-        """(key id, key) to seal for `provider_id`; the key id is its certificate's fingerprint.
-
-        The published certificate is verified like any other (CA, validity, CRL).
-        """
-        path = self.root / "providers" / f"{provider_id}.pem"
-        stamp = _stamp(path) if _NAME.fullmatch(provider_id) else None
-        if stamp is None:
-            raise _fail(
-                "UNKNOWN_PROVIDER",
-                f"no mailbox provider {provider_id!r} has published an encryption key",
-                f"Issue one with: dp2 pki issue provider --id {provider_id}",
-            )
-        cached = self._providers.get(provider_id)
-        if cached is not None and cached[0] == stamp:
-            cert = cached[1]
-        else:
-            cert = _load_cert(path)
-            self._providers[provider_id] = (stamp, cert)
-        self.verify_certificate(cert, at or datetime.now(UTC))
-        public_key = cert.public_key()
-        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-        if (
-            not isinstance(public_key, x25519.X25519PublicKey)
-            or not usage.key_agreement
-            or _common_name(cert) != provider_id
-        ):
-            raise _fail(
-                "UNKNOWN_PROVIDER",
-                f"{path} is not the X25519 key-agreement certificate of {provider_id!r}",
-                f"Re-issue it with: dp2 pki issue provider --id {provider_id} --force",
-            )
-        return certificate_fingerprint(cert), public_key
-
-    def _require_ca(self) -> x509.Certificate:
-        if self._ca is None:
-            self.reload()
-        assert self._ca is not None  # noqa: S101 - reload sets it or raises
-        return self._ca
-
-    def _judge(self, cert: x509.Certificate, ca: x509.Certificate) -> _Rejection | None:
-        try:
-            cert.verify_directly_issued_by(ca)
-            is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-        except (ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
-            is_ca = True
-        if is_ca:
-            return _Rejection(
-                "UNTRUSTED_ISSUER",
-                "the certificate is not an end-entity certificate issued by this DP2 CA",
-                "Use a certificate issued by this deployment's CA (dp2 pki issue).",
-            )
-        if cert.serial_number in self._revoked:
-            return _Rejection(
-                "CERTIFICATE_REVOKED",
-                "the certificate is revoked",
-                "Have a new certificate issued and sign with it; revoked ones stay revoked.",
-            )
-        return None
-
-
-def kind_of(cert: x509.Certificate) -> str:
-    """sender, vendor, provider or provider-encryption (the subject's OU); "" if none."""
-    values = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
-    return str(values[0].value) if values else ""
-
-
-def sender_cvrs(cert: x509.Certificate) -> frozenset[str]:
-    """The CVR numbers a certificate may sign for: its own, or a vendor's listed ones."""
-    cvrs = {
-        str(a.value).removeprefix("CVR:")
-        for a in cert.subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER)
-        if str(a.value).startswith("CVR:")
-    }
-    try:
-        extension = cert.extensions.get_extension_for_oid(ON_BEHALF_OF_OID).value
-    except x509.ExtensionNotFound:
-        extension = None
-    if isinstance(extension, x509.UnrecognizedExtension):
-        listed = _parse_der_utf8(extension.value)
-        cvrs.update(listed.split(",") if listed else [])
-    return frozenset(c for c in cvrs if _CVR.fullmatch(c))
-
-
 # --- helpers ---------------------------------------------------------------------------
 def _check_cvr(cvr: str) -> None:
-    if not isinstance(cvr, str) or _CVR.fullmatch(cvr) is None:
-        raise _fail(
+    if not isinstance(cvr, str) or CVR_PATTERN.fullmatch(cvr) is None:
+        raise security_error(
             "INVALID_CVR",
             f"{cvr!r} is not a CVR number",
             "Give the CVR number as a string of 8 digits, with its leading zeros.",
@@ -624,8 +415,8 @@ def _check_cvr(cvr: str) -> None:
 
 
 def _check_name(name: str) -> None:
-    if _NAME.fullmatch(name) is None:
-        raise _fail(
+    if NAME_PATTERN.fullmatch(name) is None:
+        raise security_error(
             "INVALID_NAME",
             f"{name!r} cannot name an identity",
             "Use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit.",
@@ -642,11 +433,6 @@ def _subject(name: str, kind: str, *, serial_number: str | None = None) -> x509.
     if serial_number is not None:
         attributes.append(x509.NameAttribute(NameOID.SERIAL_NUMBER, serial_number))
     return x509.Name(attributes)
-
-
-def _common_name(cert: x509.Certificate) -> str:
-    values = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(values[0].value) if values else ""
 
 
 def _key_usage(
@@ -684,32 +470,12 @@ def _der_utf8(text: str) -> bytes:
     return bytes([0x0C, 0x80 | len(size)]) + size + data
 
 
-def _parse_der_utf8(der: bytes) -> str:
-    """The text of a DER UTF8String; "" for anything else (fails closed: no CVRs)."""
-    if len(der) < 2 or der[0] != 0x0C:
-        return ""
-    start, size = 2, der[1]
-    if size & 0x80:
-        start = 2 + (size & 0x7F)
-        size = int.from_bytes(der[2:start], "big")
-    if start + size != len(der):
-        return ""
-    try:
-        return der[start:].decode()
-    except UnicodeDecodeError:
-        return ""
-
-
 def _private_pem(key: SigningKey | x25519.X25519PrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-
-
-def _load_cert(path: Path) -> x509.Certificate:
-    return x509.load_pem_x509_certificate(path.read_bytes())
 
 
 def _load_key(path: Path) -> SigningKey | x25519.X25519PrivateKey:
@@ -719,27 +485,7 @@ def _load_key(path: Path) -> SigningKey | x25519.X25519PrivateKey:
     if isinstance(key, ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
         signature_algorithm(key)  # raises for a curve or key size DP2 does not accept
         return key
-    raise _fail("BAD_KEY", f"{path} holds an unsupported key", "Re-issue it.")
-
-
-def _read_crl(path: Path) -> x509.CertificateRevocationList:
-    try:
-        return x509.load_pem_x509_crl(path.read_bytes())
-    except FileNotFoundError:
-        raise _fail(
-            "CRL_MISSING",
-            f"{path} is missing",
-            "Restore it, or run dp2 pki init --force to start a new PKI.",
-        ) from None
-
-
-def _stamp(path: Path) -> _Stamp | None:
-    """What changes when a file is replaced: inode, mtime and size; None if it is missing."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return None
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
+    raise security_error("BAD_KEY", f"{path} holds an unsupported key", "Re-issue it.")
 
 
 def _write(path: Path, data: bytes, *, private: bool = False) -> None:
@@ -756,139 +502,3 @@ def _write(path: Path, data: bytes, *, private: bool = False) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-# --- dp2 pki ---------------------------------------------------------------------------
-def _pki(settings: Settings) -> Pki:
-    return Pki(settings.home / "pki")
-
-
-def _issue_options(args: argparse.Namespace) -> IssueOptions:
-    return IssueOptions(days=args.days, algorithm=args.algorithm, force=args.force)
-
-
-def _print_identity(identity: Identity, pki: Pki) -> None:
-    print(f"{identity.kind} {identity.name}: {identity.fingerprint}")
-    print(f"  {pki.root / 'identities' / identity.name}")
-
-
-def cmd_pki_init(settings: Settings, args: argparse.Namespace) -> int:
-    pki = _pki(settings)
-    cert = pki.init(args.algorithm, force=args.force)
-    print(f"CA {certificate_fingerprint(cert)} ({signature_algorithm(cert.public_key())})")
-    print(f"  {pki.root}")
-    return 0
-
-
-def cmd_pki_issue_sender(settings: Settings, args: argparse.Namespace) -> int:
-    pki = _pki(settings)
-    _print_identity(pki.issue_sender(args.cvr, args.name, **_issue_options(args)), pki)
-    return 0
-
-
-def cmd_pki_issue_vendor(settings: Settings, args: argparse.Namespace) -> int:
-    pki = _pki(settings)
-    cvrs = [c.strip() for c in args.on_behalf_of.split(",") if c.strip()]
-    _print_identity(pki.issue_vendor(args.name, cvrs, **_issue_options(args)), pki)
-    return 0
-
-
-def cmd_pki_issue_provider(settings: Settings, args: argparse.Namespace) -> int:
-    pki = _pki(settings)
-    _print_identity(pki.issue_provider(args.id, **_issue_options(args)), pki)
-    return 0
-
-
-def cmd_pki_revoke(settings: Settings, args: argparse.Namespace) -> int:
-    revoked = _pki(settings).revoke(args.target)
-    for fingerprint in revoked:
-        print(f"revoked {fingerprint}")
-    if not revoked:
-        print(f"{args.target} was already revoked")
-    return 0
-
-
-def cmd_pki_list(settings: Settings, args: argparse.Namespace) -> int:
-    pki = _pki(settings)
-    revoked = pki.revoked_serials()
-    now = datetime.now(UTC)
-    rows = []
-    for name in pki.names():
-        cert = pki.identity(name).certificate
-        status = (
-            "revoked"
-            if cert.serial_number in revoked
-            else "expired"
-            if now > cert.not_valid_after_utc
-            else "valid"
-        )
-        rows.append(
-            {
-                "name": name,
-                "kind": kind_of(cert),
-                "fingerprint": certificate_fingerprint(cert),
-                "not_after": cert.not_valid_after_utc.isoformat(),
-                "status": status,
-                "may_send_as": sorted(sender_cvrs(cert)),
-            }
-        )
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    for row in [] if args.json else rows:
-        print(
-            f"{row['name']:<24} {row['kind']:<9} {row['fingerprint'][:16]}  "
-            f"{row['not_after'][:10]}  {row['status']:<7} {','.join(row['may_send_as'])}"
-        )
-    return 0
-
-
-def add_pki_commands(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
-    settings_factory: Callable[[], Settings] | None = None,
-) -> argparse.ArgumentParser:
-    """Register ``dp2 pki ...``; each command is ``func(settings, args) -> int`` as in cli.py.
-
-    `settings_factory` is accepted for the agreed signature but not called: cli.main
-    builds the settings and passes them to ``func``, as for every other command.
-    """
-    del settings_factory
-    pki = subparsers.add_parser("pki", help="development PKI: CA, certificates, revocation")
-    sub = pki.add_subparsers(dest="pki_command", required=True, metavar="ACTION")
-
-    init = sub.add_parser("init", help="make the root CA and an empty CRL (once)")
-    init.add_argument(
-        "--algorithm", choices=SIGNATURE_ALGORITHMS, default=DEFAULT_SIGNATURE_ALGORITHM
-    )
-    init.add_argument("--force", action="store_true", help="replace an existing CA")
-    init.set_defaults(func=cmd_pki_init)
-
-    issue = sub.add_parser("issue", help="issue a sender, vendor or provider certificate")
-    kinds = issue.add_subparsers(dest="kind", required=True, metavar="KIND")
-
-    def issuing(kind: str, help_text: str) -> argparse.ArgumentParser:
-        parser = kinds.add_parser(kind, help=help_text)
-        parser.add_argument("--days", type=int, default=365, help="validity (default 365)")
-        parser.add_argument("--algorithm", choices=SIGNATURE_ALGORITHMS, help="default: the CA's")
-        parser.add_argument("--force", action="store_true", help="replace an existing identity")
-        return parser
-
-    sender = issuing(SENDER, "an organisation's signing certificate (CVR in the subject)")
-    sender.add_argument("--cvr", required=True, help="8 digits")
-    sender.add_argument("--name", required=True, help="identity name, e.g. aarhus-kommune")
-    sender.set_defaults(func=cmd_pki_issue_sender)
-    vendor = issuing(VENDOR, "a vendor connector that sends on behalf of organisations")
-    vendor.add_argument("--name", required=True)
-    vendor.add_argument("--on-behalf-of", required=True, metavar="CVR[,CVR]")
-    vendor.set_defaults(func=cmd_pki_issue_vendor)
-    provider = issuing(PROVIDER, "a mailbox provider: signing + X25519 encryption certificates")
-    provider.add_argument("--id", required=True, help="provider id, e.g. mitpost")
-    provider.set_defaults(func=cmd_pki_issue_provider)
-
-    revoke = sub.add_parser("revoke", help="put an identity or certificate on the CRL")
-    revoke.add_argument("target", metavar="NAME_OR_FINGERPRINT")
-    revoke.set_defaults(func=cmd_pki_revoke)
-
-    listing = sub.add_parser("list", help="every identity with its kind and status")
-    listing.add_argument("--json", action="store_true")
-    listing.set_defaults(func=cmd_pki_list)
-    return pki

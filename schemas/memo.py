@@ -76,7 +76,8 @@ from enum import Enum
 from typing import Any, NoReturn
 from xml.parsers import expat
 
-from connectors.esdh.memo_rules import (
+from schemas.errors import Dp2Error
+from schemas.memo_rules import (
     NOT_XML,
     SUPPORTED_VERSIONS,
     Slot,
@@ -87,7 +88,6 @@ from connectors.esdh.memo_rules import (
     validate,
     violation,
 )
-from schemas.errors import Dp2Error
 from schemas.models import Envelope, File, InlineContent, TechnicalDocument
 
 __all__ = [

@@ -1,98 +1,38 @@
-"""Router: decides where an accepted message goes — digital, print, or later.
+"""The router's rules: where an accepted message goes — a provider, print, or later.
 
-Why a separate service: routing depends on the contact register and on time
-(``doNotDeliverUntilDate``), not on the message's validity; keeping it apart from
-the validator lets each scale and fail on its own.
-
-* REGISTERED recipient → ``dp2.deliver.<provider>`` and ROUTED (channel digital);
-* EXEMPT or UNKNOWN recipient, or none in the register → ``dp2.print`` and ROUTED
-  (channel print);
-* ``doNotDeliverUntilDate`` in the future → held in a durable schedule (SQLite, and
-  the envelope on ``dp2.scheduled``) with SCHEDULED; released on the date (ROUTED
-  then follows) unless its sender recalls it first (RECALLED; it is never
-  delivered).
-
-The envelope must be encrypted for the provider it is routed to; one encrypted for
-another provider (the register changed after the sender looked) is FAILED with
-``ENCRYPTED_FOR_OTHER_PROVIDER`` so the sender re-sends, never misdelivered.
+Pure apart from what is injected (the contact register, the trust store, the
+schedule and a clock); brokers.router.service wires them to Kafka. See that
+module's docstring for the routes.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, date, datetime
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+from schemas.vocabulary import PRINT_PROVIDER, PRINT_TOPIC, SCHEDULED_TOPIC
+
+if TYPE_CHECKING:
+    from brokers.router.service import ScheduleStore
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 from aiokafka import ConsumerRecord
 
-from brokers import crypto, sqlite
-from brokers.contacts import ContactRegister, recipient_ref
-from brokers.crypto import Pseudonymizer
-from brokers.pki import TrustStore
-from brokers.service import Output, lifecycle_output
-from brokers.topics import provider_topic
+from brokers.contacts.records import recipient_ref
+from brokers.contacts.register import ContactRegister
+from brokers.runtime.records import Output, lifecycle_output
+from brokers.security import signing
+from brokers.security.pseudonyms import Pseudonymizer
+from brokers.security.trust import TrustStore
 from schemas import codec
 from schemas.errors import Dp2Error
 from schemas.models import ContactStatus, Envelope, LifecycleEvent, LifecycleState
+from schemas.vocabulary import provider_topic
 
-COMMANDS_TOPIC = "dp2.commands"
-PRINT_TOPIC = "dp2.print"
-PRINT_PROVIDER = "print"
-SCHEDULED_TOPIC = "dp2.scheduled"
 log = structlog.get_logger("dp2.router")
-
-
-class ScheduleStore:
-    """Messages waiting for their ``doNotDeliverUntilDate``; survives restarts."""
-
-    def __init__(self, path: Path | str) -> None:
-        self._db = sqlite.connect(str(path))
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS scheduled ("
-            " message_uuid TEXT PRIMARY KEY, due TEXT NOT NULL, sender_id TEXT NOT NULL,"
-            " recipient_ref TEXT NOT NULL, envelope BLOB NOT NULL,"
-            " state TEXT NOT NULL DEFAULT 'waiting')"
-        )
-        self._db.commit()
-
-    def hold(self, message_uuid: str, due: date, sender_id: str, ref: str, raw: bytes) -> bool:
-        """Store a message until ``due``; False if it was already held (redelivery)."""
-        cursor = self._db.execute(
-            "INSERT OR IGNORE INTO scheduled (message_uuid, due, sender_id, recipient_ref,"
-            " envelope) VALUES (?, ?, ?, ?, ?)",
-            (message_uuid, due.isoformat(), sender_id, ref, raw),
-        )
-        self._db.commit()
-        return cursor.rowcount == 1
-
-    def due(self, today: date) -> list[tuple[str, bytes]]:
-        return list(
-            self._db.execute(
-                "SELECT message_uuid, envelope FROM scheduled"
-                " WHERE state = 'waiting' AND due <= ? ORDER BY due",
-                (today.isoformat(),),
-            )
-        )
-
-    def mark(self, message_uuid: str, state: str, only_if: str = "waiting") -> bool:
-        cursor = self._db.execute(
-            "UPDATE scheduled SET state = ? WHERE message_uuid = ? AND state = ?",
-            (state, message_uuid, only_if),
-        )
-        self._db.commit()
-        return cursor.rowcount == 1
-
-    def sender_of(self, message_uuid: str) -> tuple[str, str] | None:
-        row = self._db.execute(
-            "SELECT sender_id, state FROM scheduled WHERE message_uuid = ?", (message_uuid,)
-        ).fetchone()
-        return (row[0], row[1]) if row else None
-
-    def close(self) -> None:
-        self._db.close()
 
 
 def _forwarded(record: ConsumerRecord[bytes, bytes]) -> list[tuple[str, bytes]]:
@@ -243,7 +183,7 @@ class Router:
             self._trust.reload()
             certificate = self._trust.certificate(request.attributes.get("signer", ""))
             self._trust.verify_certificate(certificate, self._clock())
-            crypto.verify_event(request, certificate)
+            signing.verify_event(request, certificate)
             return [
                 self.recall(
                     request.messageUUID, lambda cvr: self._trust.may_send_as(certificate, cvr)
@@ -256,14 +196,3 @@ class Router:
                 "recall_refused", message_id=request.messageUUID, reason_code=exc.reason_code
             )
             return []
-
-
-async def release_loop(
-    router: Router, send: Callable[[list[Output]], Awaitable[None]], interval: float = 1.0
-) -> None:
-    """Release due messages every ``interval`` seconds (dates have a day's granularity)."""
-    while True:
-        outputs = router.release_due()
-        if outputs:
-            await send(outputs)
-        await asyncio.sleep(interval)

@@ -75,19 +75,22 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from brokers import bench_crypto, bench_report, crypto, stack
-from brokers.contacts import ContactRegister, pseudonym_key, publish_contacts, record_from_row
-from brokers.kafka_runner import ClusterSpec, LocalKafka, check_java, free_base_port, port_is_free
-from brokers.logs import configure_logging
-from brokers.pki import Pki
-from brokers.router import PRINT_PROVIDER
-from brokers.service import LIFECYCLE_TOPIC, read_from_start
-from brokers.settings import PROJECT_ROOT, Settings
-from brokers.topics import TopicSpec, ensure_topics
+from brokers.bench import crypto, report
+from brokers.contacts.records import record_from_row
+from brokers.contacts.register import ContactRegister, publish_contacts
+from brokers.runtime.kafka import ensure_topics, read_from_start
+from brokers.runtime.logs import configure_logging
+from brokers.runtime.settings import PROJECT_ROOT, Settings
+from brokers.security import signing
+from brokers.security.pki import Pki
+from brokers.security.pseudonyms import Pseudonymizer, pseudonym_key
+from brokers.stack import supervisor
+from brokers.stack.kafka import ClusterSpec, LocalKafka, check_java, free_base_port, port_is_free
 from connectors.sdk import Document, Dp2Client, build_message
 from schemas import codec
 from schemas.errors import Dp2Error, SchemaError
 from schemas.models import LifecycleEvent
+from schemas.vocabulary import LIFECYCLE_TOPIC, PRINT_PROVIDER, TopicSpec
 
 PROVIDER = "benchpost"
 RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
@@ -396,11 +399,11 @@ class Collector:
         n = len(uuids)
         self.submitted: list[float | None] = [None] * n
         self.receipt: list[float | None] = [None] * n
-        self.at: dict[str, list[float | None]] = {s: [None] * n for s in bench_report.STAGES}
+        self.at: dict[str, list[float | None]] = {s: [None] * n for s in report.STAGES}
         self.channel: list[str | None] = [None] * n
         self.failed: dict[int, str] = {}
         # Fixed keys: the sampler thread copies this dict while the loop updates it.
-        self.counts = dict.fromkeys(("submitted", *bench_report.STAGES, "failed", "other"), 0)
+        self.counts = dict.fromkeys(("submitted", *report.STAGES, "failed", "other"), 0)
         self.last_event = time.monotonic()
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -556,8 +559,8 @@ async def prepare(
         if j % 100 == 99:
             await asyncio.sleep(0)  # let the clients' connections breathe
     cost = {
-        "seal_sign_us": bench_report.percentiles(seal_us),
-        "encode_us": bench_report.percentiles(encode_us),
+        "seal_sign_us": report.percentiles(seal_us),
+        "encode_us": report.percentiles(encode_us),
         "record_bytes_mean": round(sum(len(p.raw) for p in prepared) / len(prepared), 1),
     }
     return prepared, cost
@@ -668,7 +671,7 @@ def phase_figures(
     for stage, values in stamps.items():
         pairs = [(values[i], collector.submitted[i]) for i in indices]
         reached = [(t, s) for t, s in pairs if t is not None and s is not None]
-        latency[stage] = bench_report.percentiles([(t - s) * 1000 for t, s in reached])
+        latency[stage] = report.percentiles([(t - s) * 1000 for t, s in reached])
         last = max((t for t, _ in reached), default=None)
         throughput[stage] = (
             round(len(reached) / (last - first), 1) if last is not None and last > first else None
@@ -679,7 +682,7 @@ def phase_figures(
             for i in indices
             if collector.channel[i] == channel
         ]
-        latency[f"NOTIFIED_{channel}"] = bench_report.percentiles(
+        latency[f"NOTIFIED_{channel}"] = report.percentiles(
             [(t - s) * 1000 for t, s in reached_at if t is not None and s is not None]
         )
     failures: dict[str, int] = {}
@@ -924,7 +927,7 @@ async def _delete_topics(bootstrap: str, topics: list[str]) -> None:
 def verify_ceiling(algorithm: str, iterations: int) -> dict[str, Any]:
     """One core's verify rate of ``algorithm`` (brokers.bench_crypto, best of 5 rounds)."""
     _say(f"ceiling: crypto micro-benchmark, {iterations} iterations")
-    measured = bench_crypto.measure(iterations)
+    measured = crypto.measure(iterations)
     verify_us = measured["verify"][algorithm]
     return {
         "algorithm": algorithm,
@@ -949,10 +952,10 @@ def _environment(env: dict[str, str]) -> Iterator[None]:
         os.environ.update(saved)
 
 
-def _service_ports() -> tuple[int, list[stack.ServiceSpec]]:
+def _service_ports() -> tuple[int, list[supervisor.ServiceSpec]]:
     for _ in range(200):
         base = 30000 + int.from_bytes(os.urandom(2), "big") % 25000
-        specs = stack.stack_services([PROVIDER], base, notifier=True)
+        specs = supervisor.stack_services([PROVIDER], base, notifier=True)
         if all(port_is_free(s.port) for s in specs):
             return base, specs
     raise BenchError("no free range of HTTP ports for the services")
@@ -999,12 +1002,12 @@ def _issue_identities(settings: Settings, senders: int) -> str:
     for provider in (PROVIDER, PRINT_PROVIDER):
         pki.issue_provider(provider)
     assert identity is not None  # noqa: S101 - at least one sender
-    return crypto.signature_algorithm(identity.private_key)
+    return signing.signature_algorithm(identity.private_key)
 
 
 async def _load_register(settings: Settings, config: Config) -> None:
-    await stack.prepare_topics(settings, [PROVIDER])
-    pseudonyms = crypto.Pseudonymizer(pseudonym_key(settings.home))
+    await supervisor.prepare_topics(settings, [PROVIDER])
+    pseudonyms = Pseudonymizer(pseudonym_key(settings.home))
     rows = contact_rows(config.recipients, config.sms_share)
     records = [record_from_row(row, n, pseudonyms) for n, row in enumerate(rows, start=1)]
     await publish_contacts(settings.kafka_bootstrap, records)
@@ -1122,11 +1125,11 @@ def run_bench(settings: Settings, config: Config) -> int:
         bench_settings = Settings.from_env(env)
         algorithm = _issue_identities(bench_settings, config.senders)
         asyncio.run(_load_register(bench_settings, config))
-        cleanup.callback(stack.stop_processes, bench_settings, _say)
+        cleanup.callback(supervisor.stop_processes, bench_settings, _say)
         with _environment(env):  # start_processes hands os.environ to the services
-            stack.start_processes(bench_settings, specs, _say)
+            supervisor.start_processes(bench_settings, specs, _say)
         for spec in specs:
-            info = stack.read_run_file(bench_settings, spec.name)
+            info = supervisor.read_run_file(bench_settings, spec.name)
             if info:
                 pids[spec.name] = int(info["pid"])
         pids |= {"bench": os.getpid(), "peers": peers.pid}
@@ -1136,7 +1139,7 @@ def run_bench(settings: Settings, config: Config) -> int:
         outcome = asyncio.run(drive(bench_settings, config, sampler))
         sampler.stop()
         peer_counts = peers.counts()
-        stack.stop_processes(bench_settings, _say)
+        supervisor.stop_processes(bench_settings, _say)
         ceilings = kafka_ceilings(
             java,
             settings,
@@ -1158,11 +1161,11 @@ def run_bench(settings: Settings, config: Config) -> int:
         result["parameters"] |= {"broker": bootstrap, "signature_algorithm": algorithm}
         result["peers"] = peer_counts
         result["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-        result["ratios"] = bench_report.ratios(result)
-        result["targets"] = bench_report.targets(result)
-        bench_report.write(result, config.results_dir, bench_report.result_stem(started_at))
+        result["ratios"] = report.ratios(result)
+        result["targets"] = report.targets(result)
+        report.write(result, config.results_dir, report.result_stem(started_at))
         failed = False
-    print(bench_report.render(result), flush=True)
+    print(report.render(result), flush=True)
     return 0 if outcome.complete else 1
 
 
@@ -1189,8 +1192,8 @@ def _result(
         "started_at": started_at.isoformat(timespec="seconds"),
         "finished_at": finished.isoformat(timespec="seconds"),
         "duration_s": round((finished - started_at).total_seconds(), 1),
-        "git": bench_report.git_revision(),
-        "machine": bench_report.machine_facts(java, cluster.kafka_version),
+        "git": report.git_revision(),
+        "machine": report.machine_facts(java, cluster.kafka_version),
         "parameters": {
             "messages_per_phase": config.messages,
             "senders": config.senders,
@@ -1224,18 +1227,7 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     return run_bench(settings, config_from_args(settings, args))
 
 
-def add_bench_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register ``dp2 bench`` (handler: ``func(settings, args) -> int``, as in cli.py)."""
-    parser = sub.add_parser(
-        "bench",
-        help="end-to-end benchmark on its own stack: throughput, latency, CPU, RSS, ceilings",
-        description=(__doc__ or "").split("\n\n")[0],
-    )
-    _add_arguments(parser)
-    parser.set_defaults(func=cmd_bench)
-
-
-def _add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("-n", "--messages", type=int, help="messages (per rate with --rate); default 5000")
     add("-k", "--senders", type=int, help="concurrent sender connectors; default 4")
@@ -1271,7 +1263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m brokers.bench``: the same command without the dp2 front end."""
     parser = argparse.ArgumentParser(prog="python -m brokers.bench", description=__doc__)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    _add_arguments(parser)
+    add_arguments(parser)
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -1284,7 +1276,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

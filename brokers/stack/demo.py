@@ -17,15 +17,16 @@ from datetime import UTC, datetime, timedelta
 
 from cryptography.x509.oid import NameOID
 
-from brokers.contacts import pseudonym_key, publish_contacts, read_contact_file
-from brokers.crypto import Pseudonymizer
-from brokers.pki import Identity, Pki, provider_identity_name
-from brokers.router import PRINT_PROVIDER
-from brokers.settings import PROJECT_ROOT, Settings
+from brokers.contacts.records import read_contact_file
+from brokers.contacts.register import publish_contacts
+from brokers.runtime.settings import PROJECT_ROOT, Settings
+from brokers.security.pki import Identity, Pki, provider_identity_name
+from brokers.security.pseudonyms import Pseudonymizer, pseudonym_key
 from connectors.base import configured
 from connectors.sdk import Document, Dp2Client, Receipt, build_message
 from schemas.errors import Dp2Error
 from schemas.models import IdType, MessageType
+from schemas.vocabulary import PRINT_PROVIDER
 
 DEMO_SENDER = "demo-kommune"
 DEMO_SENDER_CVR = "29189846"

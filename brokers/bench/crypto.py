@@ -18,8 +18,9 @@ from datetime import UTC, datetime
 
 from cryptography.hazmat.primitives.asymmetric import x25519
 
-from brokers import crypto
-from brokers.blobstore import MemoryBlobStore
+from brokers.runtime.blobstore import MemoryBlobStore
+from brokers.security import sealing, signing
+from brokers.security.pseudonyms import Pseudonymizer
 from schemas.models import (
     ContentData,
     CPRdata,
@@ -78,27 +79,27 @@ def measure(iterations: int = 300) -> dict[str, dict[str, float]]:
     """{"sign"|"verify": {algorithm: us}, "envelope": {step: us}} over a sample envelope."""
     plain = sample_envelope()
     provider = x25519.X25519PrivateKey.generate()
-    pseudonyms = crypto.Pseudonymizer(b"bench-pseudonym-key-32-bytes-000")
+    pseudonyms = Pseudonymizer(b"bench-pseudonym-key-32-bytes-000")
     blobs = MemoryBlobStore()
-    sealed = crypto.seal_envelope(plain, provider.public_key(), "bench", pseudonyms, blobs)
-    data = crypto.signing_input(sealed)
+    sealed = sealing.seal_envelope(plain, provider.public_key(), "bench", pseudonyms, blobs)
+    data = signing.signing_input(sealed)
     results: dict[str, dict[str, float]] = {"sign": {}, "verify": {}, "envelope": {}}
-    for algorithm in crypto.SIGNATURE_ALGORITHMS:
-        sign, verify = _signature_steps(crypto.generate_signing_key(algorithm), data)
+    for algorithm in signing.SIGNATURE_ALGORITHMS:
+        sign, verify = _signature_steps(signing.generate_signing_key(algorithm), data)
         results["sign"][algorithm] = best_of(sign, iterations)
         results["verify"][algorithm] = best_of(verify, iterations)
     encryption = sealed.encryption
     assert encryption is not None  # noqa: S101 - seal_envelope always sets it
     uuid = sealed.header.messageUUID
     results["envelope"] = {
-        "signing input (Avro encode)": best_of(lambda: crypto.signing_input(sealed), iterations),
+        "signing input (Avro encode)": best_of(lambda: signing.signing_input(sealed), iterations),
         "seal 1 KB": best_of(
-            lambda: crypto.seal_envelope(plain, provider.public_key(), "bench", pseudonyms, blobs),
+            lambda: sealing.seal_envelope(plain, provider.public_key(), "bench", pseudonyms, blobs),
             iterations,
         ),
-        "open 1 KB": best_of(lambda: crypto.open_envelope(sealed, provider, blobs), iterations),
+        "open 1 KB": best_of(lambda: sealing.open_envelope(sealed, provider, blobs), iterations),
         "X25519 unwrap": best_of(
-            lambda: crypto.unwrap_content_key(encryption, provider, uuid), iterations
+            lambda: sealing.unwrap_content_key(encryption, provider, uuid), iterations
         ),
         "pseudonym": best_of(lambda: pseudonyms.ref("CPR", "0101701234"), iterations),
     }
@@ -107,17 +108,17 @@ def measure(iterations: int = 300) -> dict[str, dict[str, float]]:
 
 
 def _signature_steps(
-    key: crypto.SigningKey, data: bytes
+    key: signing.SigningKey, data: bytes
 ) -> tuple[Callable[[], object], Callable[[], object]]:
     """(sign, verify) of `data` with `key`, as zero-argument calls to time."""
-    signature = crypto.sign_bytes(key, data)
+    signature = signing.sign_bytes(key, data)
     public = key.public_key()
 
     def sign() -> bytes:
-        return crypto.sign_bytes(key, data)
+        return signing.sign_bytes(key, data)
 
     def verify() -> None:
-        crypto.verify_bytes(public, signature, data)
+        signing.verify_bytes(public, signature, data)
 
     return sign, verify
 

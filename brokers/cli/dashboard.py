@@ -1,0 +1,28 @@
+"""``dp2 dashboard user add``: logins for the operators' dashboard."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+
+from brokers.runtime.settings import Settings
+from tracing.access import ROLES, Users
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="dashboard_command", required=True, metavar="ACTION")
+    user = sub.add_parser("user", help="dashboard users")
+    usub = user.add_subparsers(dest="user_command", required=True, metavar="ACTION")
+    add = usub.add_parser("add", help="add or replace a user")
+    add.add_argument("name")
+    add.add_argument("--role", choices=ROLES, required=True)
+    add.add_argument("--cvr", help="the authority's CVR (role authority)")
+    add.add_argument("--password", help="(development) instead of a prompt")
+    add.set_defaults(func=cmd_user_add)
+
+
+def cmd_user_add(settings: Settings, args: argparse.Namespace) -> int:
+    password = args.password or getpass.getpass(f"password for {args.name}: ")
+    user = Users(settings.home).add(args.name, password, args.role, args.cvr)
+    print(f"dashboard user {user.name} ({user.role}{', CVR ' + user.cvr if user.cvr else ''})")
+    return 0

@@ -1,0 +1,168 @@
+"""Router: decides where an accepted message goes — digital, print, or later.
+
+Why a separate service: routing depends on the contact register and on time
+(``doNotDeliverUntilDate``), not on the message's validity; keeping it apart from
+the validator lets each scale and fail on its own.
+
+* REGISTERED recipient → ``dp2.deliver.<provider>`` and ROUTED (channel digital);
+* EXEMPT or UNKNOWN recipient, or none in the register → ``dp2.print`` and ROUTED
+  (channel print);
+* ``doNotDeliverUntilDate`` in the future → held in a durable schedule (SQLite, and
+  the envelope on ``dp2.scheduled``) with SCHEDULED; released on the date (ROUTED
+  then follows) unless its sender recalls it first (RECALLED; it is never
+  delivered).
+
+The envelope must be encrypted for the provider it is routed to; one encrypted for
+another provider (the register changed after the sender looked) is FAILED with
+``ENCRYPTED_FOR_OTHER_PROVIDER`` so the sender re-sends, never misdelivered.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from aiokafka import ConsumerRecord
+
+from brokers.contacts.register import ContactRegister
+from brokers.router.rules import Router
+from brokers.runtime import sqlite
+from brokers.runtime.host import ServiceContext
+from brokers.runtime.kafka import ensure_topics, new_producer
+from brokers.runtime.records import Output
+from brokers.runtime.tasks import AsyncResource, PeriodicTask
+from brokers.security.pseudonyms import Pseudonymizer, pseudonym_key
+from brokers.security.trust import TrustStore
+from schemas.vocabulary import (
+    ACCEPTED_TOPIC,
+    COMMANDS_TOPIC,
+    is_delivery_topic,
+    provider_of,
+    provider_topic,
+)
+
+
+class ScheduleStore:
+    """Messages waiting for their ``doNotDeliverUntilDate``; survives restarts."""
+
+    def __init__(self, path: Path | str) -> None:
+        self._db = sqlite.connect(str(path))
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS scheduled ("
+            " message_uuid TEXT PRIMARY KEY, due TEXT NOT NULL, sender_id TEXT NOT NULL,"
+            " recipient_ref TEXT NOT NULL, envelope BLOB NOT NULL,"
+            " state TEXT NOT NULL DEFAULT 'waiting')"
+        )
+        self._db.commit()
+
+    def hold(self, message_uuid: str, due: date, sender_id: str, ref: str, raw: bytes) -> bool:
+        """Store a message until ``due``; False if it was already held (redelivery)."""
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO scheduled (message_uuid, due, sender_id, recipient_ref,"
+            " envelope) VALUES (?, ?, ?, ?, ?)",
+            (message_uuid, due.isoformat(), sender_id, ref, raw),
+        )
+        self._db.commit()
+        return cursor.rowcount == 1
+
+    def due(self, today: date) -> list[tuple[str, bytes]]:
+        return list(
+            self._db.execute(
+                "SELECT message_uuid, envelope FROM scheduled"
+                " WHERE state = 'waiting' AND due <= ? ORDER BY due",
+                (today.isoformat(),),
+            )
+        )
+
+    def mark(self, message_uuid: str, state: str, only_if: str = "waiting") -> bool:
+        cursor = self._db.execute(
+            "UPDATE scheduled SET state = ? WHERE message_uuid = ? AND state = ?",
+            (state, message_uuid, only_if),
+        )
+        self._db.commit()
+        return cursor.rowcount == 1
+
+    def sender_of(self, message_uuid: str) -> tuple[str, str] | None:
+        row = self._db.execute(
+            "SELECT sender_id, state FROM scheduled WHERE message_uuid = ?", (message_uuid,)
+        ).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class RouterService(AsyncResource):
+    """The router as a service: accepted letters and recall commands in, routes out,
+    and a periodic release of scheduled letters whose date has come."""
+
+    name = "router"
+
+    def __init__(self, ctx: ServiceContext, *, release_interval_s: float = 1.0) -> None:
+        settings = ctx.settings
+        self._bootstrap = settings.kafka_bootstrap
+        self._contacts = ContactRegister(self._bootstrap)
+        self._schedule = ScheduleStore(ctx.data_dir / "router.sqlite")
+        self.router = Router(
+            contacts=self._contacts,
+            trust=TrustStore(settings.home / "pki"),
+            pseudonyms=Pseudonymizer(pseudonym_key(settings.home)),
+            schedule=self._schedule,
+            **({"clock": ctx.clock} if ctx.clock else {}),
+        )
+        self._producer = new_producer(self._bootstrap)
+        self._created_topics: set[str] = set()
+        self.release = PeriodicTask(
+            "router-release", self._release_due, release_interval_s, metrics=ctx.metrics
+        )
+        self.workers = [
+            ctx.worker("router", [ACCEPTED_TOPIC], self._route, producer=self._producer),
+            ctx.worker(
+                "router-commands",
+                [COMMANDS_TOPIC],
+                self.router.handle_command,
+                producer=self._producer,
+            ),
+        ]
+
+    async def start(self) -> None:
+        await self._contacts.start()
+        await self._producer.start()
+        await self.release.start()
+
+    async def stop(self) -> None:
+        await self.release.stop()
+        await self._producer.stop()
+        await self._contacts.stop()
+        self._schedule.close()
+
+    def health(self) -> dict[str, Any]:
+        release = self.release.health()
+        return {"status": release["status"], "tasks": [release]}
+
+    async def _route(self, record: ConsumerRecord[bytes, bytes]) -> list[Output]:
+        outputs = list(await self.router.handle(record))
+        await self._ensure_provider_topics(outputs)
+        return outputs
+
+    async def _release_due(self) -> None:
+        """Send every held letter whose doNotDeliverUntilDate has come."""
+        outputs = self.router.release_due()
+        if not outputs:
+            return
+        await self._ensure_provider_topics(outputs)
+        futures = [await self._producer.send(o.topic, o.value, key=o.key) for o in outputs]
+        for future in futures:
+            await future
+
+    async def _ensure_provider_topics(self, outputs: list[Output]) -> None:
+        """Create a provider's delivery topic the first time the router sends to it."""
+        missing = {o.topic for o in outputs if is_delivery_topic(o.topic)} - self._created_topics
+        if missing:
+            await ensure_topics(self._bootstrap, [provider_topic(provider_of(t)) for t in missing])
+            self._created_topics.update(missing)
+
+
+def create(ctx: ServiceContext) -> RouterService:
+    return RouterService(ctx)

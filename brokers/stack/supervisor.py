@@ -1,0 +1,199 @@
+"""Supervising the stack's processes: ``dp2 up`` starts them, ``dp2 down`` stops them.
+
+Why each service is its own process: one can be killed, restarted and scaled like
+in production, each with ``/healthz`` and ``/metrics`` on a fixed port.
+
+| service | port | consumes | produces |
+|---|---|---|---|
+| tracing | 8470 | dp2.lifecycle, dp2.deadletter | HTTP API, dashboard |
+| validator | 8471 | dp2.submitted | dp2.accepted, dp2.lifecycle, dp2.deadletter |
+| router | 8472 | dp2.accepted, dp2.commands | dp2.deliver.*, dp2.print, dp2.scheduled |
+| mailbox-<id> | 8473+ | dp2.deliver.<id> | dp2.lifecycle (DELIVERED) |
+| notifier | after the mailboxes | dp2.lifecycle (DELIVERED) | SMS, e-mail; NOTIFIED |
+| connector-<name> | ``port`` or next | its delivery topic, its own | its work |
+
+Connectors are whatever is installed in the ``dp2.connectors`` entry-point group
+and configured in ``$DP2_HOME/connectors.toml`` (connectors.base); a receiving
+connector is its provider's mailbox, so no reference mailbox runs for that provider.
+
+Run files live in ``$DP2_HOME/run/<service>.json`` (pid, url); logs in
+``$DP2_HOME/logs/<service>.log``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from brokers.runtime.kafka import ensure_topics
+from brokers.runtime.settings import Settings
+from schemas.errors import Dp2Error
+from schemas.vocabulary import TOPICS, provider_topic
+
+#: Offsets from DP2_PORT_BASE (default 8470); mailboxes follow the router.
+PORT_OFFSETS = {"tracing": 0, "validator": 1, "router": 2}
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSpec:
+    name: str
+    port: int
+    provider: str | None = None
+    connector: str | None = None
+
+    @property
+    def argv(self) -> list[str]:
+        kind, extra = self.name, []
+        if self.provider:
+            kind, extra = "mailbox", ["--provider", self.provider]
+        elif self.connector:
+            kind, extra = "connector", ["--name", self.connector]
+        return [sys.executable, "-m", "brokers.cli", "run", kind, "--port", str(self.port), *extra]
+
+
+def stack_services(
+    providers: list[str],
+    port_base: int,
+    *,
+    notifier: bool = False,
+    connectors: Sequence[tuple[str, int | None]] = (),
+) -> list[ServiceSpec]:
+    """The services of ``dp2 up``: the core, a mailbox per provider, the notifier
+    once SMTP or SMS is configured, then every configured connector (on its own
+    ``port`` from connectors.toml, or the next free one)."""
+    specs = [ServiceSpec(name, port_base + offset) for name, offset in PORT_OFFSETS.items()]
+    specs += [ServiceSpec(f"mailbox-{p}", 0, provider=p) for p in providers]
+    if notifier:
+        specs.append(ServiceSpec("notifier", 0))
+    specs += [ServiceSpec(f"connector-{n}", port or 0, connector=n) for n, port in connectors]
+    taken = {s.port for s in specs}
+    next_port = port_base + len(PORT_OFFSETS)
+    numbered = []
+    for spec in specs:
+        if spec.port == 0:
+            while next_port in taken:
+                next_port += 1
+            spec = dataclasses.replace(spec, port=next_port)  # noqa: PLW2901 - numbering
+            taken.add(next_port)
+        numbered.append(spec)
+    return numbered
+
+
+def run_dir(settings: Settings) -> Path:
+    path = settings.home / "run"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def start_processes(
+    settings: Settings, specs: list[ServiceSpec], say: Callable[[str], None]
+) -> None:
+    logs = settings.home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    for spec in specs:
+        info = read_run_file(settings, spec.name)
+        if info and _alive(info["pid"]):
+            say(f"{spec.name}: already running (pid {info['pid']})")
+            continue
+        with open(logs / f"{spec.name}.log", "ab") as log_file:
+            process = subprocess.Popen(  # noqa: S603 - our own command line
+                spec.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, "DP2_LOG_FORMAT": "json"},
+            )
+        (run_dir(settings) / f"{spec.name}.json").write_text(
+            json.dumps(
+                {"name": spec.name, "pid": process.pid, "url": f"http://127.0.0.1:{spec.port}"}
+            )
+        )
+        say(f"{spec.name}: started pid {process.pid} on http://127.0.0.1:{spec.port}")
+    deadline = time.monotonic() + 60
+    for spec in specs:
+        while health(f"http://127.0.0.1:{spec.port}") != "up":
+            if time.monotonic() > deadline:
+                raise Dp2Error(
+                    f"{spec.name} did not become healthy within 60 s",
+                    reason_code="SERVICE_UNHEALTHY",
+                    hint=f"Read {logs / (spec.name + '.log')}.",
+                )
+            time.sleep(0.3)
+
+
+def read_run_file(settings: Settings, name: str) -> dict[str, Any] | None:
+    path = run_dir(settings) / f"{name}.json"
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data
+
+
+def running_services(settings: Settings) -> list[dict[str, Any]]:
+    result = []
+    for path in sorted(run_dir(settings).glob("*.json")):
+        info = read_run_file(settings, path.stem)
+        if info:
+            alive = _alive(info["pid"])
+            info["health"] = health(info["url"]) if alive else "down"
+            result.append(info)
+    return result
+
+
+def stop_processes(settings: Settings, say: Callable[[str], None]) -> None:
+    for info in running_services(settings):
+        pid = info["pid"]
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 20
+            while _alive(pid) and time.monotonic() < deadline:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
+                time.sleep(0.1)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+            say(f"{info['name']}: stopped")
+        (run_dir(settings) / f"{info['name']}.json").unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def health(url: str) -> str:
+    try:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:  # noqa: S310
+            return "up" if response.status == 200 else "failing"
+    except urllib.error.HTTPError:
+        return "failing"
+    except OSError:
+        return "down"
+
+
+async def prepare_topics(settings: Settings, providers: list[str]) -> list[str]:
+    specs = [*TOPICS, *(provider_topic(p) for p in providers)]
+    return await ensure_topics(settings.kafka_bootstrap, specs)
+
+
+def providers_in_pki(settings: Settings) -> list[str]:
+    root = settings.home / "pki" / "providers"
+    return sorted(p.stem for p in root.glob("*.pem")) if root.exists() else []

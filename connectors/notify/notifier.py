@@ -1,0 +1,458 @@
+"""The notifier: one SMS or e-mail per delivered letter (or per digest), exactly once.
+
+Why it is built this way:
+
+* **Input** is DELIVERED on ``dp2.lifecycle``; the mailbox puts what a notification
+  may say in the event's attributes (sender label, the label only when the sender
+  marked it non-sensitive, the NemSMS text). Channels, addresses and language come
+  from the contact register. Never document content, never a CPR number.
+* **Exactly-once effect.** Every (message UUID, channel) is a row in a durable
+  SQLite outbox, inserted once however often DELIVERED arrives. Before a send the
+  row is marked ``sending`` (recorded), after the send the NOTIFIED event is
+  acknowledged by Kafka, and only then is the row ``sent``. A crash in between
+  leaves ``sending``: the restart sends again *with the same idempotency key*
+  (HTTP ``Idempotency-Key``/reference for SMS providers, the same ``Message-ID``
+  for e-mail), which providers and mailboxes use to drop the repeat.
+* **Digest.** A row waits ``digest_window_s`` (default 5 minutes); when the first
+  row of a recipient and channel falls due, every pending row of that pair goes
+  out as one notification that names the count. A window of 0 turns it off.
+* **Quiet hours** (SMS, off by default): a due SMS is held until they end.
+* **Retries.** Temporary and technical failures back off exponentially with jitter
+  (capped), until ``max_retry_s`` (24 h) has passed since the first failure; then
+  NOTIFICATION_FAILED. Permanent failures (invalid number or address) fail at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaProducer, ConsumerRecord
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from brokers.contacts.register import ContactRegister
+from brokers.runtime import sqlite
+from brokers.runtime.records import Output, lifecycle_output
+from connectors.notify import templates
+from connectors.notify.channels import EmailSender, NotificationError, SmsRouter
+from schemas import codec
+from schemas.models import LifecycleEvent, LifecycleState, NotificationChannel
+
+log = structlog.get_logger("dp2.notify")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    key TEXT PRIMARY KEY,            -- message UUID | channel: the idempotency key
+    message_uuid TEXT NOT NULL,
+    recipient_ref TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    address TEXT NOT NULL,
+    language TEXT NOT NULL,
+    sender_label TEXT,
+    label TEXT,
+    nemsms_text TEXT,
+    state TEXT NOT NULL DEFAULT 'pending',   -- pending | sending | sent | failed
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL,
+    first_failure_at REAL,
+    reason_code TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_at);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class NotifierConfig:
+    digest_window_s: float = 300.0
+    quiet_hours: tuple[int, int] | None = None  # (start hour, end hour), local clock
+    max_retry_s: float = 24 * 3600.0
+    backoff_base_s: float = 2.0
+    backoff_cap_s: float = 3600.0
+    poll_s: float = 0.2
+    # Notifications in flight at once (DP2_NOTIFY_CONCURRENCY). Each waits on an SMTP
+    # or SMS round trip, so one at a time leaves the notifier mostly idle (about 30/s
+    # in `dp2 bench`); more overlap the waits. The price: a notifier killed mid-send
+    # repeats what was in flight, so N in flight means up to N repeats per crash
+    # (SMS providers drop them by idempotency key; e-mail has only its Message-ID).
+    concurrency: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    key: str
+    message_uuid: str
+    recipient_ref: str
+    channel: str
+    address: str
+    language: str
+    sender_label: str | None
+    label: str | None
+    nemsms_text: str | None
+    state: str
+    attempts: int
+    next_at: float
+    first_failure_at: float | None
+
+
+class Outbox:
+    """The durable record of every notification: what makes sends exactly-once."""
+
+    def __init__(self, path: Path | str) -> None:
+        self._db = sqlite.connect(path)
+        self._db.executescript(_SCHEMA)
+
+    def add(self, row: Row) -> bool:
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO outbox (key, message_uuid, recipient_ref, channel, address,"
+            " language, sender_label, label, nemsms_text, next_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                row.key,
+                row.message_uuid,
+                row.recipient_ref,
+                row.channel,
+                row.address,
+                row.language,
+                row.sender_label,
+                row.label,
+                row.nemsms_text,
+                row.next_at,
+            ),
+        )
+        self._db.commit()
+        return cursor.rowcount == 1
+
+    def due_groups(self, now: float, digest: bool = True) -> list[list[Row]]:
+        """Every pending row of a (recipient, channel) pair whose first row is due;
+        without ``digest`` every due row on its own."""
+        due = self._db.execute(
+            "SELECT DISTINCT recipient_ref, channel FROM outbox"
+            " WHERE state IN ('pending', 'sending') AND next_at <= ?",
+            (now,),
+        ).fetchall()
+        groups = []
+        for recipient_ref, channel in due:
+            rows = [
+                Row(*r)
+                for r in self._db.execute(
+                    "SELECT key, message_uuid, recipient_ref, channel, address, language,"
+                    " sender_label, label, nemsms_text, state, attempts, next_at,"
+                    " first_failure_at FROM outbox WHERE recipient_ref = ? AND channel = ?"
+                    " AND state IN ('pending', 'sending') ORDER BY key",
+                    (recipient_ref, channel),
+                )
+            ]
+            # A NemSMS is its own message: never folded into a digest.
+            plain = [r for r in rows if r.nemsms_text is None]
+            groups += [[r] for r in rows if r.nemsms_text is not None and r.next_at <= now]
+            if not digest:
+                groups += [[r] for r in plain if r.next_at <= now]
+            elif plain and min(r.next_at for r in plain) <= now:
+                groups.append(plain)
+        return groups
+
+    def mark(self, keys: Sequence[str], state: str, **fields: Any) -> None:
+        assignments = ", ".join(["state = ?", *(f"{name} = ?" for name in fields)])
+        self._db.executemany(
+            f"UPDATE outbox SET {assignments} WHERE key = ?",  # noqa: S608 - names are ours
+            [(state, *fields.values(), key) for key in keys],
+        )
+        self._db.commit()
+
+    def retry_backlog(self) -> int:
+        """Notifications that failed at least once and wait for another try."""
+        row = self._db.execute(
+            "SELECT COUNT(*) FROM outbox WHERE state = 'pending' AND first_failure_at IS NOT NULL"
+        ).fetchone()
+        return int(row[0])
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class NotifierMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.sent = Counter(
+            "dp2_notifications_sent",
+            "Notifications sent",
+            ["channel", "provider"],
+            registry=registry,
+        )
+        self.failed = Counter(
+            "dp2_notifications_failed",
+            "Notifications given up",
+            ["channel", "reason"],
+            registry=registry,
+        )
+        self.retry_backlog = Gauge(
+            "dp2_notify_retry_backlog", "Notifications waiting for a retry", registry=registry
+        )
+
+
+def _group_key(rows: Sequence[Row]) -> str:
+    """One idempotency key per notification: the same rows give the same key."""
+    return hashlib.sha256("\n".join(r.key for r in rows).encode()).hexdigest()[:32]
+
+
+class Notifier:
+    """Turns DELIVERED into outbox rows, and due rows into sends and lifecycle events."""
+
+    actor = "notifier"
+
+    def __init__(
+        self,
+        *,
+        outbox: Outbox,
+        contacts: ContactRegister,
+        email: EmailSender | None,
+        sms: SmsRouter | None,
+        metrics: NotifierMetrics,
+        config: NotifierConfig = NotifierConfig(),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._outbox = outbox
+        self._contacts = contacts
+        self._email = email
+        self._sms = sms
+        self._metrics = metrics
+        self._config = config
+        self._clock = clock
+
+    async def handle(self, record: ConsumerRecord[bytes, bytes]) -> Sequence[Output]:
+        """Record the notifications a DELIVERED event calls for (idempotent)."""
+        event = codec.decode(record.value or b"", LifecycleEvent)
+        if event.state is not LifecycleState.DELIVERED or not event.recipientRef:
+            return []
+        contact = self._contacts.get(event.recipientRef)
+        if contact is None:
+            return []
+        nemsms = event.attributes.get("nemSmsText")
+        now = self._clock()
+        outputs: list[Output] = []
+        channels = [
+            c
+            for c in contact.channels
+            if c.channel in (NotificationChannel.EMAIL, NotificationChannel.SMS)
+        ]
+        if nemsms is not None:
+            channels = [c for c in channels if c.channel is NotificationChannel.SMS][:1]
+            if not channels:
+                return [
+                    self._failed_output(
+                        event.messageUUID,
+                        "SMS",
+                        "NO_SMS_NUMBER",
+                        "a NemSMS needs an SMS number in the contact register",
+                        kind="permanent",
+                    )
+                ]
+        for channel in channels:
+            recorded = self._outbox.add(
+                Row(
+                    key=f"{event.messageUUID}|{channel.channel.value}",
+                    message_uuid=event.messageUUID,
+                    recipient_ref=event.recipientRef,
+                    channel=channel.channel.value,
+                    address=channel.address,
+                    language=contact.language,
+                    sender_label=event.attributes.get("senderLabel"),
+                    label=event.attributes.get("label"),
+                    nemsms_text=nemsms,
+                    state="pending",
+                    attempts=0,
+                    next_at=now if nemsms is not None else now + self._config.digest_window_s,
+                    first_failure_at=None,
+                )
+            )
+            log.info("notification_recorded", channel=channel.channel.value, new=recorded)
+        return outputs
+
+    async def dispatch_due(self, producer: AIOKafkaProducer) -> int:
+        """Send every due notification once; returns how many notifications went out."""
+        digest = self._config.digest_window_s > 0  # 0 turns the digest off
+        groups = self._outbox.due_groups(self._clock(), digest=digest)
+        slots = asyncio.Semaphore(max(1, self._config.concurrency))
+
+        async def one(rows: list[Row]) -> bool:
+            async with slots:
+                return await self._dispatch_group(producer, rows)
+
+        results = await asyncio.gather(*(one(rows) for rows in groups), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                if isinstance(result, asyncio.CancelledError):
+                    raise result
+                # The row stays 'sending' and is retried on the next round.
+                log.error("dispatch_failed", error=repr(result))
+        self._metrics.retry_backlog.set(self._outbox.retry_backlog())
+        return sum(1 for r in results if r is True)
+
+    async def _dispatch_group(self, producer: AIOKafkaProducer, rows: list[Row]) -> bool:
+        """Send one notification (one row, or a digest of several); True when sent."""
+        held_until = self._quiet_until(rows[0].channel)
+        if held_until is not None:
+            self._outbox.mark([r.key for r in rows], "pending", next_at=held_until)
+            return False
+        keys = [r.key for r in rows]
+        self._outbox.mark(keys, "sending", attempts=rows[0].attempts + 1)
+        try:
+            provider = await self._send(rows)
+        except NotificationError as exc:
+            await self._failure(producer, rows, exc)
+            return False
+        outputs = [
+            lifecycle_output(
+                r.message_uuid,
+                LifecycleState.NOTIFIED,
+                self.actor,
+                channel=r.channel,
+                recipient_ref=r.recipient_ref,
+                attributes={"provider": provider, "digestSize": str(len(rows))},
+                source=f"notified:{r.channel}",
+            )
+            for r in rows
+        ]
+        await _produce(producer, outputs)
+        self._outbox.mark(keys, "sent")
+        self._metrics.sent.labels(rows[0].channel, provider).inc()
+        log.info(
+            "notification_sent", channel=rows[0].channel, provider=provider, messages=len(rows)
+        )
+        return True
+
+    async def _send(self, rows: Sequence[Row]) -> str:
+        first = rows[0]
+        key = _group_key(rows)
+        if first.channel == "SMS":
+            if self._sms is None:
+                raise NotificationError(
+                    "no SMS provider is configured",
+                    kind="permanent",
+                    reason_code="SMS_NOT_CONFIGURED",
+                )
+            text = (
+                templates.nemsms(first.nemsms_text).text
+                if first.nemsms_text is not None
+                else self._render(rows).text
+            )
+            return await self._sms.send(first.address, text, key)
+        if self._email is None:
+            raise NotificationError(
+                "no SMTP server is configured", kind="permanent", reason_code="EMAIL_NOT_CONFIGURED"
+            )
+        rendered = self._render(rows)
+        await self._email.send(first.address, rendered.subject or "", rendered.text, key)
+        return "smtp"
+
+    def _render(self, rows: Sequence[Row]) -> templates.Rendered:
+        first = rows[0]
+        single = len(rows) == 1
+        return templates.render(
+            first.channel,
+            first.language,
+            count=len(rows),
+            sender_label=first.sender_label if single else None,
+            label=first.label if single else None,
+        )
+
+    async def _failure(
+        self, producer: AIOKafkaProducer, rows: Sequence[Row], error: NotificationError
+    ) -> None:
+        now = self._clock()
+        keys = [r.key for r in rows]
+        first_failure = rows[0].first_failure_at or now
+        gave_up = error.kind == "permanent" or now - first_failure >= self._config.max_retry_s
+        log.warning(
+            "notification_failed",
+            channel=rows[0].channel,
+            kind=error.kind,
+            reason_code=error.reason_code,
+            final=gave_up,
+            count=len(rows),
+        )
+        if not gave_up:
+            delay = min(
+                self._config.backoff_cap_s, self._config.backoff_base_s * 2 ** rows[0].attempts
+            )
+            delay *= random.uniform(0.5, 1.5)  # noqa: S311 - jitter, not cryptography
+            self._outbox.mark(
+                keys,
+                "pending",
+                next_at=now + delay,
+                first_failure_at=first_failure,
+                reason_code=error.reason_code,
+            )
+            return
+        outputs = [
+            self._failed_output(
+                r.message_uuid,
+                r.channel,
+                error.reason_code,
+                error.message,
+                kind=error.kind,
+                recipient_ref=r.recipient_ref,
+            )
+            for r in rows
+        ]
+        await _produce(producer, outputs)
+        self._outbox.mark(keys, "failed", reason_code=error.reason_code)
+        self._metrics.failed.labels(rows[0].channel, error.reason_code).inc()
+
+    def _failed_output(
+        self,
+        message_uuid: str,
+        channel: str,
+        code: str,
+        text: str,
+        *,
+        kind: str,
+        recipient_ref: str | None = None,
+    ) -> Output:
+        return lifecycle_output(
+            message_uuid,
+            LifecycleState.NOTIFICATION_FAILED,
+            self.actor,
+            reason_code=code,
+            reason_text=f"{text} ({kind})",
+            channel=channel,
+            recipient_ref=recipient_ref,
+            attributes={"kind": kind},
+            source=f"notification-failed:{channel}",
+        )
+
+    def _quiet_until(self, channel: str) -> float | None:
+        """When an SMS due now must wait for quiet hours to end, the time they end."""
+        if channel != "SMS" or self._config.quiet_hours is None:
+            return None
+        ends = quiet_hours_end(
+            datetime.fromtimestamp(self._clock()).astimezone(), self._config.quiet_hours
+        )
+        return None if ends is None else ends.timestamp()
+
+
+def quiet_hours_end(now: datetime, hours: tuple[int, int]) -> datetime | None:
+    """The end of the quiet period ``now`` falls in, or None outside it.
+
+    ``(22, 7)`` is quiet from 22:00 to 07:00 the next morning; ``(1, 5)`` within a day.
+    """
+    start, end = hours
+    hour = now.hour
+    quiet = (start <= hour or hour < end) if start > end else (start <= hour < end)
+    if not quiet:
+        return None
+    ends = now.replace(hour=end, minute=0, second=0, microsecond=0)
+    return ends if ends > now else ends + timedelta(days=1)
+
+
+async def _produce(producer: AIOKafkaProducer, outputs: Sequence[Output]) -> None:
+    futures = [await producer.send(o.topic, o.value, key=o.key) for o in outputs]
+    for future in futures:
+        await future
