@@ -6,7 +6,7 @@ integration; and since ESDH integrators fix what an error tells them and resend,
 violation is collected in one pass and each says where, what and how to fix it.
 
 Pure code over bytes and models, no I/O; stdlib XML only. The element table comes from
-the model dataclasses (`connectors.esdh.memo_rules.slots`): complex elements are named
+the model dataclasses (`schemas.memo_rules.slots`): complex elements are named
 like the model class (MessageHeader, AttentionData, CPRdata, File), simple elements like
 the field (senderID, label), in field order. Children are matched by local name, so
 MeMo's imported vocabularies (grd, dt, kle, form, dmv, gln, udd, sor) may use their own

@@ -1,6 +1,6 @@
 """What MeMo allows: the element table derived from the models, and the business rules.
 
-`connectors.esdh.memo` maps XML to the models and back; this module says which element
+`schemas.memo` maps XML to the models and back; this module says which element
 each model field is, how often it may occur and from which MeMo version (`slots`), and
 checks what can be seen on a model alone (`validate`). Keeping those checks here, not in
 the XML reader, means an Envelope built in code (by the SDK, a form, a test) is held to
@@ -81,7 +81,7 @@ _FILENAME_FORBIDDEN = frozenset('<>:"/\\|?*\r\n')
 
 # Every code DP2 reports on MeMo, with the default hint; a rule may give a sharper one.
 HINTS: dict[str, str] = {
-    # structural, found by connectors.esdh.memo.parse
+    # structural, found by schemas.memo.parse
     "MEMO_MALFORMED_XML": "Send well-formed XML: look at the line and column given "
     "(an unclosed or mismatched tag, or an unescaped & or <).",
     "MEMO_DOCTYPE_FORBIDDEN": "Remove the <!DOCTYPE ...> and any entity declarations; "

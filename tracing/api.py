@@ -205,7 +205,7 @@ def make_app(service: TraceService) -> web.Application:
         )
 
     async def add_missing_ops_routes(app: web.Application) -> None:
-        # A host such as brokers.service.ServiceHost adds its own /healthz (with worker
+        # A host such as brokers.runtime.host.ServiceHost adds its own /healthz (with worker
         # health) and /metrics after this function returns. aiohttp serves the first
         # route registered for a path, so ours are added at start-up, only where none is.
         taken = {resource.canonical for resource in app.router.resources()}

@@ -1,7 +1,7 @@
 """Dead letters as operators see them: kept, inspectable, and re-drivable.
 
 Why it exists: a record no service could handle is parked on ``dp2.deadletter``
-with why (brokers.service) — never lost, never blocking its partition. Someone has
+with why (brokers.runtime.worker) — never lost, never blocking its partition. Someone has
 to look at it and, once the cause is fixed, send it back. The tracing service keeps
 every dead letter here (SQLite, keyed by where it came from), the dashboard lists
 and inspects them (headers, reason, size — never the body, which may hold

@@ -1,4 +1,4 @@
-"""Micro-benchmark of the per-message cryptography: ``python -m brokers.bench_crypto``.
+"""Micro-benchmark of the per-message cryptography: ``python -m brokers.bench.crypto``.
 
 Why it exists: DESIGN.md lets verification cost decide the default signature
 algorithm, and the later batch-signing and cached-key-agreement work needs a

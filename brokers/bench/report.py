@@ -1,9 +1,9 @@
-"""Figures, targets, text report, JSON file and plot of ``dp2 bench`` (the run is brokers/bench.py).
+"""Figures, targets, text report, JSON file and plot of ``dp2 bench`` (the run: bench/run.py).
 
-Pure functions over the result dictionary that brokers/bench.py assembles, so the
+Pure functions over the result dictionary that brokers/bench/run.py assembles, so the
 report can be re-rendered from a stored JSON file::
 
-    python -c "import json,sys; from brokers.bench_report import render; \
+    python -c "import json,sys; from brokers.bench.report import render; \
 print(render(json.load(open(sys.argv[1]))))" bench/results/bench-20250101T120000Z.json
 
 Targets (issue 8) are reported as measured against target, never asserted: a run on

@@ -25,7 +25,7 @@ What a run does:
    ``dp2_consumer_lag`` (from /metrics) are sampled every second.
 4. Measures the ceilings on the same machine: Kafka's own ProducerPerformance and
    ConsumerPerformance (jars in deploy/kafka/libs) for the same record size, and the
-   one-core verify rate of the signature algorithm in use (brokers.bench_crypto).
+   one-core verify rate of the signature algorithm in use (brokers.bench.crypto).
 5. Writes ``bench/results/bench-<UTC>.json`` and ``.png`` and prints the report.
 
 How to read the report:
@@ -925,7 +925,7 @@ async def _delete_topics(bootstrap: str, topics: list[str]) -> None:
 
 
 def verify_ceiling(algorithm: str, iterations: int) -> dict[str, Any]:
-    """One core's verify rate of ``algorithm`` (brokers.bench_crypto, best of 5 rounds)."""
+    """One core's verify rate of ``algorithm`` (brokers.bench.crypto, best of 5 rounds)."""
     _say(f"ceiling: crypto micro-benchmark, {iterations} iterations")
     measured = crypto.measure(iterations)
     verify_us = measured["verify"][algorithm]

@@ -1,11 +1,11 @@
 """Blob store for the claim check: large documents travel beside Kafka, not through it.
 
 Why it exists: a message may carry up to 99.5 MB of documents, far above what a
-Kafka record should hold. Above a threshold, brokers.crypto puts the *encrypted*
+Kafka record should hold. Above a threshold, brokers.security puts the *encrypted*
 file into a blob store and the envelope carries only ``BlobContent(ref, sha256,
 size)``. The store never sees plaintext, so it needs no access control beyond
 availability, and a wrong or damaged blob is caught by the SHA-256 in the signed
-envelope (``BLOB_CORRUPT`` in brokers.crypto) rather than here.
+envelope (``BLOB_CORRUPT`` in brokers.security) rather than here.
 
 The seam is the small :class:`BlobStore` protocol. :class:`FileBlobStore` is the
 default (a folder, shared by the services of one deployment);

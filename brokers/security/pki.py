@@ -214,7 +214,7 @@ class Pki:
         _check_name(provider_id)
         # A provider signs an event for every message it receives (DELIVERED, READ,
         # PRINTED...) and few verify them, so the cheapest signer is its default:
-        # ECDSA signs in ~50 us where RSA-PSS takes ~900 us (brokers.crypto's table).
+        # ECDSA signs in ~50 us where RSA-PSS takes ~900 us (brokers.security's table).
         if not options.get("algorithm"):
             options["algorithm"] = ECDSA_P256_SHA256
         signing = self._issue(name, PROVIDER, _subject(provider_id, PROVIDER), [], **options)

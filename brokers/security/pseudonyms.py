@@ -25,7 +25,7 @@ class Pseudonymizer:
 
     ``ref(id_type, identifier)`` is ``psn-`` and the first 26 characters (130 bits)
     of the lowercase base32 HMAC-SHA256 of ``"<id_type>:<identifier>"``. Every
-    service of a deployment shares the key (brokers.contacts.pseudonym_key), so one
+    service of a deployment shares the key (brokers.security.pseudonyms.pseudonym_key), so one
     person has one pseudonym there; without the key it cannot be reversed or
     recomputed by trying all ten-digit numbers.
     """

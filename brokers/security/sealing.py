@@ -278,7 +278,7 @@ def _restore(
             raise SecurityError(
                 "an identifier in the sealed personal data does not match the clear header",
                 reason_code="PSEUDONYM_MISMATCH",
-                hint="Seal with brokers.crypto.seal_envelope and this deployment's pseudonym key.",
+                hint="Seal with sealing.seal_envelope and this deployment's pseudonym key.",
             )
     return dataclasses.replace(header, recipient=recipient, sender=sender, contentData=content)
 

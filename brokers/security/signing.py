@@ -60,7 +60,7 @@ SIGNATURE_ALGORITHMS: Final = (ED25519, ECDSA_P256_SHA256, RSA_PSS_SHA256)
 
 # Verification is what the shared backbone pays for every message (the validator, and
 # again the mailbox); signing is spread over the senders' own machines. Measured with
-# `python -m brokers.bench_crypto --iterations 1000` (cryptography 50, OpenSSL 4.0, one
+# `python -m brokers.bench.crypto --iterations 1000` (cryptography 50, OpenSSL 4.0, one
 # core, best of 5 rounds, microseconds per operation over a 1.6 KB signing input;
 # four runs, range shown):
 #     algorithm          sign        verify    key generation   signature
@@ -169,7 +169,7 @@ def _invalid(message: str) -> SecurityError:
         reason_code="SIGNATURE_INVALID",
         hint=(
             "Sign the envelope last, after sealing, with the key of the certificate it names, "
-            "and send it unchanged (brokers.crypto.sign_envelope)."
+            "and send it unchanged (brokers.security.signing.sign_envelope)."
         ),
     )
 
@@ -201,14 +201,14 @@ def verify_envelope(envelope: Envelope, certificate: x509.Certificate) -> None:
     """Raise SecurityError unless `certificate`'s key signed exactly this envelope.
 
     Checks only the signature; whether the certificate is trusted, valid now and not
-    revoked is brokers.pki.TrustStore.verify_certificate's job.
+    revoked is brokers.security.trust.TrustStore.verify_certificate's job.
     """
     signature = envelope.signature
     if signature is None:
         raise SecurityError(
             "the envelope is not signed",
             reason_code="SIGNATURE_MISSING",
-            hint="Sign the sealed envelope with brokers.crypto.sign_envelope before sending.",
+            hint="Sign the sealed envelope with signing.sign_envelope before sending.",
         )
     if signature.signerCertificate != certificate_fingerprint(certificate):
         raise SecurityError(
@@ -257,7 +257,7 @@ def verify_event(event: LifecycleEvent, certificate: x509.Certificate) -> None:
         raise SecurityError(
             "the event is not signed",
             reason_code="SIGNATURE_MISSING",
-            hint="Sign lifecycle events with brokers.crypto.sign_event.",
+            hint="Sign lifecycle events with brokers.security.signing.sign_event.",
         )
     if signer != certificate_fingerprint(certificate):
         raise SecurityError(

@@ -11,8 +11,8 @@ Checks, in order (the first failure decides):
 |---|---|
 | INVALID_MESSAGE_UUID | messageUUID is not a version-4 UUID |
 | DUPLICATE (event, not a rejection) | the UUID was submitted before; the first outcome stands |
-| SIGNATURE_MISSING / CERTIFICATE_MISMATCH / SIGNATURE_INVALID | see brokers.crypto |
-| UNKNOWN_CERTIFICATE / UNTRUSTED_ISSUER / CERTIFICATE_EXPIRED /        | see brokers.pki |
+| SIGNATURE_MISSING / CERTIFICATE_MISMATCH / SIGNATURE_INVALID | see brokers.security |
+| UNKNOWN_CERTIFICATE / UNTRUSTED_ISSUER / CERTIFICATE_EXPIRED /        | see brokers.security.pki |
 | CERTIFICATE_NOT_YET_VALID / CERTIFICATE_REVOKED                        |                 |
 | SENDER_NOT_AUTHORISED | the signer may not send as the sender CVR, or for a citizen (CPR) |
 | UNKNOWN_MESSAGE_TYPE, NEMSMS_INVALID, BODY_MISSING, NO_DOCUMENT_FILE | MeMo structure |

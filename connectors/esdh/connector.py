@@ -5,7 +5,7 @@ consume MeMo 1.1/1.2 for Digital Post. Moving to DP2 must not mean rebuilding th
 integrations, so this connector stands where the national service stood:
 
 - **Sending.** ``POST /memo`` takes one MeMo message (or a file dropped in the
-  watched ``inbox_dir``), validates every MeMo rule (connectors.esdh.memo),
+  watched ``inbox_dir``), validates every MeMo rule (schemas.memo),
   signs, encrypts and submits it with the SDK, and answers at once with a
   technical receipt echoing the message UUID. A resend of the same message is
   answered ``DUPLICATE`` with the first receipt; a UUID reused for other content

@@ -2,7 +2,7 @@
 
 Why: a rendered letter must outlive a print provider that is down — for a minute or
 a day — and the Kafka offset of its message is committed only once the row is
-written. Unlike DP2's projections (brokers.sqlite), a job is not rebuilt by replaying
+written. Unlike DP2's projections (brokers.runtime.sqlite), a job is not rebuilt by replaying
 a topic once its offset is committed, so this connection uses ``synchronous=FULL``:
 a committed job survives power loss too. Print volume makes the fsync cheap.
 

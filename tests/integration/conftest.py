@@ -29,7 +29,8 @@ from brokers.runtime.settings import Settings
 from brokers.security.pki import Pki
 from brokers.security.pseudonyms import Pseudonymizer, pseudonym_key
 from brokers.security.trust import TrustStore
-from brokers.stack.registry import build_service, prepare_topics
+from brokers.stack.registry import build_service
+from brokers.stack.supervisor import prepare_topics
 from connectors.mailbox import MailboxStore
 from connectors.sdk import Dp2Client
 

@@ -163,7 +163,7 @@ async def test_a_dead_letter_is_redriven_and_then_delivered(stack: Stack, browse
         )
         der = client.identity.certificate.public_bytes(Encoding.DER)
     message_uuid = signed.header.messageUUID
-    # Exactly what brokers.service parks when a handler fails on a record of dp2.submitted.
+    # Exactly what brokers.runtime.worker parks when a handler fails on a record of dp2.submitted.
     source = f"dp2.submitted/0/{uuid.uuid4().int % 10**9}"
     producer = new_producer(stack.settings.kafka_bootstrap)
     await producer.start()

@@ -9,7 +9,7 @@ from brokers.runtime.blobstore import BlobMissingError, BlobStore, FileBlobStore
 
 
 class BlobStoreContract:
-    """What brokers.crypto relies on; subclasses provide the `store` fixture."""
+    """What brokers.security relies on; subclasses provide the `store` fixture."""
 
     def test_put_then_get_returns_the_bytes(self, store: BlobStore) -> None:
         """A blob reads back exactly as it was stored."""

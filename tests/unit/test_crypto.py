@@ -1,4 +1,4 @@
-"""brokers.crypto: signatures, pseudonyms, and sealing envelopes for a mailbox provider."""
+"""brokers.security: signatures, pseudonyms, and sealing envelopes for a mailbox provider."""
 
 import dataclasses
 import hashlib

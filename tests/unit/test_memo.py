@@ -14,10 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connectors.esdh.memo import SUPPORTED_VERSIONS, Violation, validate
 from schemas.errors import Dp2Error
 from schemas.memo import NS, MemoError, equivalent, parse, parse_and_validate, to_xml
-from schemas.memo_rules import HINTS
+from schemas.memo_rules import HINTS, SUPPORTED_VERSIONS, Violation, validate
 from schemas.models import (
     BlobContent,
     Encryption,

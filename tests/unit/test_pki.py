@@ -1,6 +1,5 @@
-"""brokers.pki: the development CA, the trust store's verdicts, and the dp2 pki commands."""
+"""brokers.security.pki and .trust: the development CA, the verdicts, the dp2 pki commands."""
 
-import argparse
 import os
 import stat
 from collections.abc import Callable
@@ -11,7 +10,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import x25519
 
-from brokers.pki import add_pki_commands
+from brokers.cli import build_parser
 from brokers.runtime.blobstore import MemoryBlobStore
 from brokers.runtime.settings import Settings
 from brokers.security import sealing, signing
@@ -354,10 +353,8 @@ def test_reload_sees_a_new_provider_key(fresh_pki: Pki) -> None:
 # --- dp2 pki ---------------------------------------------------------------------------
 def run(home: Path, *argv: str) -> int:
     """Parse `dp2 pki ...` with the registered commands and run it against `home`."""
-    parser = argparse.ArgumentParser(prog="dp2")
-    add_pki_commands(parser.add_subparsers(dest="command", required=True), lambda: settings)
     settings = Settings.from_env({"DP2_HOME": str(home)})
-    args = parser.parse_args(["pki", *argv])
+    args = build_parser(["pki", *argv]).parse_args(["pki", *argv])
     code: int = args.func(settings, args)
     return code
 

@@ -38,7 +38,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from brokers.stack.registry import PORT_OFFSETS
+from brokers.stack.supervisor import PORT_OFFSETS
 from schemas.models import LifecycleEvent, LifecycleState
 from tracing.stats import (
     FIELDS,

@@ -16,13 +16,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
+from brokers.cli import build_parser
 from brokers.runtime.settings import Settings
 from schemas.models import LifecycleEvent, LifecycleState
 from tracing.api import TraceService, make_app
 from tracing.client import (
     TraceUnreachableError,
     UnknownMessageError,
-    add_trace_command,
     fetch_timeline,
     follow,
     render_timeline,
@@ -301,9 +301,7 @@ async def test_follow_gives_up_on_a_message_that_never_appears(client: Client) -
 
 
 def _trace_args(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="dp2")
-    add_trace_command(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(["trace", *argv])
+    return build_parser(["trace", *argv]).parse_args(["trace", *argv])
 
 
 async def _run(args: argparse.Namespace) -> int:
