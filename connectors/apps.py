@@ -21,6 +21,9 @@ the rules of Danish Digital Post:
   read (``GET /audit``); identities there are pseudonyms.
 
 State of its own (SQLite in its data dir): read marks, delegations, replies, audit.
+
+Why one module over 500 lines: the mailbox-app API is one connector — its routes,
+consent rules and audit trail share one store and one identity check.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from brokers.contacts.register import ContactRegister
 from brokers.runtime import sqlite
 from brokers.runtime.kafka import new_producer
 from brokers.runtime.records import lifecycle_output
+from brokers.runtime.tasks import AsyncResource
 from brokers.security import sealing, signing
 from brokers.security.pki import Pki, provider_identity_name
 from brokers.security.pseudonyms import Pseudonymizer, pseudonym_key
@@ -102,7 +106,7 @@ def create(context: ConnectorContext) -> AppsConnector:
     return AppsConnector(context)
 
 
-class AppsConnector:
+class AppsConnector(AsyncResource):
     """Connector + HttpConnector for mailbox apps (see the module docstring)."""
 
     def __init__(

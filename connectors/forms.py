@@ -34,6 +34,7 @@ from aiokafka.errors import KafkaError
 
 from brokers.contacts.register import ContactRegister
 from brokers.runtime.records import iso_z
+from brokers.runtime.tasks import AsyncResource
 from brokers.security.pseudonyms import Pseudonymizer, pseudonym_key
 from connectors.base import ConnectorContext, error_response
 from connectors.citizen_openapi import forms_openapi
@@ -70,7 +71,7 @@ def create(context: ConnectorContext) -> FormsConnector:
     return FormsConnector(context)
 
 
-class FormsConnector:
+class FormsConnector(AsyncResource):
     """Connector + HttpConnector for self-service forms (see the module docstring)."""
 
     def __init__(

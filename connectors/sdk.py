@@ -21,7 +21,6 @@ receipt carries the message UUID and the Kafka position; the business receipts
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from brokers.runtime.blobstore import BlobStore, FileBlobStore
 from brokers.runtime.kafka import new_producer, read_from_start
 from brokers.runtime.records import lifecycle_output
 from brokers.runtime.settings import Settings
+from brokers.runtime.tasks import cancel_and_wait
 from brokers.security import sealing, signing
 from brokers.security.pki import Identity, Pki
 from brokers.security.pseudonyms import Pseudonymizer, pseudonym_key
@@ -238,10 +238,7 @@ class Dp2Client:
 
     async def stop(self) -> None:
         task, self._follow_task = self._follow_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         follower, self._follower = self._follower, None
         if follower is not None:
             await follower.stop()

@@ -60,6 +60,9 @@ plaintext Envelope of MeMo values.
 the same rules; `parse` holds only what the model cannot show. `parse_and_validate` runs
 the business rules too when the structural problems still left a faithful model (a
 non-UTC time, an unknown or repeated element), so one answer lists everything.
+
+Why one module over 500 lines: reading and writing MeMo are mirror images over the
+same slots, and are checked against each other line by line.
 """
 
 from __future__ import annotations

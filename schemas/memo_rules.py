@@ -11,6 +11,9 @@ class (`attentionData` <- AttentionData, `cprData` <- CPRdata, `kleData` <- KLEd
 other field is the element named like the field (senderID, idType, label). The few
 exceptions are the explicit sets below: root attributes, DP2-only fields, File/content
 (base64), maximum occurrences and 1.2-only elements. Element order is field order.
+
+Why one module over 500 lines: it is MeMo's rule book — every element's slot and
+every business rule with its reason code — and reads as one table.
 """
 
 from __future__ import annotations

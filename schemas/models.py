@@ -10,6 +10,9 @@ Conventions: timestamps are aware UTC `datetime`s (Avro timestamp-micros), dates
 `datetime.date`, identifiers such as CPR/CVR are `str` (leading zeros matter). Every
 enum has UNKNOWN, the Avro default a reader uses for a symbol added after it was built;
 producers should not write UNKNOWN.
+
+Why one module over 500 lines: the models mirror the *.avsc files field for field,
+and the codec and the compatibility guard walk them as one set.
 """
 
 import dataclasses

@@ -22,9 +22,17 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 from brokers.runtime import sqlite
 from schemas.errors import Dp2Error
+from schemas.vocabulary import (
+    DEADLETTER_HEADERS,
+    MESSAGE_UUID_HEADER,
+    REASON_CODE_HEADER,
+    REASON_HEADER,
+    SERVICE_HEADER,
+    SOURCE_HEADER,
+)
 
 # Headers the dead-letter step added; a re-drive sends the record without them.
-_PARKING_HEADERS = {"dp2-reason-code", "dp2-reason", "dp2-source", "dp2-service"}
+_PARKING_HEADERS = DEADLETTER_HEADERS
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS deadletters (
@@ -76,16 +84,16 @@ class DeadLetterStore:
         """Keep one dead letter (a redelivery of the same one changes nothing)."""
         headers = {k: v for k, v in (record.headers or ())}
         text = {k: v.decode("utf-8", "replace") for k, v in headers.items()}
-        source = text.get("dp2-source") or f"{record.topic}/{record.partition}/{record.offset}"
+        source = text.get(SOURCE_HEADER) or f"{record.topic}/{record.partition}/{record.offset}"
         cursor = self._db.execute(
             "INSERT OR IGNORE INTO deadletters VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
             (
                 source,
                 source.rsplit("/", 2)[0],
-                text.get("dp2-service"),
-                text.get("dp2-reason-code"),
-                text.get("dp2-reason"),
-                text.get("dp2-message-uuid"),
+                text.get(SERVICE_HEADER),
+                text.get(REASON_CODE_HEADER),
+                text.get(REASON_HEADER),
+                text.get(MESSAGE_UUID_HEADER),
                 record.key,
                 record.value or b"",
                 _encode_headers(record.headers or ()),

@@ -22,7 +22,6 @@ File format (JSON: a list of objects; CSV: the same keys as columns, channels as
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -30,6 +29,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from brokers.runtime.kafka import behind, new_producer, read_from_start
+from brokers.runtime.tasks import AsyncResource, cancel_and_wait
 from schemas import codec
 from schemas.errors import Dp2Error, SchemaError
 from schemas.models import (
@@ -57,7 +57,7 @@ async def publish_contacts(bootstrap: str, records: Iterable[ContactRecord]) -> 
     return count
 
 
-class ContactRegister:
+class ContactRegister(AsyncResource):
     """A local, continuously updated cache of ``dp2.contacts`` (no consumer group).
 
     ``start()`` returns once the cache has caught up with the topic's end as it was
@@ -106,10 +106,7 @@ class ContactRegister:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             await consumer.stop()

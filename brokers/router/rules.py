@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from schemas.vocabulary import PRINT_PROVIDER, PRINT_TOPIC, SCHEDULED_TOPIC
+from schemas.vocabulary import PRINT_PROVIDER, PRINT_TOPIC, SCHEDULED_TOPIC, TRACEPARENT_HEADER
 
 if TYPE_CHECKING:
     from brokers.router.service import ScheduleStore
@@ -38,7 +38,7 @@ log = structlog.get_logger("dp2.router")
 def _forwarded(record: ConsumerRecord[bytes, bytes]) -> list[tuple[str, bytes]]:
     """The connector's headers travel on (message UUID, signer certificate); the
     worker adds a fresh traceparent."""
-    return [(k, v) for k, v in record.headers or () if k != "traceparent"]
+    return [(k, v) for k, v in record.headers or () if k != TRACEPARENT_HEADER]
 
 
 class Router:
@@ -86,6 +86,22 @@ class Router:
                 ),
             ]
         return self.route_now(envelope, record.value, ref, _forwarded(record))
+
+    async def restore(self, record: ConsumerRecord[bytes, bytes]) -> Sequence[Output]:
+        """A record of dp2.scheduled: hold it if the schedule does not know it yet.
+
+        The schedule is a projection of dp2.scheduled. :meth:`handle` holds a letter
+        before producing it there, so normally this finds it known and does nothing;
+        a router instance whose store lacks it (a new instance, a store restored from
+        a backup) gets it back. A letter already released or recalled stays so.
+        """
+        envelope = codec.decode(record.value or b"", Envelope)
+        header = envelope.header
+        due = header.doNotDeliverUntilDate
+        if due is not None:
+            ref = recipient_ref(envelope, self._pseudonyms)
+            self._schedule.hold(header.messageUUID, due, header.sender.senderID, ref, record.value)
+        return []
 
     def route_now(
         self,

@@ -37,6 +37,7 @@ from brokers.security.trust import TrustStore
 from schemas.vocabulary import (
     ACCEPTED_TOPIC,
     COMMANDS_TOPIC,
+    SCHEDULED_TOPIC,
     is_delivery_topic,
     provider_of,
     provider_topic,
@@ -118,6 +119,7 @@ class RouterService(AsyncResource):
         )
         self.workers = [
             ctx.worker("router", [ACCEPTED_TOPIC], self._route, producer=self._producer),
+            ctx.worker("router-schedule", [SCHEDULED_TOPIC], self.router.restore),
             ctx.worker(
                 "router-commands",
                 [COMMANDS_TOPIC],

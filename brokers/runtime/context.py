@@ -12,7 +12,9 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 
-HEADER = "traceparent"
+from schemas.vocabulary import TRACEPARENT_HEADER
+
+HEADER = TRACEPARENT_HEADER
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 
 KafkaHeaders = Sequence[tuple[str, bytes]]

@@ -32,7 +32,7 @@ from pathlib import Path
 from schemas.errors import ConfigError
 
 #: The checkout this package runs from; deploy/ and var/ are found relative to it.
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # brokers/runtime/settings.py
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:

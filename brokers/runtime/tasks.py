@@ -83,7 +83,12 @@ class Backoff:
 
 
 class PeriodicTask(AsyncResource):
-    """Runs ``step`` every ``interval_s`` seconds, under the module's failure policy."""
+    """Runs ``step`` every ``interval_s`` seconds, under the module's failure policy.
+
+    A step that returns ``True`` has more work waiting and runs again at once (a
+    queue drained in batches); :meth:`wake` cuts the current wait short (new work
+    arrived).
+    """
 
     def __init__(
         self,
@@ -100,6 +105,7 @@ class PeriodicTask(AsyncResource):
         self._backoff = backoff or Backoff(first=max(interval_s, 0.1))
         self._failures = metrics.periodic_failures if metrics is not None else None
         self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
         self.failures = 0
         self.consecutive_failures = 0
         self.last_error: str | None = None
@@ -113,6 +119,10 @@ class PeriodicTask(AsyncResource):
         task, self._task = self._task, None
         await cancel_and_wait(task)
 
+    def wake(self) -> None:
+        """Run the next step now instead of at the end of the interval."""
+        self._wake.set()
+
     def health(self) -> dict[str, Any]:
         """``ok``, or ``degraded`` with the error while the last step failed."""
         report: dict[str, Any] = {"task": self.name, "failures": self.failures}
@@ -124,10 +134,10 @@ class PeriodicTask(AsyncResource):
             report["status"] = "ok"
         return report
 
-    async def run_once(self) -> bool:
-        """One step under the failure policy; True if it succeeded."""
+    async def run_once(self) -> bool | None:
+        """One step under the failure policy: False if it failed, else what it returned."""
         try:
-            await self._step()
+            more = await self._step()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the policy: log, count, back off, keep going
@@ -147,9 +157,15 @@ class PeriodicTask(AsyncResource):
         self.last_error = None
         self.last_success = time.time()
         self._backoff.reset()
-        return True
+        return more is True or None
 
     async def _run(self) -> None:
         while True:
-            ok = await self.run_once()
-            await asyncio.sleep(self._interval_s if ok else self._backoff.next())
+            outcome = await self.run_once()
+            if outcome is True:
+                await asyncio.sleep(0)  # more work waits: go on, but let others run
+                continue
+            wait = self._backoff.next() if outcome is False else self._interval_s
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait)
+            self._wake.clear()

@@ -27,7 +27,6 @@ message is in. Here they are, for every worker:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import time
 import uuid
@@ -48,8 +47,16 @@ from brokers.runtime.records import (
     rejection_output,
     source_of,
 )
+from brokers.runtime.tasks import Backoff, cancel_and_wait
 from schemas.errors import Dp2Error, SchemaError
-from schemas.vocabulary import DEADLETTER_TOPIC, MESSAGE_UUID_HEADER
+from schemas.vocabulary import (
+    DEADLETTER_TOPIC,
+    MESSAGE_UUID_HEADER,
+    REASON_CODE_HEADER,
+    REASON_HEADER,
+    SERVICE_HEADER,
+    SOURCE_HEADER,
+)
 
 _DEADLETTER_NAMESPACE = uuid.UUID("5b1f0e4c-3c1b-4d0e-9b59-2f1d5f3b7a10")
 _MAX_BACKOFF_S = 30.0
@@ -118,10 +125,7 @@ class KafkaWorker:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             await consumer.stop()
@@ -144,22 +148,22 @@ class KafkaWorker:
 
     async def _run(self) -> None:
         consumer = self._require_consumer()
-        backoff = 0.5
+        backoff = Backoff(first=0.5, cap=_MAX_BACKOFF_S)
         while True:
             batch = await consumer.getmany(timeout_ms=500)
             if batch:
                 try:
                     await self._process_batch(batch)
-                    backoff = 0.5
+                    backoff.reset()
                 except (Dp2Error, KafkaError) as exc:
                     # Only retriable errors get here (see _handle_one). Nothing of the
                     # batch was produced or committed: rewind it and try again later.
                     self.last_error = repr(exc)
-                    log.warning("batch_retry", service=self.name, error=str(exc), wait_s=backoff)
+                    wait_s = backoff.next()
+                    log.warning("batch_retry", service=self.name, error=str(exc), wait_s=wait_s)
                     for tp, records in batch.items():
                         consumer.seek(tp, records[0].offset)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, _MAX_BACKOFF_S)
+                    await asyncio.sleep(wait_s)
             await self._update_lag(consumer)
 
     async def _process_batch(
@@ -232,10 +236,10 @@ class KafkaWorker:
             "dead_letter", source=source, reason_code=error.reason_code, message_id=message_uuid
         )
         headers = [(k, v) for k, v in (record.headers or ()) if k != context.HEADER] + [
-            ("dp2-reason-code", error.reason_code.encode()),
-            ("dp2-reason", f"{error.message} {error.hint}".encode()),
-            ("dp2-source", source.encode()),
-            ("dp2-service", self.name.encode()),
+            (REASON_CODE_HEADER, error.reason_code.encode()),
+            (REASON_HEADER, f"{error.message} {error.hint}".encode()),
+            (SOURCE_HEADER, source.encode()),
+            (SERVICE_HEADER, self.name.encode()),
             (MESSAGE_UUID_HEADER, message_uuid.encode()),
         ]
         return [

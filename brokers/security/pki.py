@@ -30,6 +30,9 @@ Errors are brokers.security.signing.SecurityError: PKI_NOT_INITIALISED, INVALID_
 INVALID_NAME, INVALID_VALIDITY, IDENTITY_EXISTS, UNKNOWN_IDENTITY, BAD_KEY,
 CRL_MISSING, CRL_INVALID, UNKNOWN_CERTIFICATE, UNTRUSTED_ISSUER,
 CERTIFICATE_NOT_YET_VALID, CERTIFICATE_EXPIRED, CERTIFICATE_REVOKED, UNKNOWN_PROVIDER.
+
+Why one module over 500 lines: issuing is one file layout written by one class; the
+checking side is brokers.security.trust.
 """
 
 from __future__ import annotations

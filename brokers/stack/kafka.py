@@ -21,6 +21,9 @@ above that for its controller: 9092/9093, 9192/9193, 9292/9293 by default.
 
 Every foreseeable failure (no JDK, no Maven, a port in use, a node that dies on
 start) raises :class:`KafkaRunnerError` with a sentence saying what to do.
+
+Why one module over 500 lines: fetching the jars, writing each node's configuration
+and supervising the JVMs are one lifecycle of a local cluster.
 """
 
 from __future__ import annotations

@@ -31,7 +31,6 @@ Configuration (``[connectors.mail]`` in ``$DP2_HOME/connectors.toml``)::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import time
 from collections.abc import Iterable, Mapping
@@ -46,6 +45,7 @@ from aiohttp import web
 from prometheus_client import Counter, Gauge
 
 from brokers.contacts.register import ContactRegister
+from brokers.runtime.tasks import AsyncResource, PeriodicTask
 from brokers.security.pseudonyms import Pseudonymizer, pseudonym_key
 from brokers.validator.rules import MAX_CITIZEN_BYTES, MAX_CITIZEN_BYTES_CEILING
 from connectors.base import ConnectorContext, error_response
@@ -144,7 +144,7 @@ def create(context: ConnectorContext) -> MailConnector:
     return MailConnector(context, config)
 
 
-class MailConnector:
+class MailConnector(AsyncResource):
     """The SMTP submission server alone (a Connector; see the module docstring)."""
 
     def __init__(
@@ -236,7 +236,9 @@ class ForwardingMailConnector(MailConnector):
         assert config.provider is not None  # noqa: S101 - create() picks this class for it
         self.provider_id = config.provider
         self._store = MailStore(context.data_dir / "mail.sqlite")
-        self._task: asyncio.Task[None] | None = None
+        self._forwarding = PeriodicTask(
+            "mail-forward", self._forward_due, config.poll_s, metrics=context.metrics
+        )
         self._backlog = Gauge(
             "dp2_mail_forward_backlog",
             "Letters waiting for the relay to take them",
@@ -245,25 +247,21 @@ class ForwardingMailConnector(MailConnector):
 
     async def start(self) -> None:
         await super().start()
-        if self._task is None:
-            self._task = asyncio.create_task(self._forward_loop(), name="mail:forward")
+        await self._forwarding.start()
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            self._store.close()
+        await self._forwarding.stop()
+        self._store.close()
         await super().stop()
 
     def health(self) -> Mapping[str, Any]:
         report = dict(super().health())
         backlog = self._store.backlog()
         self._backlog.set(backlog["forwardPending"])
-        if report["status"] == "ok" and backlog["forwardFailing"]:
+        forwarding = self._forwarding.health()
+        if report["status"] == "ok" and (backlog["forwardFailing"] or forwarding["status"] != "ok"):
             report["status"] = "degraded"
-        return {**report, **backlog}
+        return {**report, **backlog, "tasks": [forwarding]}
 
     def routes(self) -> Iterable[web.AbstractRouteDef]:
         return [web.get("/forwarding", self._get_mode), web.put("/forwarding", self._put_mode)]
@@ -275,14 +273,6 @@ class ForwardingMailConnector(MailConnector):
         citizen_ref = self._pseudonyms.ref(recipient.idType.value, recipient.recipientID)
         self._store.queue(message.header.messageUUID, citizen_ref, codec.encode(message))
         log.info("mail_forward_queued", message_id=message.header.messageUUID)
-
-    async def _forward_loop(self) -> None:
-        while True:
-            try:
-                await self._forward_due()
-            except Exception:  # a bug in one round must not stop forwarding for good
-                log.exception("mail_forward_error")
-            await asyncio.sleep(self.config.poll_s)
 
     async def _forward_due(self) -> None:
         for item in self._store.due(time.time()):

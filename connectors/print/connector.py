@@ -40,7 +40,6 @@ Configuration (``[connectors.print]`` in ``$DP2_HOME/connectors.toml``, all opti
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import os
@@ -63,6 +62,7 @@ from brokers.contacts.records import recipient_ref
 from brokers.contacts.register import ContactRegister
 from brokers.runtime.kafka import new_producer
 from brokers.runtime.records import Output, lifecycle_output, source_of
+from brokers.runtime.tasks import AsyncResource, PeriodicTask
 from brokers.security.pseudonyms import Pseudonymizer, pseudonym_key
 from connectors.base import ConnectorContext
 from connectors.delivery import DeliveryHandler
@@ -224,7 +224,7 @@ def create(context: ConnectorContext) -> PrintConnector:
     return PrintConnector(context, PrintConfig.from_context(context))
 
 
-class PrintConnector:
+class PrintConnector(AsyncResource):
     """See the module docstring; implements connectors.base.Connector."""
 
     def __init__(self, context: ConnectorContext, config: PrintConfig) -> None:
@@ -242,8 +242,9 @@ class PrintConnector:
         self._worker = context.worker("print", [PRINT_TOPIC], self._on_record)
         self._producer: AIOKafkaProducer | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
+        self._hand_over_task = PeriodicTask(
+            "print-hand-over", self._hand_over_due, config.poll_s, metrics=context.metrics
+        )
         self._jobs = Counter(
             "dp2_print_jobs",
             "Print jobs by outcome: queued, printed, failed, retried (provider away)",
@@ -263,14 +264,10 @@ class PrintConnector:
         else:
             self.config.drop_dir.mkdir(parents=True, exist_ok=True)
         await self._worker.start()
-        self._task = asyncio.create_task(self._hand_over_loop(), name="print:hand-over")
+        await self._hand_over_task.start()
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._hand_over_task.stop()
         await self._worker.stop()
         session, self._session = self._session, None
         if session is not None:
@@ -284,8 +281,9 @@ class PrintConnector:
     def health(self) -> Mapping[str, Any]:
         counts = self._store.counts()
         worker = self._worker.health()
-        status = "degraded" if counts["retrying"] else "ok"
-        if self._task is not None and not worker["running"]:
+        hand_over = self._hand_over_task.health()
+        status = "degraded" if counts["retrying"] or hand_over["status"] == "degraded" else "ok"
+        if self._producer is not None and not worker["running"]:
             status = "failing"
         return {
             "check": "print",
@@ -347,7 +345,7 @@ class PrintConnector:
         )
         self._jobs.labels("queued").inc()
         log.info("print_queued", message_id=header.messageUUID, pages=rendered.pages)
-        self._wake.set()
+        self._hand_over_task.wake()
         return []
 
     def _failed(
@@ -371,17 +369,6 @@ class PrintConnector:
         )
 
     # --- from the queue to the print provider ---------------------------------------
-    async def _hand_over_loop(self) -> None:
-        while True:
-            try:
-                if await self._hand_over_due():
-                    continue  # a full batch went: more may be waiting
-            except Exception:  # a bug or Kafka away in one round must not stop printing
-                log.exception("print_loop_error")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.config.poll_s)
-            self._wake.clear()
-
     async def _hand_over_due(self, batch: int = 20) -> bool:
         """Hand over and announce due jobs; True when a whole batch went through."""
         jobs = self._store.due(time.time(), batch)

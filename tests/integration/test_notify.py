@@ -289,7 +289,15 @@ async def test_permanent_failure_is_traced_and_temporary_is_retried(
     peers.b.fail_times = 2
     [retried_uuid] = await send_letters(stack, busy, 1)
     await eventually(lambda: peers.a.to(busy.phone) or peers.b.to(busy.phone), timeout=60)
+    # The e-mail's NOTIFIED may reach the trace first: wait for the SMS channel's own.
     doc = await stack.wait_trace(retried_uuid, "NOTIFIED")
+    deadline = asyncio.get_running_loop().time() + 30
+    while not any(e.get("channel") == "SMS" for e in doc["timeline"]):
+        assert asyncio.get_running_loop().time() < deadline, f"no SMS event: {doc}"
+        await asyncio.sleep(0.2)
+        doc = await asyncio.to_thread(stack.trace, retried_uuid)
+    await asyncio.sleep(1.0)  # a second SMS event (a retry counted twice) would land now
+    doc = await asyncio.to_thread(stack.trace, retried_uuid)
     sms_events = [e for e in doc["timeline"] if e.get("channel") == "SMS"]
     assert [e["state"] for e in sms_events] == ["NOTIFIED"]
 
