@@ -8,7 +8,10 @@ nothing else:
   `history/` so compatibility can be checked (`schemas.compat`);
 - `schemas.models` — typed frozen dataclasses mirroring the schemas;
 - `schemas.codec` — single-object encoding: every record names its schema;
-- `schemas.errors` — `Dp2Error`, the one exception root of the project.
+- `schemas.errors` — `Dp2Error`, the one exception root of the project;
+- `schemas.vocabulary` — every topic and header name, declared once;
+- `schemas.memo` and `schemas.memo_rules` — MeMo XML to the models and back, and
+  MeMo's rules with their reason codes (used by the CLI, ESDH, forms, apps, mail).
 
 It is pure: no I/O except reading its own .avsc files at import.
 """

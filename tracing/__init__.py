@@ -14,6 +14,9 @@ answer.
     lifecycle  the state machine shared by every service and the dashboard (pure)
     store      the TraceStore seam and its SQLite implementation
     api        TraceService (ingest, metrics, logs) and its HTTP API
-    client     ``dp2 trace UUID [--json] [--follow]``
-    context    W3C trace context carried in Kafka headers
+    service    the tracing service: workers, API and dashboard in one process
+    client     what ``dp2 trace UUID [--json] [--follow]`` calls (brokers.cli.trace)
+    access, dashboard, deadletters, stats   the operators' dashboard
+
+W3C trace context is carried by every service, so it lives in brokers.runtime.context.
 """

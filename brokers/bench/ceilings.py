@@ -173,5 +173,3 @@ def verify_ceiling(algorithm: str, iterations: int) -> dict[str, Any]:
         "signing_input_us": round(measured["envelope"]["signing input (Avro encode)"], 2),
         "bench_crypto": measured,
     }
-
-

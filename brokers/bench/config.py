@@ -59,4 +59,3 @@ class Config:
     @property
     def total(self) -> int:
         return self.warmup + sum(p.count for p in self.phases)
-

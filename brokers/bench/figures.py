@@ -157,5 +157,3 @@ def sample_series(sampler: Sampler, start: float) -> dict[str, Any]:
         "lag_t": [round(s["t"] - start, 2) for s in lags],
         "lag": {n: [s["lag"].get(n) for s in lags] for n in services},
     }
-
-

@@ -285,5 +285,3 @@ async def show_progress(collector: Collector, phase: Phase, enabled: bool) -> No
             await asyncio.sleep(0.5)
     finally:
         bar.close()
-
-

@@ -18,6 +18,7 @@ from typing import Any
 from brokers.bench.config import BenchError
 from brokers.stack.kafka import port_is_free
 
+
 # --- the SMTP server and SMS provider, in a child process ---------------------------------
 class _CountingSmtp:
     """aiosmtpd handler that accepts and counts every message."""
@@ -111,4 +112,3 @@ def _free_port() -> int:
         if port_is_free(port):
             return port
     raise BenchError("no free TCP port on 127.0.0.1")
-

@@ -31,6 +31,7 @@ from brokers.stack import supervisor
 from brokers.stack.kafka import port_is_free
 from schemas.vocabulary import PRINT_PROVIDER
 
+
 # --- sampling CPU, RSS and lag ------------------------------------------------------------
 class Sampler:
     """Samples each process's CPU seconds and RSS, and each service's consumer lag.
@@ -116,7 +117,7 @@ def _scrape_lag(url: str) -> float | None:
     return total
 
 
-# --- the run ----------------------------------------------------------------------------
+# --- the stack under test ------------------------------------------------------------
 @contextlib.contextmanager
 def environment(env: dict[str, str]) -> Iterator[None]:
     """os.environ as ``env`` for a while: start_processes hands it to the services."""
@@ -189,5 +190,3 @@ async def load_register(settings: Settings, config: Config) -> None:
     rows = contact_rows(config.recipients, config.sms_share)
     records = [record_from_row(row, n, pseudonyms) for n, row in enumerate(rows, start=1)]
     await publish_contacts(settings.kafka_bootstrap, records)
-
-

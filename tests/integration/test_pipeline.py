@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -336,6 +337,36 @@ async def test_scheduled_waits_for_its_date_and_recall_stops_it(stack: Stack) ->
     assert recalled_doc["state"] == "RECALLED"
 
 
+async def test_a_failed_release_round_does_not_stop_later_releases(stack: Stack) -> None:
+    """The schedule's store locked by another process: that release round fails, the
+    router shows 'degraded' on /healthz, and once the lock is gone the letter goes out."""
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).date()
+    router = stack.hosts["router"]
+    async with stack.client() as client:
+        held = await client.send(letter(do_not_deliver_until=tomorrow))
+        await client.wait_for(held.message_uuid, {"SCHEDULED"})
+        # Another writer holds the schedule: marking the letter released fails (after
+        # SQLite's busy timeout), which ended the old release loop for good.
+        blocker = sqlite3.connect(stack.settings.home / "data" / "router.sqlite", timeout=0)
+        blocker.execute("BEGIN EXCLUSIVE")
+        try:
+            stack.clock.offset = timedelta(days=2)
+            async with asyncio.timeout(60):
+                while router.health()["status"] != "degraded":
+                    await asyncio.sleep(0.2)
+            assert "DELIVERED" not in states(await stack.wait_trace(held.message_uuid, "SCHEDULED"))
+        finally:
+            blocker.rollback()
+            blocker.close()
+        try:
+            await client.wait_for(held.message_uuid, {"DELIVERED"}, timeout=60)
+        finally:
+            stack.clock.offset = timedelta()
+    async with asyncio.timeout(30):
+        while router.health()["status"] != "ok":
+            await asyncio.sleep(0.2)
+
+
 async def test_large_document_travels_through_the_blob_store(stack: Stack) -> None:
     """A 50 MB document goes by claim check and arrives byte for byte."""
     document = os.urandom(50 * 1024 * 1024)
@@ -430,3 +461,15 @@ async def test_mailbox_restarted_before_commit_delivers_once(stack: Stack) -> No
     await asyncio.sleep(1.0)  # give a second DELIVERED, were there one, time to be traced
     doc = await stack.wait_trace(receipt.message_uuid, "DELIVERED")
     assert states(doc).count("DELIVERED") == 1
+
+
+@pytest.mark.parametrize("kind", ["tracing", "validator", "router", "notifier"])
+async def test_every_built_in_service_starts_with_async_with_and_stops_twice(
+    stack: Stack, kind: str
+) -> None:
+    """Each service of the registry works as ``async with`` and a second stop is harmless."""
+    host = await build_service(kind, stack.settings, group_suffix=f".lifecycle-{kind}")
+    async with host:
+        assert host.health()["status"] in {"ok", "degraded"}
+    await host.stop()
+    await host.stop()
