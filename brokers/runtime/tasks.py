@@ -18,6 +18,7 @@ The policy, for every :class:`PeriodicTask`:
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import time
@@ -33,14 +34,14 @@ if TYPE_CHECKING:  # the SDK uses this module and must not load prometheus_clien
 log = structlog.get_logger("dp2.tasks")
 
 
-class AsyncResource:
+class AsyncResource(abc.ABC):
     """``async with resource:`` for any class with ``start()`` and ``stop()``."""
 
-    async def start(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    async def start(self) -> None: ...
 
-    async def stop(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    async def stop(self) -> None: ...
 
     async def __aenter__(self) -> Self:
         await self.start()
