@@ -68,6 +68,7 @@ from schemas.models import (
     LifecycleState,
     ReplyData,
 )
+from schemas.values import canonical_uuid, is_ascii_digits, parse_ascii_int
 
 log = structlog.get_logger("dp2.apps")
 
@@ -122,15 +123,15 @@ class AppsConnector(AsyncResource):
         self._mailbox: sqlite3.Connection | None = None
         self._db = sqlite.connect(str(context.data_dir / "apps.sqlite"))
         self._db.executescript(_SCHEMA)
-        self._identity = Pki(settings.home / "pki").identity(provider_identity_name(self.provider))
-        self._contacts = ContactRegister(settings.kafka_bootstrap)
+        self._identity = Pki(settings.pki_dir).identity(provider_identity_name(self.provider))
+        self._contacts = ContactRegister(settings.kafka)
         self._client = Dp2Client.from_settings(
             settings,
             str(context.option("identity", provider_identity_name(self.provider))),
             contacts=self._contacts,
             actor=self.actor,
         )
-        self._producer: AIOKafkaProducer = new_producer(settings.kafka_bootstrap)
+        self._producer: AIOKafkaProducer = new_producer(settings.kafka)
         self._started = False
 
     # --- Connector --------------------------------------------------------------
@@ -218,7 +219,7 @@ class AppsConnector(AsyncResource):
             self._store()
             .execute(
                 "SELECT envelope FROM messages WHERE message_uuid = ? AND recipient_id = ?",
-                (message_uuid, owner_cpr),
+                (canonical_uuid(message_uuid), owner_cpr),
             )
             .fetchone()
         )
@@ -478,7 +479,7 @@ class AppsConnector(AsyncResource):
             except ValueError as exc:
                 raise _bad_json() from exc
             delegate = body.get("delegateCpr") if isinstance(body, dict) else None
-            if not isinstance(delegate, str) or len(delegate) != 10 or not delegate.isdigit():
+            if not isinstance(delegate, str) or not is_ascii_digits(delegate, 10):
                 raise AccessError(
                     400,
                     "delegateCpr must be the relative's CPR number",
@@ -573,11 +574,8 @@ def _bad_json() -> AccessError:
 
 
 def _int(raw: str, name: str, low: int, high: int) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        value = low - 1
-    if not low <= value <= high:
+    value = parse_ascii_int(raw)  # ASCII digits only: int() also reads "٣" and "1_0"
+    if value is None or not low <= value <= high:
         raise AccessError(
             400,
             f"{name} must be a whole number from {low} to {high}",

@@ -51,10 +51,11 @@ from brokers.runtime.metrics import ServiceMetrics
 from brokers.runtime.records import Handler
 from brokers.runtime.settings import Settings
 from brokers.runtime.worker import KafkaWorker
+from brokers.security.pki import provider_identity_name
 from connectors.delivery import DeliveryHandler
 from schemas.errors import ConfigError, Dp2Error
 from schemas.models import Envelope
-from schemas.vocabulary import provider_topic
+from schemas.vocabulary import PRINT_PROVIDER, provider_topic
 
 ENTRY_POINT_GROUP = "dp2.connectors"
 CONFIG_FILE = "connectors.toml"
@@ -124,13 +125,40 @@ class ConnectorContext:
         """A consumer-group worker of this connector (the connector starts and stops it)."""
         return KafkaWorker(
             f"connector-{self.name}-{role}",
-            self.settings.kafka_bootstrap,
+            self.settings.kafka,
             topics,
             group_id=f"dp2.connector.{self.name}.{role}{self.group_suffix}",
             handler=handler,
             metrics=self.metrics,
             **kw,
         )
+
+
+def connector_provider(name: str, table: Mapping[str, Any]) -> str | None:
+    """The provider a configured connector receives post as, if any."""
+    provider = table.get("provider") or table.get("mailbox")
+    if provider:
+        return str(provider)
+    return PRINT_PROVIDER if name == "print" else None
+
+
+def connector_identity(name: str, table: Mapping[str, Any]) -> str:
+    """The PKI identity a configured connector connects to Kafka as.
+
+    ``kafka_identity`` if set, else the identity it signs with, else its
+    provider's identity (a receiving connector without a sending identity).
+    """
+    for key in ("kafka_identity", "identity"):
+        if table.get(key):
+            return str(table[key])
+    provider = connector_provider(name, table)
+    if provider:
+        return provider_identity_name(provider)
+    raise ConfigError(
+        f"connector {name!r} names no identity to connect to Kafka with",
+        hint=f'Add identity = "NAME" (or kafka_identity) to [connectors.{name}] in '
+        "connectors.toml; dp2 pki list shows the identities.",
+    )
 
 
 ConnectorFactory = Callable[[ConnectorContext], Connector]
@@ -213,10 +241,13 @@ async def build_connector_service(
     report is part of /healthz.
     """
     registry = CollectorRegistry()
+    table = read_config(settings).get(name, {})
+    if not settings.kafka_identity:  # every connector is its own Kafka principal
+        settings = settings.as_identity(connector_identity(name, table))
     context = ConnectorContext(
         name,
         settings,
-        read_config(settings).get(name, {}),
+        table,
         registry,
         ServiceMetrics(registry),
         group_suffix,
@@ -226,7 +257,7 @@ async def build_connector_service(
     workers: list[KafkaWorker] = []
     if isinstance(connector, ReceivingConnector):
         provider = connector.provider_id
-        await ensure_topics(settings.kafka_bootstrap, [provider_topic(provider)])
+        await ensure_topics(settings.kafka, [provider_topic(provider)])
         handler = DeliveryHandler.for_provider(
             settings, provider, connector, actor=f"connector:{name}"
         )

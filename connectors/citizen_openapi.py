@@ -84,7 +84,7 @@ _SUBMISSION = {
         "text": {"type": "string"},
         "formData": {
             "type": "object",
-            "required": ["taskKey"],
+            "required": ["taskKey", "version", "label"],
             "properties": {
                 "taskKey": {"type": "string"},
                 "version": {"type": "string"},
@@ -94,7 +94,7 @@ _SUBMISSION = {
         },
         "kle": {
             "type": "object",
-            "required": ["subjectKey"],
+            "required": ["subjectKey", "version", "label"],
             "properties": {
                 "subjectKey": {"type": "string"},
                 "version": {"type": "string"},

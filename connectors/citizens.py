@@ -38,6 +38,7 @@ from schemas.models import (
     ReplyData,
     Sender,
 )
+from schemas.values import is_ascii_digits
 
 TOKEN_PREFIX = "dp2c"  # noqa: S105 - a marker that tells token kinds apart, not a secret
 KEY_FILE = "citizen-tokens.key"
@@ -79,7 +80,7 @@ class DevTokens:
     def issue(
         self, cpr: str, *, ttl: timedelta = timedelta(hours=12), now: datetime | None = None
     ) -> str:
-        if len(cpr) != 10 or not cpr.isdigit():
+        if not is_ascii_digits(cpr, 10):
             raise AuthError(
                 "a citizen token is bound to a CPR number of 10 digits",
                 reason_code="INVALID_CPR",

@@ -8,7 +8,11 @@ trusting it, and it must not be re-implemented (and got wrong) per vendor. A
 1. verifies the sender's signature and certificate (chain, validity, revocation)
    again — end-to-end authenticity: the backbone is not trusted with integrity;
 2. decrypts the documents with the provider's X25519 key and restores the sealed
-   personal data (CPR numbers) — the plaintext exists only from here on;
+   personal data (CPR numbers) — the plaintext exists only from here on — and
+   re-checks what a store or a folder drop builds names from: the message UUID
+   (``INVALID_MESSAGE_UUID``) and every file name (``INVALID_FILENAME``,
+   ``UNSAFE_FILENAME``, ``TEXT_TOO_LONG``), with the validator's own rules, since a
+   record on a delivery topic may not have passed the validator;
 3. hands the plain message to the receiver (``await receiver.receive(message)``),
    which stores it durably and idempotently;
 4. emits DELIVERED signed by the provider, with the facts the notifier may use.
@@ -36,6 +40,7 @@ from brokers.security import sealing, signing
 from brokers.security.pki import Identity, Pki, provider_identity_name
 from brokers.security.pseudonyms import Pseudonymizer, pseudonym_key
 from brokers.security.trust import TrustStore
+from brokers.validator.rules import check_filenames, check_message_uuid
 from schemas import codec
 from schemas.errors import Dp2Error
 from schemas.models import Envelope, LifecycleEvent, LifecycleState
@@ -94,7 +99,7 @@ class DeliveryHandler:
     ) -> DeliveryHandler:
         """The handler of ``provider_id`` in the deployment of ``settings`` (its PKI,
         blob store and pseudonym key); ``kwargs`` as for the constructor."""
-        pki_root = settings.home / "pki"
+        pki_root = settings.pki_dir
         return cls(
             provider_id,
             Pki(pki_root).identity(provider_identity_name(provider_id)),
@@ -143,13 +148,17 @@ class DeliveryHandler:
 
     def open(self, sealed: Envelope, record: ConsumerRecord[bytes, bytes]) -> Envelope:
         """The verified, decrypted message (raises a Dp2Error saying what failed)."""
+        check_message_uuid(sealed.header.messageUUID)
         certificate = self._signer(sealed, record)
         self._trust.reload()
         self._trust.verify_certificate(certificate, datetime.now(UTC))
         signing.verify_envelope(sealed, certificate)
-        return sealing.open_envelope(
+        plain = sealing.open_envelope(
             sealed, self._decryption_key, self._blobs, pseudonymizer=self._pseudonyms
         )
+        if plain.body is not None:
+            check_filenames(sealing.files_of(plain.body))
+        return plain
 
     def signed(self, event_output: Output) -> Output:
         """A lifecycle output signed by this provider (a receipt others can verify)."""

@@ -16,14 +16,16 @@ ESDH connector journals it on the case.
 
 Limits: 10 MB per submission (MeMo's citizen-to-authority limit); an authority may
 allow up to 60 MB (``[connectors.forms.authorities."<cvr>"] max_bytes``). Nothing
-reaches Kafka unless the whole submission is valid.
+reaches Kafka unless the whole submission is valid. Attachments' ``content`` is strict
+base64 (``INVALID_BASE64``); file names follow the validator's rule
+(``INVALID_FILENAME``, ``UNSAFE_FILENAME``); ``caseID`` must be a case id a journal
+folder can be named after (``INVALID_CASE_ID``: not ``..``, no control characters).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
+import unicodedata
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -39,15 +41,22 @@ from brokers.security.pseudonyms import Pseudonymizer, pseudonym_key
 from connectors.base import ConnectorContext, error_response
 from connectors.citizen_openapi import forms_openapi
 from connectors.citizens import Citizen, DevTokens, IdentityProvider, bearer, citizen_message
-from connectors.sdk import Document, Dp2Client
+from connectors.sdk import UNNAMED_CASE_SYSTEM, Document, Dp2Client
 from schemas import memo
 from schemas.errors import ConfigError, Dp2Error
 from schemas.models import CaseID, ContactStatus, ContentData, Envelope, FORMdata, KLEdata
+from schemas.values import (
+    FILENAME_FORBIDDEN_CATEGORIES,
+    decode_base64_strict,
+    filename_problem,
+    is_ascii_digits,
+)
 
 log = structlog.get_logger("dp2.forms")
 
 DEFAULT_MAX_BYTES = 10_000_000
 CEILING_BYTES = 60_000_000
+MAX_CASE_ID = 256  # MeMo's text limit
 
 
 _STATUS = {
@@ -91,7 +100,7 @@ class FormsConnector(AsyncResource):
                 )
             self._limits[str(cvr)] = limit
         self._pseudonyms = Pseudonymizer(pseudonym_key(context.settings.home))
-        self._contacts = ContactRegister(context.settings.kafka_bootstrap)
+        self._contacts = ContactRegister(context.settings.kafka)
         self._client = Dp2Client.from_settings(
             context.settings,
             str(context.require("identity")),
@@ -143,7 +152,7 @@ class FormsConnector(AsyncResource):
         """Authenticate, read, build, validate and send one submission (raises Dp2Error)."""
         citizen = self._identities.authenticate(bearer(request.headers.get("Authorization")))
         cvr = request.match_info["cvr"]
-        if len(cvr) != 8 or not cvr.isdigit() or not self._is_registered(cvr):
+        if not is_ascii_digits(cvr, 8) or not self._is_registered(cvr):
             raise Dp2Error(
                 "there is no authority on DP2 with that CVR number",
                 reason_code="UNKNOWN_AUTHORITY",
@@ -305,16 +314,38 @@ def _inline_attachments(submission: Mapping[str, Any]) -> list[Document]:
             )
         name = _text(item, "filename", required=True)
         mime = _text(item, "mimeType") or "application/octet-stream"
+        content = item.get("content", "")
         try:
-            data = base64.b64decode(str(item.get("content", "")), validate=True)
-        except (binascii.Error, ValueError) as exc:
+            data = decode_base64_strict(content if isinstance(content, str) else "")
+        except ValueError as exc:
             raise SubmissionError(
-                f"attachment {n}'s content is not base64",
-                hint="Encode each attachment's bytes as standard base64.",
+                f"attachment {n}'s content is not standard base64 with canonical padding",
+                reason_code="INVALID_BASE64",
+                hint="Encode each attachment's bytes as standard base64 (RFC 4648): the "
+                "alphabet A-Z a-z 0-9 + /, padded with = to a multiple of 4, no line breaks.",
             ) from exc
         assert name is not None  # noqa: S101 - required above
         documents.append(Document(name, mime, data))
     return documents
+
+
+def _check_case_id(case_id: str) -> None:
+    """A case id names the case folder of the ESDH's journal: refuse one that cannot.
+
+    Slashes and other characters are fine (``24/1234``; the journal makes them ``_``),
+    but not a name a file system reads as a folder (``.``, ``..``), control characters,
+    or more than MeMo's 256 characters.
+    """
+    odd = any(
+        unicodedata.category(c) in FILENAME_FORBIDDEN_CATEGORIES and c != " " for c in case_id
+    )
+    if set(case_id) <= {".", " "} or len(case_id) > MAX_CASE_ID or odd:
+        raise SubmissionError(
+            "'caseID' is not a case id a case system can file on",
+            reason_code="INVALID_CASE_ID",
+            hint='Give the case\'s own number, e.g. "SAG-2026-0042" or "24/1234": at '
+            "most 256 characters, not only dots, no control characters or line breaks.",
+        )
 
 
 def _message(
@@ -334,22 +365,34 @@ def _message(
     if not isinstance(fields, dict):
         raise SubmissionError("'fields' must be an object", hint="Send name/value pairs.")
     case_id = _text(submission, "caseID")
+    if case_id is not None:
+        _check_case_id(case_id)
+    for document in files:
+        problem = filename_problem(document.filename)
+        if problem is not None:
+            raise SubmissionError(
+                problem.message,
+                reason_code=problem.code,
+                hint="Name every file like bilag.pdf: no empty or dot-only names, no "
+                '< > : " / \\ | ? *, line breaks, control characters or unusual spaces.',
+            )
     content = ContentData(
         formData=FORMdata(
+            # MeMo's FORMdata and KLEdata require version and label (the XSD).
             taskKey=str(_text(form, "taskKey", required=True)),
-            version=_text(form, "version"),
+            version=_text(form, "version", required=True),
             activityFacet=_text(form, "activityFacet"),
-            label=_text(form, "label"),
+            label=_text(form, "label", required=True),
         ),
         kleData=KLEdata(
             subjectKey=str(_text(kle, "subjectKey", required=True)),
-            version=_text(kle, "version"),
+            version=_text(kle, "version", required=True),
             activityFacet=_text(kle, "activityFacet"),
-            label=_text(kle, "label"),
+            label=_text(kle, "label", required=True),
         )
         if kle
         else None,
-        caseID=CaseID(caseID=case_id) if case_id else None,
+        caseID=CaseID(caseID=case_id, caseSystem=UNNAMED_CASE_SYSTEM) if case_id else None,
     )
     text = _text(submission, "text") or ""
     lines = [str(label), "", text, ""] + [f"{k}: {v}" for k, v in fields.items()]

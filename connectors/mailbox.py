@@ -8,9 +8,9 @@ module is the store it hands plain messages to, and the facts it lets the
 notifier use.
 
 Exactly once, under Kafka redelivery: the store's primary key is the message UUID
-(``INSERT OR IGNORE``), and the DELIVERED event's id is derived from provider and
-message, so re-processing after a crash re-emits the *same* event, which the trace
-keeps once.
+in lower case (``INSERT OR IGNORE``; an upper-case spelling is the same letter), and
+the DELIVERED event's id is derived from provider and message, so re-processing after
+a crash re-emits the *same* event, which the trace keeps once.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from connectors.delivery import DeliveryHandler
 from schemas import codec
 from schemas.errors import ConfigError
 from schemas.models import Envelope, MessageType
+from schemas.values import canonical_uuid
 from schemas.vocabulary import provider_topic
 
 log = structlog.get_logger("dp2.mailbox")
@@ -45,6 +46,14 @@ class MailboxStore:
             " received_at TEXT NOT NULL, envelope BLOB NOT NULL)"
         )
         self._db.commit()
+        # A mailbox from before UUIDs were folded: a letter stored twice is kept once.
+        sqlite.migrate_once(
+            self._db,
+            "lowercase-message-uuids",
+            lambda: sqlite.lowercase_column(
+                self._db, "messages", "message_uuid", keep_first="received_at, rowid"
+            ),
+        )
 
     async def receive(self, message: Envelope) -> None:
         """The Receiver side of connectors.delivery: store it (a repeat changes nothing)."""
@@ -57,7 +66,7 @@ class MailboxStore:
         cursor = self._db.execute(
             "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?, ?)",
             (
-                header.messageUUID,
+                canonical_uuid(header.messageUUID),
                 header.recipient.recipientID,
                 header.sender.senderID,
                 header.label,
@@ -70,7 +79,7 @@ class MailboxStore:
 
     def get(self, message_uuid: str) -> Envelope | None:
         row = self._db.execute(
-            "SELECT envelope FROM messages WHERE message_uuid = ?", (message_uuid,)
+            "SELECT envelope FROM messages WHERE message_uuid = ?", (canonical_uuid(message_uuid),)
         ).fetchone()
         return codec.decode(row[0], Envelope) if row else None
 
@@ -79,7 +88,8 @@ class MailboxStore:
             return int(self._db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
         return int(
             self._db.execute(
-                "SELECT COUNT(*) FROM messages WHERE message_uuid = ?", (message_uuid,)
+                "SELECT COUNT(*) FROM messages WHERE message_uuid = ?",
+                (canonical_uuid(message_uuid),),
             ).fetchone()[0]
         )
 
@@ -116,7 +126,7 @@ class MailboxService(AsyncResource):
             )
         provider = ctx.provider
         self.name = f"mailbox-{provider}"
-        self._bootstrap = ctx.settings.kafka_bootstrap
+        self._kafka = ctx.settings.kafka
         self._topic = provider_topic(provider)
         self.store = MailboxStore(ctx.data_dir / f"mailbox-{provider}.sqlite")
         handler = DeliveryHandler.for_provider(
@@ -128,7 +138,7 @@ class MailboxService(AsyncResource):
         self.workers = [ctx.worker(self.name, [self._topic.name], handler.handle)]
 
     async def start(self) -> None:
-        await ensure_topics(self._bootstrap, [self._topic])  # before the worker subscribes
+        await ensure_topics(self._kafka, [self._topic])  # before the worker subscribes
 
     async def stop(self) -> None:
         self.store.close()

@@ -33,9 +33,15 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from brokers.contacts.register import ContactRegister
 from brokers.runtime import context
 from brokers.runtime.blobstore import BlobStore, FileBlobStore
-from brokers.runtime.kafka import new_producer, read_from_start
+from brokers.runtime.kafka import (
+    AUTHORIZATION_ERRORS,
+    new_consumer,
+    new_producer,
+    read_from_start,
+    refusal,
+)
 from brokers.runtime.records import lifecycle_output
-from brokers.runtime.settings import Settings
+from brokers.runtime.settings import KafkaAccess, Settings
 from brokers.runtime.tasks import cancel_and_wait
 from brokers.security import sealing, signing
 from brokers.security.pki import Identity, Pki
@@ -61,6 +67,7 @@ from schemas.models import (
     Recipient,
     Sender,
 )
+from schemas.values import canonical_uuid, is_ascii_digits
 from schemas.vocabulary import (
     COMMANDS_TOPIC,
     LIFECYCLE_TOPIC,
@@ -98,6 +105,11 @@ class Receipt:
     traceparent: str
 
 
+#: MeMo's CaseID needs a case system next to the case id; when the sender cannot name
+#: it (a citizen quoting a case number, a caller that gave none) DP2 writes this.
+UNNAMED_CASE_SYSTEM = "ukendt"
+
+
 def build_message(
     *,
     sender_cvr: str,
@@ -112,9 +124,13 @@ def build_message(
     do_not_deliver_until: date | None = None,
     reply: bool = False,
     case_id: str | None = None,
+    case_system: str | None = None,
     label_is_sensitive: bool = True,
 ) -> Envelope:
-    """A plain (unsealed, unsigned) MeMo 1.2 message from values."""
+    """A plain (unsealed, unsigned) MeMo 1.2 message from values.
+
+    ``case_id`` and ``case_system`` become ContentData's CaseID (MeMo requires both;
+    without ``case_system`` it is :data:`UNNAMED_CASE_SYSTEM`)."""
     body = None
     if message_type is MessageType.DIGITALPOST:
         body = message_body(label, documents[:1], documents[1:])
@@ -129,7 +145,11 @@ def build_message(
             doNotDeliverUntilDate=do_not_deliver_until,
             sender=Sender(senderID=sender_cvr, idType=IdType.CVR, label=sender_label),
             recipient=Recipient(recipientID=recipient_id, idType=recipient_id_type),
-            contentData=ContentData(caseID=CaseID(caseID=case_id)) if case_id else None,
+            contentData=ContentData(
+                caseID=CaseID(caseID=case_id, caseSystem=case_system or UNNAMED_CASE_SYSTEM)
+            )
+            if case_id
+            else None,
             labelIsSensitive=label_is_sensitive,
         ),
         body=body,
@@ -168,11 +188,12 @@ def check_plain(message: Envelope) -> None:
         ("recipient", message.header.recipient.recipientID, message.header.recipient.idType),
     ):
         digits = {IdType.CPR: 10, IdType.CVR: 8}.get(id_type)
-        if digits is None or len(identifier) != digits or not identifier.isdigit():
+        if digits is None or not is_ascii_digits(identifier, digits):
+            code = {IdType.CPR: "INVALID_CPR", IdType.CVR: "INVALID_CVR"}.get(id_type)
             raise MessageError(
                 f"the {role}'s {id_type.value} number must be {digits or '8 or 10'} digits "
                 f"as a string; got {len(identifier)} characters",
-                reason_code=f"INVALID_{id_type.value}" if digits else "INVALID_ID",
+                reason_code=code or "INVALID_ID",
                 hint="Keep CPR (10) and CVR (8) numbers as strings with their leading zeros.",
             )
 
@@ -183,7 +204,7 @@ class Dp2Client:
     def __init__(
         self,
         *,
-        bootstrap: str,
+        kafka: KafkaAccess,
         identity: Identity,
         trust: TrustStore,
         pseudonyms: Pseudonymizer,
@@ -192,12 +213,12 @@ class Dp2Client:
         actor: str | None = None,
         blob_threshold: int = 512 * 1024,
     ) -> None:
-        self._bootstrap = bootstrap
+        self._kafka = kafka
         self.identity = identity
         self._trust = trust
         self._pseudonyms = pseudonyms
         self._blobs = blob_store
-        self._contacts = contacts if contacts is not None else ContactRegister(bootstrap)
+        self._contacts = contacts if contacts is not None else ContactRegister(kafka)
         self._owns_contacts = contacts is None
         self.actor = actor or f"connector:{identity.name}"
         self._threshold = blob_threshold
@@ -210,11 +231,11 @@ class Dp2Client:
 
     @classmethod
     def from_settings(cls, settings: Settings, identity_name: str, **kwargs: Any) -> Dp2Client:
-        pki = Pki(settings.home / "pki")
+        pki = Pki(settings.pki_dir)
         return cls(
-            bootstrap=settings.kafka_bootstrap,
+            kafka=settings.kafka_as(identity_name),
             identity=pki.identity(identity_name),
-            trust=TrustStore(settings.home / "pki"),
+            trust=TrustStore(settings.pki_dir),
             pseudonyms=Pseudonymizer(pseudonym_key(settings.home)),
             blob_store=FileBlobStore(settings.home / "blobs"),
             **kwargs,
@@ -230,7 +251,7 @@ class Dp2Client:
     async def start(self) -> None:
         if self._producer is not None:
             return
-        self._producer = new_producer(self._bootstrap)
+        self._producer = new_producer(self._kafka)
         await self._producer.start()
         if self._owns_contacts:
             await self._contacts.start()
@@ -276,6 +297,7 @@ class Dp2Client:
 
     async def submit(self, raw: bytes, message_uuid: str, key: str) -> Receipt:
         """Publish already encoded bytes (``send`` does this; tests use it for bad input)."""
+        message_uuid = canonical_uuid(message_uuid)
         producer = self._require_producer()
         traceparent = context.new_traceparent()
         headers = [
@@ -285,7 +307,10 @@ class Dp2Client:
         ]
         # Both records go out in the same batch; awaiting each in turn would
         # make every send two broker round trips.
-        delivery = await producer.send(SUBMITTED_TOPIC, raw, key=key.encode(), headers=headers)
+        try:
+            delivery = await producer.send(SUBMITTED_TOPIC, raw, key=key.encode(), headers=headers)
+        except AUTHORIZATION_ERRORS as exc:  # nothing was sent: not even SUBMITTED
+            raise refusal(exc, self._kafka, f"writing to {SUBMITTED_TOPIC}") from exc
         submitted = lifecycle_output(message_uuid, LifecycleState.SUBMITTED, self.actor)
         event_delivery = await producer.send(
             submitted.topic,
@@ -334,9 +359,7 @@ class Dp2Client:
     # --- following -------------------------------------------------------------
     async def _start_following(self) -> None:
         """Read dp2.lifecycle from its current end: the events of what we send next."""
-        follower = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap, group_id=None, enable_auto_commit=False
-        )
+        follower = new_consumer(self._kafka, group_id=None, enable_auto_commit=False)
         await follower.start()
         await read_from_start(follower, [LIFECYCLE_TOPIC], to_end=True)
         self._follower = follower
@@ -359,12 +382,13 @@ class Dp2Client:
 
     def events(self, message_uuid: str) -> list[LifecycleEvent]:
         """Lifecycle events seen so far for a message, in arrival order."""
-        return list(self._events.get(message_uuid, []))
+        return list(self._events.get(canonical_uuid(message_uuid), []))
 
     async def wait_for(
         self, message_uuid: str, states: Iterable[str | LifecycleState], timeout: float = 30.0
     ) -> LifecycleEvent:
         """The first event of ``message_uuid`` in one of ``states`` (raises on timeout)."""
+        message_uuid = canonical_uuid(message_uuid)
         wanted = {LifecycleState(s) for s in states}
 
         def found() -> LifecycleEvent | None:

@@ -1,103 +1,89 @@
-"""MeMo 1.1/1.2 XML to DP2's Envelope and back, with every problem reported at once.
+"""MeMo 1.1/1.2 XML to DP2's Envelope and back, exactly as the official XSDs, every problem at once.
 
 Why: MeMo is the XML that Danish case systems (ESDH) already send to Digital Post. DP2
 accepts and emits it so that moving to DP2 does not make an authority rebuild its
 integration; and since ESDH integrators fix what an error tells them and resend, every
 violation is collected in one pass and each says where, what and how to fix it.
 
-Pure code over bytes and models, no I/O; stdlib XML only. The element table comes from
-the model dataclasses (`schemas.memo_rules.slots`): complex elements are named
-like the model class (MessageHeader, AttentionData, CPRdata, File), simple elements like
-the field (senderID, label), in field order. Children are matched by local name, so
-MeMo's imported vocabularies (grd, dt, kle, form, dmv, gln, udd, sor) may use their own
-namespaces; only the root must be `{https://DigitalPost.dk/MeMo-1}Message`. Input
-element order is not checked; output is in MeMo's order, every element with the `memo`
-prefix, timestamps in UTC with Z, file content as base64. DP2-only fields (encryption,
-sealedPersonalData, signature, labelIsSensitive, File.nonce) are not MeMo: `parse` leaves
-them at their defaults, `to_xml` omits them and refuses still-encrypted files.
+Pure code over bytes and models, no I/O; stdlib XML only. The XSDs' element names,
+namespaces, order and counts come from `schemas.memo_structure`; which model field is
+which element from `schemas.memo_rules.slots`. Reading first checks the tree against the
+XSD of its memoVersion, then builds the model by local name, so a message with a
+misplaced element still yields a model and its business rules are reported too. Writing
+follows the XSD's order, each element in its namespace (memo, grd, kle, form, dmv, gln,
+udd, sor, with those prefixes), timestamps in UTC with Z, file content as base64, and
+checks the result against the table before returning it: what DP2 writes is valid MeMo.
+DP2-only fields (encryption, sealedPersonalData, signature, labelIsSensitive, File.nonce)
+are not MeMo: `parse` leaves them at their defaults, `to_xml` omits them and refuses
+still-encrypted files.
 
-    parse(xml) -> Envelope                structural problems -> MemoError
-    validate(envelope, now=) -> [Violation]   business rules on the model
+    parse(xml) -> Envelope                XSD problems -> MemoError
+    validate(envelope, now=) -> [Violation]   XSD and business rules on the model
     parse_and_validate(xml, now=)         both; MemoError lists every violation
-    to_xml(envelope) -> bytes             plaintext envelopes only (MEMO_NOT_PLAIN)
+    to_xml(envelope) -> bytes             XSD-valid MeMo, else MemoError (MEMO_NOT_PLAIN ...)
+    check(xml) -> [Violation]             the XSD problems of any MeMo XML
     equivalent(a, b) -> bool              the round-trip contract, see below
 
-Round trip: for XML that `parse` accepts and whose elements are in MeMo's order,
-`equivalent(xml, to_xml(parse(xml)))` holds, and `parse(to_xml(e)) == e` for every
-plaintext Envelope of MeMo values.
+Round trip: for XML that `parse` accepts, `equivalent(xml, to_xml(parse(xml)))` holds
+(an empty element where MeMo allows none, such as <personID/>, reads as absent), and
+`parse(to_xml(e)) == e` for every plaintext Envelope that `to_xml` accepts.
 
-| code | checked in | what was wrong |
+| code | found by | what was wrong |
 |---|---|---|
 | MEMO_MALFORMED_XML | parse | not well-formed XML (message gives line and column) |
 | MEMO_DOCTYPE_FORBIDDEN | parse | a DOCTYPE or entity declaration (refused before any tree) |
-| MEMO_WRONG_ROOT | parse | the root is not Message in the MeMo namespace |
-| MEMO_UNSUPPORTED_VERSION | parse, validate | memoVersion is not 1.1 or 1.2 |
-| MEMO_MISSING_ELEMENT | parse | a required element (or @memoVersion) is absent |
-| MEMO_UNKNOWN_ELEMENT | parse | an element MeMo has not got at that place |
-| MEMO_TOO_MANY | parse, validate | a one-only element repeated; a list over its maximum |
-| MEMO_INVALID_VALUE | parse, validate | a bad enum, number, date or base64; a non-XML char |
-| MEMO_TIME_NOT_UTC | parse | a timestamp not ending in Z (needs the raw text) |
-| MEMO_ACTION_ON_TECHNICAL_DOCUMENT | parse | an Action in a TechnicalDocument |
-| MEMO_NOT_IN_VERSION | validate | a 1.2 element in 1.1, or memoSchVersion in 1.2 |
-| MEMO_TEXT_TOO_LONG | validate | a text over 256 characters |
-| MEMO_COMMENT_TOO_LONG, MEMO_NOTIFICATION_TOO_LONG | validate | over 512 / 160 |
-| MEMO_LANGUAGE_INVALID | validate | language is not a two-letter code |
-| MEMO_UUID_NOT_V4 | validate | message, reply, forward or reservation UUID not version 4 |
+| MEMO_WRONG_ROOT ... MEMO_UUID_NOT_V4 | check | the XSD codes listed in schemas.memo_structure |
+| MEMO_INVALID_ID_TYPE | parse, validate | an idType that is not CPR or CVR |
+| MEMO_INVALID_ACTION_CODE | parse, validate | an actionCode that NgDP does not know |
 | MEMO_INVALID_CPR, MEMO_INVALID_CVR | validate | not 10 / 8 digits (by idType; CPRdata, CVRdata) |
 | MEMO_ENTRYPOINT_NOT_HTTPS | validate | an EntryPoint url that is not absolute https |
 | MEMO_INVALID_FILENAME | validate | < > : " / \\ ? * or the bar, CR/LF, control or odd spaces |
 | MEMO_NEMSMS_HAS_BODY, MEMO_NEMSMS_NOTIFICATION_MISSING | validate | NemSMS shape |
-| MEMO_BODY_MISSING, MEMO_NO_FILE | validate | DIGITALPOST without body; document without File |
-| MEMO_ACTION_TARGET | validate | an Action without exactly one of Reservation, EntryPoint |
+| MEMO_BODY_MISSING | validate | DIGITALPOST without body |
+| MEMO_ACTION_TARGET | check, validate | an Action with both (XSD) or neither (NgDP) target |
 | MEMO_TOO_MANY_ATTACHMENTS | validate | more than 10 AdditionalDocuments |
 | MEMO_RESERVATION_TIMES | validate | a Reservation ending before it starts |
 | MEMO_DELIVERY_DATE_PAST, MEMO_DELIVERY_DATE_TOO_FAR | validate | before today; > 366 days |
 | MEMO_REPLY_BY_PAST | validate | replyByDateTime before `now` (whether or not reply is set) |
 | MEMO_NOT_PLAIN | to_xml (Dp2Error) | a file still encrypted or in the blob store |
-| MEMO_INVALID_VALUE | to_xml (Dp2Error) | a character XML cannot carry (e.g. NUL) |
 
-`validate` holds whatever can be seen on the model, so an Envelope built in code meets
-the same rules; `parse` holds only what the model cannot show. `parse_and_validate` runs
-the business rules too when the structural problems still left a faithful model (a
-non-UTC time, an unknown or repeated element), so one answer lists everything.
-
-Why one module over 500 lines: reading and writing MeMo are mirror images over the
-same slots, and are checked against each other line by line.
+`validate` writes the model as a tree and checks it like parsed XML, so an Envelope built
+in code meets exactly the rules a case system's XML meets, with the same paths.
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
-import functools
-import re
 import xml.etree.ElementTree as ET
 from collections import Counter
-from collections.abc import Sequence
-from datetime import UTC, date, datetime, timedelta
+from collections.abc import Callable, Sequence
+from datetime import UTC, date, datetime
 from enum import Enum
 from typing import Any, NoReturn
 from xml.parsers import expat
 
+from schemas import memo_structure as xsd
 from schemas.errors import Dp2Error
 from schemas.memo_rules import (
-    NOT_XML,
-    SUPPORTED_VERSIONS,
+    ABSENT,
+    ENUM_CODES,
     Slot,
     Violation,
+    business_rules,
     enum_values,
     join,
     slots,
-    validate,
     violation,
 )
-from schemas.models import Envelope, File, InlineContent, TechnicalDocument
+from schemas.models import BlobContent, Envelope, File, InlineContent
 
 __all__ = [
     "NS",
     "SUPPORTED_VERSIONS",
     "MemoError",
     "Violation",
+    "check",
     "equivalent",
     "parse",
     "parse_and_validate",
@@ -105,12 +91,8 @@ __all__ = [
     "validate",
 ]
 
-NS = "https://DigitalPost.dk/MeMo-1"
-_ROOT = f"{{{NS}}}Message"
-_DATETIME = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(Z|[+-]\d{2}:\d{2})?", re.ASCII
-)
-_BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
+NS = xsd.NAMESPACES["memo"]
+SUPPORTED_VERSIONS = xsd.VERSIONS
 
 
 class MemoError(Dp2Error):
@@ -136,35 +118,50 @@ class MemoError(Dp2Error):
 
 
 def parse(xml: bytes) -> Envelope:
-    """The Envelope in MeMo `xml`; MemoError lists every structural problem."""
-    reader = _Reader()
-    envelope = reader.envelope(_read_tree(xml))
-    if envelope is None or reader.violations:
-        raise MemoError(reader.violations)
-    return envelope
-
-
-def parse_and_validate(xml: bytes, *, now: datetime) -> Envelope:
-    """The Envelope in `xml` if it breaks no MeMo rule at `now`; else MemoError with all."""
-    reader = _Reader()
-    envelope = reader.envelope(_read_tree(xml))
-    found = list(reader.violations)
-    if envelope is not None:
-        found.extend(validate(envelope, now=now))
+    """The Envelope in MeMo `xml`; MemoError lists every way it departs from the XSD."""
+    envelope, found = _read(xml)
     if envelope is None or found:
         raise MemoError(found)
     return envelope
 
 
+def parse_and_validate(xml: bytes, *, now: datetime) -> Envelope:
+    """The Envelope in `xml` if it breaks no MeMo rule at `now`; else MemoError with all."""
+    envelope, found = _read(xml)
+    if envelope is not None:
+        found.extend(business_rules(envelope, now=now))
+    if envelope is None or found:
+        raise MemoError(found)
+    return envelope
+
+
+def validate(envelope: Envelope, *, now: datetime) -> list[Violation]:
+    """Every MeMo rule, of the XSDs and of NgDP, that `envelope` breaks (empty when none)."""
+    return xsd.check(_tree(envelope, plain=False)) + business_rules(envelope, now=now)
+
+
+def check(xml: bytes) -> list[Violation]:
+    """Every way MeMo `xml` departs from the official XSD of its memoVersion (empty if none)."""
+    return xsd.check(_read_tree(xml))
+
+
 def to_xml(envelope: Envelope) -> bytes:
-    """MeMo XML (UTF-8) of a plaintext envelope; Dp2Error MEMO_NOT_PLAIN if still encrypted."""
-    root = ET.Element("memo:Message", {"xmlns:memo": NS})
-    root.set("memoVersion", _checked_text(envelope.memoVersion, "Message/@memoVersion"))
-    if envelope.memoSchVersion is not None:
-        root.set(
-            "memoSchVersion", _checked_text(envelope.memoSchVersion, "Message/@memoSchVersion")
-        )
-    _write(root, envelope, "")
+    """MeMo XML (UTF-8) of a plaintext envelope; MemoError if the XSDs would refuse it."""
+    root = _tree(envelope, plain=True)
+    found = xsd.check(root)
+    if found:
+        raise MemoError(found)
+    used = set()
+    for elem in root.iter():
+        uri = xsd.namespace(elem.tag) or NS
+        used.add(uri)
+        elem.tag = f"{xsd.PREFIXES[uri]}:{xsd.local(elem.tag)}"
+    attributes = dict(root.attrib)
+    root.attrib.clear()
+    for prefix, uri in xsd.NAMESPACES.items():
+        if uri in used:
+            root.set(f"xmlns:{prefix}", uri)
+    root.attrib.update(attributes)
     ET.indent(root)
     # ET writes CR as is and a parser would read it as LF; a character reference keeps it.
     text = ET.tostring(root, encoding="unicode").replace("\r", "&#13;")
@@ -174,10 +171,10 @@ def to_xml(envelope: Envelope) -> bytes:
 def equivalent(a: bytes, b: bytes) -> bool:
     """Whether two MeMo documents carry the same elements, in order, with the same values.
 
-    Compared by local name, ignoring namespaces, prefixes and namespaced attributes;
+    Compared by namespace and local name, ignoring prefixes and namespaced attributes;
     text is whitespace-trimmed, timestamps compare as instants, booleans as values
-    (1 = true), base64 content decoded, and an element at MeMo's default (reply=false)
-    counts as absent. Raises MemoError if either is not well-formed.
+    (1 = true), UUIDs in any case, base64 content decoded, and a boolean at the XSD's
+    default (false) counts as absent. Raises MemoError if either is not well-formed.
     """
     return _normalised(_read_tree(a)) == _normalised(_read_tree(b))
 
@@ -196,10 +193,6 @@ def _refuse(*_: object) -> NoReturn:
 def _qualified(name: str) -> str:
     uri, _, local = name.rpartition(" ")
     return f"{{{uri}}}{local}" if uri else local
-
-
-def _local(tag: str) -> str:
-    return tag.rpartition("}")[2]
 
 
 def _read_tree(xml: bytes) -> ET.Element:
@@ -226,88 +219,61 @@ def _read_tree(xml: bytes) -> ET.Element:
     return builder.close()
 
 
-class _Reader:
-    """One pass over a tree: builds the Envelope and collects every violation on the way.
+def _read(xml: bytes) -> tuple[Envelope | None, list[Violation]]:
+    """The model of `xml` (None if its problems leave none) and every XSD problem found."""
+    root = _read_tree(xml)
+    found = xsd.check(root)
+    if root.tag != xsd.MESSAGE:
+        return None, found
+    version = xsd.version_of(root.get("memoVersion") or "")
+    reader = _Reader(version or xsd.LATEST)
+    given = {
+        "memoVersion": version or (root.get("memoVersion") or "").strip(),
+        "memoSchVersion": root.get("memoSchVersion"),
+    }
+    envelope = reader.record(Envelope, root, xsd.MESSAGE, "", given)
+    found.extend(reader.violations)
+    if envelope is None and not found:  # the check explains every failure; never silent
+        found.append(violation("MEMO_INVALID_VALUE", "Message", "DP2 could not read the message"))
+    return envelope if isinstance(envelope, Envelope) else None, found
 
-    `fail` records a problem that leaves no faithful model (the Envelope is then None but
-    the walk goes on to find more); `note` one after which the model is still faithful,
-    so business rules can run on it too.
+
+class _Reader:
+    """Builds the model from a checked tree, by local name; the check reported the problems.
+
+    A value the model cannot hold (a bad date, a missing required element) leaves its
+    record None; an enumeration NgDP narrows (idType, actionCode) is reported here.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, version: str) -> None:
+        self.version = version
         self.violations: list[Violation] = []
-        self.complete = True
-
-    def fail(self, code: str, path: str, message: str, hint: str | None = None) -> None:
-        self.violations.append(violation(code, path, message, hint))
-        self.complete = False
-
-    def note(self, code: str, path: str, message: str, hint: str | None = None) -> None:
-        self.violations.append(violation(code, path, message, hint))
-
-    def envelope(self, root: ET.Element) -> Envelope | None:
-        if root.tag != _ROOT:
-            uri = root.tag[1:].partition("}")[0] if root.tag.startswith("{") else "no namespace"
-            self.fail(
-                "MEMO_WRONG_ROOT",
-                "Message",
-                f"the root element is {_local(root.tag)} in {uri}; MeMo's is Message in {NS}",
-            )
-            return None
-        version = (root.get("memoVersion") or "").strip()
-        if "memoVersion" not in root.attrib:
-            self.fail("MEMO_MISSING_ELEMENT", "Message/@memoVersion", "Message has no memoVersion")
-        elif version not in SUPPORTED_VERSIONS:
-            shown = f" {version}" if re.fullmatch(r"[0-9.]{1,10}", version) else ""
-            self.fail(
-                "MEMO_UNSUPPORTED_VERSION",
-                "Message/@memoVersion",
-                f"memoVersion{shown} is not one DP2 supports (1.1, 1.2)",
-            )
-        sch_version = root.get("memoSchVersion")
-        given = {
-            "memoVersion": version,
-            "memoSchVersion": sch_version.strip() if sch_version is not None else None,
-        }
-        result = self.record(Envelope, root, "", given)
-        return result if self.complete and isinstance(result, Envelope) else None
 
     def record(
-        self, cls: type[Any], elem: ET.Element, path: str, given: dict[str, Any] | None = None
+        self,
+        cls: type[Any],
+        elem: ET.Element,
+        tag: str,
+        path: str,
+        given: dict[str, Any] | None = None,
     ) -> object | None:
-        """The model `cls` read from `elem`, or None if a problem inside leaves none."""
+        """The model `cls` read from `elem` (standing for `tag`), None if it cannot be built."""
         by_element = {slot.element: slot for slot in slots(cls)}
         values: dict[str, Any] = dict(given or {})
         seen: Counter[str] = Counter()
         failed = False
-        if (elem.text or "").strip() or any((c.tail or "").strip() for c in elem):
-            self.note(
-                "MEMO_INVALID_VALUE",
-                path or "Message",
-                "text where only child elements belong",
-                "Put text only inside simple elements such as label.",
-            )
         for child in elem:
-            local = _local(child.tag)
-            seen[local] += 1
-            slot = by_element.get(local)
-            repeated = seen[local] if seen[local] > 1 else None
-            if slot is None:
-                self._unexpected(cls, local, path, seen[local])
-                continue
-            if not slot.many and repeated:
-                self.note(
-                    "MEMO_TOO_MANY",
-                    join(path, local, repeated),
-                    f"{local} appears more than once; MeMo allows one",
-                    f"Keep one {local} here.",
-                )
-                continue
-            where = join(path, local, seen[local] if slot.many else None)
+            name = xsd.local(child.tag)
+            slot = by_element.get(name)
+            seen[name] += 1
+            if slot is None or (not slot.many and seen[name] > 1):
+                continue  # unknown, or a repeat: the check reported it
+            where = join(path, name, seen[name] if slot.many else None)
+            place = _child_tag(self.version, tag, name)
             if slot.is_record:
-                value = self.record(slot.kind, child, where)
+                value = self.record(slot.kind, child, place, where)
             else:
-                value = self.scalar(slot, child, where)
+                value = self.leaf(slot, child, place, where)
             if value is None:
                 failed = True
             elif slot.many:
@@ -315,130 +281,101 @@ class _Reader:
             else:
                 values[slot.field] = value
         for slot in slots(cls):
-            if slot.required and slot.element not in seen:
-                parent = path.rpartition("/")[2] or "Message"
-                self.fail(
-                    "MEMO_MISSING_ELEMENT",
-                    join(path, slot.element),
-                    f"{parent} has no {slot.element}",
-                )
-                failed = True
+            if slot.required and slot.field not in values:
+                spot = xsd.particle(self.version, tag, _child_tag(self.version, tag, slot.element))
+                if slot.kind in ABSENT and spot is not None and spot.min == 0:
+                    values[slot.field] = ABSENT[slot.kind]
+                else:
+                    failed = True
         return None if failed else cls(**values)
 
-    def _unexpected(self, cls: type[Any], local: str, path: str, count: int) -> None:
-        if cls is TechnicalDocument and local == "Action":
-            self.note(
-                "MEMO_ACTION_ON_TECHNICAL_DOCUMENT",
-                join(path, local, count),
-                "a TechnicalDocument has an Action",
-            )
-        else:
-            where = join(path, local, count if count > 1 else None)
-            parent = "Message" if cls is Envelope else cls.__name__
-            self.note("MEMO_UNKNOWN_ELEMENT", where, f"{parent} has no element {local}")
-
-    def scalar(self, slot: Slot, elem: ET.Element, where: str) -> object | None:
-        """The value of simple element `elem`, or None after recording why it has none."""
-        for child in elem:
-            self.note(
-                "MEMO_UNKNOWN_ELEMENT",
-                join(where, _local(child.tag)),
-                f"{slot.element} holds text, not elements",
-            )
-        text = elem.text or ""
+    def leaf(self, slot: Slot, elem: ET.Element, tag: str, where: str) -> object | None:
+        """The value of simple element `elem`, or None if the model cannot hold it."""
+        text = elem.text or xsd.DEFAULTS.get(tag, "")
+        kind = xsd.leaf_type(tag)
         if slot.kind is str:
-            return text
-        try:
-            if slot.kind is datetime:
-                value, zone = _read_datetime(text.strip())
-                if zone != "Z":
-                    offset = f"the offset {zone}" if zone else "no time zone"
-                    self.note("MEMO_TIME_NOT_UTC", where, f"{slot.element} has {offset}, not Z")
-                return value
-            return _read_value(slot.kind, text.strip())
-        except (ValueError, OverflowError):
-            what, hint = _describe(slot.kind)
-            self.fail("MEMO_INVALID_VALUE", where, f"{slot.element} is not {what}", hint)
-            return None
+            return xsd.collapse(text) if kind in xsd.COLLAPSED else text
+        read = _LEAF_READERS.get(slot.kind)
+        if read is not None:
+            try:
+                return read(text)
+            except (ValueError, OverflowError):
+                return None
+        if not issubclass(slot.kind, Enum):
+            raise TypeError(f"no MeMo reader for {slot.kind!r}")
+        raw = text if kind == "messageType" else text.strip()
+        if raw in enum_values(slot.kind):
+            return slot.kind(raw)
+        code = ENUM_CODES.get(slot.kind)
+        if code is not None:  # the XSD allows any text here; NgDP does not
+            allowed = ", ".join(enum_values(slot.kind))
+            self.violations.append(violation(code, where, f"{slot.element} is none of {allowed}"))
+        return None
 
 
-def _read_value(kind: type[Any], raw: str) -> object:
-    if kind is bool:
-        return _BOOLEANS[raw] if raw in _BOOLEANS else _invalid()
-    if issubclass(kind, Enum):
-        return kind(raw) if raw in enum_values(kind) else _invalid()
-    if kind is date:
-        return (
-            date.fromisoformat(raw)
-            if re.fullmatch(r"\d{4}-\d{2}-\d{2}", raw, re.ASCII)
-            else _invalid()
-        )
-    if kind is int:
-        return int(raw) if re.fullmatch(r"[+-]?\d+", raw, re.ASCII) else _invalid()
-    if kind is bytes:
-        return InlineContent(data=base64.b64decode("".join(raw.split()), validate=True))
-    raise TypeError(f"no MeMo reader for {kind!r}")
+_LEAF_READERS: dict[type[Any], Callable[[str], object]] = {
+    bool: xsd.read_boolean,
+    datetime: lambda text: xsd.read_datetime(text)[0],
+    date: xsd.read_date,
+    bytes: lambda text: InlineContent(data=xsd.read_base64(text)),
+}
 
 
-def _invalid() -> NoReturn:
-    raise ValueError
-
-
-def _read_datetime(raw: str) -> tuple[datetime, str | None]:
-    """An xs:dateTime as an aware UTC datetime, with its zone as written (None if none)."""
-    match = _DATETIME.fullmatch(raw)
-    if match is None:
-        raise ValueError(raw)
-    year, month, day, hour, minute, second, fraction, zone = match.groups()
-    micro = int((fraction or "0")[:6].ljust(6, "0"))
-    value = datetime(
-        int(year), int(month), int(day), int(hour), int(minute), int(second), micro, tzinfo=UTC
-    )
-    if zone and zone != "Z":
-        sign = 1 if zone[0] == "+" else -1
-        value -= sign * timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
-    return value, zone
-
-
-def _describe(kind: type[Any]) -> tuple[str, str]:
-    """What a value of `kind` should be, and the hint that says how to write one."""
-    if kind is datetime:
-        return "a timestamp", "Write a UTC timestamp such as 2026-11-27T10:00:00Z."
-    if kind is date:
-        return "a date", "Write the date as YYYY-MM-DD, e.g. 2027-01-04."
-    if kind is bool:
-        return "a boolean", "Write true or false."
-    if kind is int:
-        return "a whole number", "Write a whole number in digits."
-    if kind is bytes:
-        return "valid base64", "Encode the file's bytes as standard base64 (RFC 4648)."
-    allowed = ", ".join(enum_values(kind))
-    return f"one of {allowed}", f"Write exactly one of {allowed} (upper case)."
+def _child_tag(version: str, parent: str, name: str) -> str:
+    """The qualified tag the XSD gives child `name` of `parent` (memo if it gives none)."""
+    for place in xsd.children(version, parent) or xsd.children(xsd.LATEST, parent) or ():
+        for tag in place.names:
+            if xsd.local(tag) == name:
+                return tag
+    return xsd.qualified(name)
 
 
 # --- writing ---------------------------------------------------------------------------
 
 
-def _write(parent: ET.Element, record: object, path: str) -> None:
-    if isinstance(record, File) and (
-        record.nonce is not None or not isinstance(record.content, InlineContent)
-    ):
+def _tree(envelope: Envelope, *, plain: bool) -> ET.Element:
+    """The MeMo tree of `envelope` in the XSD's order; `plain` refuses encrypted files."""
+    root = ET.Element(xsd.MESSAGE, {"memoVersion": envelope.memoVersion})
+    if envelope.memoSchVersion is not None:
+        root.set("memoSchVersion", envelope.memoSchVersion)
+    _write(root, envelope, xsd.MESSAGE, "", plain)
+    return root
+
+
+def _write(parent: ET.Element, record: object, tag: str, path: str, plain: bool) -> None:
+    if plain and isinstance(record, File) and not _is_plain(record):
         raise Dp2Error(
             f"{path} is encrypted or in the blob store; only plaintext maps to MeMo",
             reason_code="MEMO_NOT_PLAIN",
             hint="Decrypt the envelope and inline its files before converting it to MeMo XML.",
         )
-    for slot in slots(type(record)):
-        value = getattr(record, slot.field)
-        if value is None or (slot.default is not dataclasses.MISSING and value == slot.default):
-            continue
-        for index, item in enumerate(value if slot.many else [value], 1):
-            where = join(path, slot.element, index if slot.many else None)
-            child = ET.SubElement(parent, f"memo:{slot.element}")
-            if slot.is_record:
-                _write(child, item, where)
-            else:
-                child.text = _checked_text(_format(slot.kind, item), where)
+    by_element = {slot.element: slot for slot in slots(type(record))}
+    # The latest version's sequences hold every element in order; the check then says
+    # which of them the envelope's own version has not got.
+    for place in xsd.children(xsd.LATEST, tag) or ():
+        for name in place.names:
+            slot = by_element[xsd.local(name)]
+            items = _items(slot, getattr(record, slot.field), place)
+            for index, item in enumerate(items, 1):
+                child = ET.SubElement(parent, name)
+                where = join(path, slot.element, index if slot.many else None)
+                if slot.is_record:
+                    _write(child, item, name, where, plain)
+                else:
+                    child.text = _format(slot.kind, item)
+
+
+def _items(slot: Slot, value: Any, place: xsd.Particle) -> list[Any]:
+    """The values to write for one slot: none for None, a default or an absent marker."""
+    if value is None or (slot.default is not dataclasses.MISSING and value == slot.default):
+        return []
+    if slot.required and place.min == 0 and slot.kind in ABSENT and value == ABSENT[slot.kind]:
+        return []
+    return list(value) if slot.many else [value]
+
+
+def _is_plain(file: File) -> bool:
+    return file.nonce is None and isinstance(file.content, InlineContent)
 
 
 def _format(kind: type[Any], value: Any) -> str:
@@ -452,73 +389,39 @@ def _format(kind: type[Any], value: Any) -> str:
         return utc.isoformat(timespec="microseconds" if utc.microsecond else "seconds") + "Z"
     if kind is date:
         return str(value.isoformat())
-    if kind is bytes:
-        return base64.b64encode(value.data).decode("ascii")
+    if kind is bytes:  # a blob reference (only while validating) is checked as empty
+        return "" if isinstance(value, BlobContent) else base64.b64encode(value.data).decode()
     return str(value)
-
-
-def _checked_text(text: str, where: str) -> str:
-    bad = NOT_XML.search(text)
-    if bad is not None:
-        raise Dp2Error(
-            f"{where} holds U+{ord(bad.group()):04X}, which XML cannot carry",
-            reason_code="MEMO_INVALID_VALUE",
-            hint="Remove control characters other than tab and line breaks from the text.",
-        )
-    return text
 
 
 # --- comparing -------------------------------------------------------------------------
 
 
-@functools.cache
-def _leaf_kinds() -> tuple[dict[str, type[Any]], dict[str, Any]]:
-    """Value type of every simple element by local name, and the ones with a MeMo default."""
-    kinds: dict[str, type[Any]] = {}
-    defaults: dict[str, Any] = {}
-    todo, done = [Envelope], set()
-    while todo:
-        cls = todo.pop()
-        done.add(cls)
-        for slot in slots(cls):
-            if slot.is_record:
-                todo.extend([slot.kind] if slot.kind not in done else [])
-                continue
-            if kinds.setdefault(slot.element, slot.kind) is not slot.kind:
-                raise TypeError(f"MeMo element {slot.element} has two value types")
-            if slot.default not in (dataclasses.MISSING, None):
-                defaults[slot.element] = slot.default
-    return kinds, defaults
-
-
 def _normalised(elem: ET.Element) -> tuple[Any, ...]:
-    local = _local(elem.tag)
     attributes = sorted((k, v.strip()) for k, v in elem.attrib.items() if not k.startswith("{"))
-    defaults = _leaf_kinds()[1]
-    children = [
-        c
-        for c in elem
-        if not (
-            len(c) == 0
-            and _local(c.tag) in defaults
-            and _value(_local(c.tag), c.text) == defaults[_local(c.tag)]
-        )
-    ]
+    children = [c for c in elem if not _at_default(c)]
     if children:
-        return (local, attributes, tuple(_normalised(c) for c in children))
-    return (local, attributes, _value(local, elem.text))
+        return (elem.tag, attributes, tuple(_normalised(c) for c in children))
+    return (elem.tag, attributes, _value(elem))
 
 
-def _value(local: str, text: str | None) -> object:
-    raw = (text or "").strip()
-    kind = _leaf_kinds()[0].get(local, str)
+def _at_default(elem: ET.Element) -> bool:
+    default = xsd.DEFAULTS.get(elem.tag)
+    return default is not None and len(elem) == 0 and _value(elem) == _value(elem, default)
+
+
+def _value(elem: ET.Element, text: str | None = None) -> object:
+    raw = (text if text is not None else elem.text or xsd.DEFAULTS.get(elem.tag, "")).strip()
+    kind = xsd.leaf_type(elem.tag)
     try:
-        if kind is datetime:
-            return _read_datetime(raw)[0]
-        if kind is bool:
-            return _BOOLEANS.get(raw, raw)
-        if kind is bytes:
-            return base64.b64decode("".join(raw.split()), validate=True)
+        if kind == "dateTime":
+            return xsd.read_datetime(raw)[0]
+        if kind == "boolean":
+            return xsd.read_boolean(raw)
+        if kind == "base64Binary":
+            return xsd.read_base64(raw)
     except (ValueError, OverflowError):
         return raw
-    return raw
+    if kind == "uuid":  # the models hold message UUIDs in lower case
+        return raw.lower()
+    return xsd.collapse(raw) if kind in xsd.COLLAPSED else raw

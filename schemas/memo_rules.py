@@ -1,19 +1,19 @@
-"""What MeMo allows: the element table derived from the models, and the business rules.
+"""MeMo's rule book: the model fields as MeMo elements, the reason codes, the business rules.
 
-`schemas.memo` maps XML to the models and back; this module says which element
-each model field is, how often it may occur and from which MeMo version (`slots`), and
-checks what can be seen on a model alone (`validate`). Keeping those checks here, not in
-the XML reader, means an Envelope built in code (by the SDK, a form, a test) is held to
-the same rules as one parsed from a case system's XML.
+`schemas.memo` maps XML to the models and back and `schemas.memo_structure` holds XML to
+the official XSDs; this module says which element each model field is (`slots`), lists
+every reason code DP2 reports on MeMo with the hint that says how to fix it (`HINTS`),
+and checks the NgDP business rules that go beyond the XSDs on a model alone
+(`business_rules`): CPR/CVR digits, https links, file names, the NemSMS shape, the
+attachment limit, dates. Keeping those on the model, not in the XML reader, means an
+Envelope built in code (by the SDK, a form, a test) is held to the same rules as one
+parsed from a case system's XML.
 
-The table is generic: a field whose type is a model class is the element named like the
-class (`attentionData` <- AttentionData, `cprData` <- CPRdata, `kleData` <- KLEdata), any
-other field is the element named like the field (senderID, idType, label). The few
-exceptions are the explicit sets below: root attributes, DP2-only fields, File/content
-(base64), maximum occurrences and 1.2-only elements. Element order is field order.
-
-Why one module over 500 lines: it is MeMo's rule book — every element's slot and
-every business rule with its reason code — and reads as one table.
+The element table is generic: a field whose type is a model class is the element named
+like the class (`attentionData` <- AttentionData, `cprData` <- CPRdata), any other field
+is the element named like the field (senderID, idType, label). The exceptions are the
+explicit sets below: root attributes, DP2-only fields, File/content (base64) and the
+documents' identifiers, which the Avro schema calls documentID.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import re
 import types
 import typing
 import unicodedata
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -33,33 +32,30 @@ from urllib.parse import urlsplit
 
 from schemas.models import (
     Action,
+    ActionCode,
     AdditionalDocument,
-    ContactPoint,
-    ContentData,
     CPRdata,
     CVRdata,
     EntryPoint,
     Envelope,
     File,
-    ForwardData,
     IdType,
     MainDocument,
     MessageHeader,
     MessageType,
     Recipient,
-    ReplyData,
     Representative,
     Reservation,
     Sender,
     TechnicalDocument,
 )
 
-SUPPORTED_VERSIONS = ("1.1", "1.2")
 MAX_TEXT = 256
 MAX_COMMENT = 512
 MAX_NOTIFICATION = 160
 MAX_ATTACHMENTS = 10
 MAX_SCHEDULE_DAYS = 366
+_FILENAME_FORBIDDEN = frozenset('<>:"/\\|?*\r\n')
 
 ROOT_ATTRIBUTES = ("memoVersion", "memoSchVersion")
 DP2_ONLY = frozenset(
@@ -71,46 +67,64 @@ DP2_ONLY = frozenset(
         (File, "nonce"),
     }
 )
-MAX_OCCURS = {
-    (ContactPoint, "contactInfo"): 2,
-    (ContentData, "additionalContentData"): 10,
-    (ReplyData, "additionalReplyData"): 4,
+# The Avro schema names the documents' identifiers documentID; MeMo names each its own.
+ELEMENT_NAMES = {
+    (MainDocument, "documentID"): "mainDocumentID",
+    (AdditionalDocument, "documentID"): "additionalDocumentID",
+    (TechnicalDocument, "documentID"): "technicalDocumentID",
 }
-ONLY_FROM_1_2 = frozenset({(Sender, "representative"), (ForwardData, "originalRepresentative")})
-_UUID_FIELDS = frozenset({"messageUUID", "replyUUID", "reservationUUID"})
-_LIMITS = {"comment": MAX_COMMENT, "notification": MAX_NOTIFICATION}
-_UNLIMITED = frozenset({"url", "language", *_UUID_FIELDS})  # checked by their own rules
-_FILENAME_FORBIDDEN = frozenset('<>:"/\\|?*\r\n')
+# Fields the model requires but MeMo lets a sender leave out (e.g. AttentionPerson/personID,
+# Representative/idType) hold this value when the element is absent; it is not written.
+ABSENT: dict[type[Any], Any] = {str: "", IdType: IdType.UNKNOWN}
+# Enumerations that MeMo's XSD leaves free text but NgDP restricts, with the code for a
+# value outside them.
+ENUM_CODES: dict[type[Any], str] = {
+    IdType: "MEMO_INVALID_ID_TYPE",
+    ActionCode: "MEMO_INVALID_ACTION_CODE",
+}
 
 # Every code DP2 reports on MeMo, with the default hint; a rule may give a sharper one.
 HINTS: dict[str, str] = {
-    # structural, found by schemas.memo.parse
+    # the XML itself, found by schemas.memo while reading
     "MEMO_MALFORMED_XML": "Send well-formed XML: look at the line and column given "
     "(an unclosed or mismatched tag, or an unescaped & or <).",
     "MEMO_DOCTYPE_FORBIDDEN": "Remove the <!DOCTYPE ...> and any entity declarations; "
     "MeMo needs neither and DP2 refuses them.",
+    # the official XSDs, found by schemas.memo_structure.check
     "MEMO_WRONG_ROOT": 'Make the root element Message in the namespace "https://DigitalPost.dk/'
     'MeMo-1", e.g. <memo:Message xmlns:memo="https://DigitalPost.dk/MeMo-1" memoVersion="1.2">.',
     "MEMO_UNSUPPORTED_VERSION": 'Set memoVersion="1.2", or "1.1" with memoSchVersion="1.1.0".',
     "MEMO_MISSING_ELEMENT": "Add the element named in the path; MeMo requires it there.",
     "MEMO_UNKNOWN_ELEMENT": "Remove the element or correct its name; MeMo names are "
     "case-sensitive (e.g. senderID, CPRdata) and each belongs under one parent.",
+    "MEMO_UNKNOWN_ATTRIBUTE": "Remove the attribute; MeMo has attributes only on Message "
+    "(memoVersion, and memoSchVersion in 1.1).",
+    "MEMO_WRONG_NAMESPACE": "Write the element in the namespace MeMo's XSD declares it in; "
+    "the vocabularies keep their own (grd, kle, form, dmv, gln, udd, sor).",
+    "MEMO_WRONG_ORDER": "Put the elements in the order of MeMo's XSD; the hint of each "
+    "violation lists it.",
     "MEMO_TOO_MANY": "Remove the extra elements; the message says how many are allowed.",
     "MEMO_INVALID_VALUE": "Write the value in the form MeMo defines for the element.",
     "MEMO_TIME_NOT_UTC": "Write timestamps in UTC ending in Z, e.g. 2026-11-27T10:00:00Z "
     "(11:00+01:00 becomes 10:00Z).",
     "MEMO_ACTION_ON_TECHNICAL_DOCUMENT": "Move the Action to the MainDocument or an "
     "AdditionalDocument; a TechnicalDocument cannot carry actions.",
-    # found by validate, on the model
     "MEMO_NOT_IN_VERSION": 'Set memoVersion="1.2" to use Representative and '
     "originalRepresentative (1.2 has no memoSchVersion), or remove them.",
     "MEMO_TEXT_TOO_LONG": f"Shorten the text to {MAX_TEXT} characters or fewer.",
     "MEMO_COMMENT_TOO_LONG": f"Shorten the comment to {MAX_COMMENT} characters or fewer.",
     "MEMO_NOTIFICATION_TOO_LONG": f"Shorten the notification to {MAX_NOTIFICATION} "
     "characters (one SMS) and put the rest in the letter.",
-    "MEMO_LANGUAGE_INVALID": "Write the language as a two-letter ISO 639-1 code, e.g. da or en.",
+    "MEMO_LANGUAGE_INVALID": "Write the language as an ISO 639-1 code of two letters, "
+    "e.g. da or en.",
     "MEMO_UUID_NOT_V4": "Generate the UUID with a version-4 generator (e.g. Python's "
     "uuid.uuid4()), written like 5b1c4a0e-8f2d-4c1e-9a3b-2d7e6f8a9b0c.",
+    "MEMO_NO_FILE": "Add at least one File (encodingFormat, filename, language, content) to "
+    "the document.",
+    # NgDP's business rules, found by business_rules (and the reader, for enumerations)
+    "MEMO_INVALID_ID_TYPE": "Write idType as CPR (a person) or CVR (a business or authority).",
+    "MEMO_INVALID_ACTION_CODE": "Write actionCode as one of "
+    f"{', '.join(m.value for m in ActionCode if m is not ActionCode.UNKNOWN)}.",
     "MEMO_INVALID_CPR": "Write the CPR number as 10 digits without a hyphen, keeping "
     "leading zeros, e.g. 0101011234.",
     "MEMO_INVALID_CVR": "Write the CVR number as 8 digits, keeping leading zeros, e.g. 01234567.",
@@ -124,7 +138,6 @@ HINTS: dict[str, str] = {
     "characters) in MessageHeader/notification.",
     "MEMO_BODY_MISSING": "Add a MessageBody with a MainDocument holding at least one File, "
     "or send a text-only message as NEMSMS.",
-    "MEMO_NO_FILE": "Add at least one File (encodingFormat, filename, content) to the document.",
     "MEMO_ACTION_TARGET": "Give the Action exactly one of Reservation (an appointment) and "
     "EntryPoint (a link).",
     "MEMO_DELIVERY_DATE_PAST": "Set doNotDeliverUntilDate to today or later, or leave it "
@@ -159,16 +172,14 @@ def violation(code: str, path: str, message: str, hint: str | None = None) -> Vi
 
 @dataclass(frozen=True, slots=True)
 class Slot:
-    """One model field as MeMo XML: its element, its value type and how often it occurs."""
+    """One model field as a MeMo element: its local name, its value type, whether a list."""
 
     field: str
     element: str
-    kind: type[Any]  # a model class, an Enum, str, bool, int, date, datetime, or bytes (base64)
+    kind: type[Any]  # a model class, an Enum, str, bool, date, datetime, or bytes (base64)
     many: bool
-    required: bool
-    max_occurs: int | None  # for lists; None is unbounded
-    default: Any  # the value that is not written (MeMo's default), or MISSING
-    since: str
+    required: bool  # by the model (MeMo's XSD may still let the element out, see ABSENT)
+    default: Any  # the value that is not written (the model's default), or MISSING
 
     @property
     def is_record(self) -> bool:
@@ -176,7 +187,7 @@ class Slot:
 
 
 def slots(cls: type[Any]) -> tuple[Slot, ...]:
-    """The MeMo elements of model class `cls`, in MeMo's order (the dataclass field order)."""
+    """The MeMo elements of model class `cls`, in field order."""
     cached = _SLOTS.get(cls)
     if cached is None:
         cached = _SLOTS[cls] = _slots(cls)
@@ -205,17 +216,16 @@ def _slots(cls: type[Any]) -> tuple[Slot, ...]:
             hint = bytes  # MeMo carries the plaintext bytes as base64
         if not isinstance(hint, type):
             raise TypeError(f"no MeMo mapping for {cls.__name__}.{f.name}")
-        no_default = f.default is dataclasses.MISSING
+        element = hint.__name__ if dataclasses.is_dataclass(hint) else f.name
         result.append(
             Slot(
                 field=f.name,
-                element=hint.__name__ if dataclasses.is_dataclass(hint) else f.name,
+                element=ELEMENT_NAMES.get((cls, f.name), element),
                 kind=hint,
                 many=many,
-                required=no_default and f.default_factory is dataclasses.MISSING,
-                max_occurs=MAX_OCCURS.get((cls, f.name)),
+                required=f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING,
                 default=f.default,
-                since="1.2" if (cls, f.name) in ONLY_FROM_1_2 else "1.1",
             )
         )
     return tuple(result)
@@ -241,33 +251,11 @@ def walk(record: object, path: str = "") -> Iterator[tuple[str, object]]:
             yield from walk(value, join(path, slot.element))
 
 
-def validate(envelope: Envelope, *, now: datetime) -> list[Violation]:
-    """Every MeMo business rule that `envelope` breaks (empty when it is fine)."""
+def business_rules(envelope: Envelope, *, now: datetime) -> list[Violation]:
+    """Every NgDP business rule beyond the XSDs that `envelope` breaks (empty when none)."""
     now = now if now.tzinfo is not None else now.replace(tzinfo=UTC)
     found = _message_rules(envelope, now)
     for path, record in walk(envelope):
-        for slot in slots(type(record)):
-            value = getattr(record, slot.field)
-            where = join(path, slot.element)
-            if slot.since == "1.2" and envelope.memoVersion == "1.1" and value is not None:
-                found.append(
-                    violation(
-                        "MEMO_NOT_IN_VERSION",
-                        where,
-                        f"{slot.element} exists from MeMo 1.2; this message is 1.1",
-                    )
-                )
-            if slot.max_occurs is not None and len(value) > slot.max_occurs:
-                found.append(
-                    violation(
-                        "MEMO_TOO_MANY",
-                        join(path, slot.element, slot.max_occurs + 1),
-                        f"{len(value)} {slot.element} elements; MeMo allows {slot.max_occurs}",
-                        f"Keep at most {slot.max_occurs} {slot.element} elements here.",
-                    )
-                )
-            if slot.kind is str and isinstance(value, str):
-                found.extend(_text_rules(slot.field, value, where))
         found.extend(_record_rules(record, path))
     return found
 
@@ -275,21 +263,6 @@ def validate(envelope: Envelope, *, now: datetime) -> list[Violation]:
 def _message_rules(envelope: Envelope, now: datetime) -> list[Violation]:
     found: list[Violation] = []
     header, body = envelope.header, envelope.body
-    if envelope.memoVersion not in SUPPORTED_VERSIONS:
-        found.append(
-            violation(
-                "MEMO_UNSUPPORTED_VERSION", "Message/@memoVersion", "memoVersion is not 1.1 or 1.2"
-            )
-        )
-    elif envelope.memoVersion == "1.2" and envelope.memoSchVersion is not None:
-        found.append(
-            violation(
-                "MEMO_NOT_IN_VERSION",
-                "Message/@memoSchVersion",
-                "memoSchVersion belongs to MeMo 1.1; this message is 1.2",
-                "Remove memoSchVersion from a 1.2 message, or declare it 1.1.",
-            )
-        )
     if header.messageType is MessageType.NEMSMS:
         if body is not None:
             found.append(
@@ -359,64 +332,13 @@ def _time_rules(header: MessageHeader, now: datetime) -> list[Violation]:
 NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
-def _text_rules(field: str, value: str, where: str) -> list[Violation]:
-    bad = NOT_XML.search(value)
-    if bad is not None:
-        return [
-            violation(
-                "MEMO_INVALID_VALUE",
-                where,
-                f"{field} holds the character U+{ord(bad.group()):04X}, which XML cannot carry",
-            )
-        ]
-    if field in _UUID_FIELDS:
-        return [] if _is_uuid4(value) else [_uuid_violation(field, value, where)]
-    if field == "language":
-        if re.fullmatch(r"[A-Za-z]{2}", value):
-            return []
-        return [
-            violation(
-                "MEMO_LANGUAGE_INVALID",
-                where,
-                f"language has {len(value)} characters; MeMo wants a two-letter code",
-            )
-        ]
-    limit = _LIMITS.get(field, MAX_TEXT)
-    if field in _UNLIMITED or len(value) <= limit:
-        return []
-    code = {"comment": "MEMO_COMMENT_TOO_LONG", "notification": "MEMO_NOTIFICATION_TOO_LONG"}
-    return [
-        violation(
-            code.get(field, "MEMO_TEXT_TOO_LONG"),
-            where,
-            f"{field} has {len(value)} characters; MeMo allows {limit}",
-        )
-    ]
-
-
-def _is_uuid4(value: str) -> bool:
-    try:
-        parsed = uuid.UUID(value)
-    except ValueError:
-        return False
-    return parsed.version == 4 and str(parsed) == value.lower()
-
-
-def _uuid_violation(field: str, value: str, where: str) -> Violation:
-    try:
-        what = f"a version-{uuid.UUID(value).version} UUID"
-    except ValueError:
-        what = "not a UUID in 8-4-4-4-12 hexadecimal form"
-    return violation("MEMO_UUID_NOT_V4", where, f"{field} is {what}; MeMo wants version 4")
-
-
 def _ids_of(record: object) -> tuple[str, IdType, str] | None:
     """(identifier, its type, its element) of a record that carries a CPR or CVR number."""
     if isinstance(record, Sender):
         return record.senderID, record.idType, "senderID"
     if isinstance(record, Recipient):
         return record.recipientID, record.idType, "recipientID"
-    if isinstance(record, Representative):
+    if isinstance(record, Representative) and record.representativeID:
         return record.representativeID, record.idType, "representativeID"
     if isinstance(record, CPRdata):
         return record.cprNumber, IdType.CPR, "cprNumber"
@@ -427,23 +349,26 @@ def _ids_of(record: object) -> tuple[str, IdType, str] | None:
 
 def _record_rules(record: object, path: str) -> list[Violation]:  # noqa: PLR0911 (a rule per kind)
     ids = _ids_of(record)
+    if isinstance(record, Sender | Recipient) and record.idType is IdType.UNKNOWN:
+        where = join(path, "idType")
+        return [violation("MEMO_INVALID_ID_TYPE", where, _not_one_of("idType", IdType))]
     if ids is not None:
         return _id_rules(ids[0], ids[1], join(path, ids[2]))
     if isinstance(record, File):
         return _filename_rules(record.filename, join(path, "filename"))
-    if isinstance(record, MainDocument | AdditionalDocument | TechnicalDocument):
-        if record.file:
-            return []
-        return [violation("MEMO_NO_FILE", join(path, "File"), "the document has no File")]
     if isinstance(record, Action):
-        if (record.reservation is None) != (record.entryPoint is None):
-            return []
-        both = "both" if record.reservation is not None else "neither"
-        return [
-            violation(
-                "MEMO_ACTION_TARGET", path, f"the Action has {both} Reservation and EntryPoint"
-            )
-        ]
+        if record.actionCode is ActionCode.UNKNOWN:
+            where = join(path, "actionCode")
+            message = _not_one_of("actionCode", ActionCode)
+            return [violation("MEMO_INVALID_ACTION_CODE", where, message)]
+        if record.reservation is None and record.entryPoint is None:
+            # The XSD lets both out (and refuses both in); NgDP wants one.
+            return [
+                violation(
+                    "MEMO_ACTION_TARGET", path, "the Action has neither Reservation nor EntryPoint"
+                )
+            ]
+        return []
     if isinstance(record, EntryPoint):
         parts = urlsplit(record.url.strip())
         if parts.scheme.lower() == "https" and parts.netloc:
@@ -506,3 +431,8 @@ def _filename_rules(name: str, where: str) -> list[Violation]:
 def enum_values(kind: type[Enum]) -> list[str]:
     """The values MeMo allows for an enum (the models' UNKNOWN is DP2's, not MeMo's)."""
     return [member.value for member in kind if member.value != "UNKNOWN"]
+
+
+def _not_one_of(element: str, kind: type[Enum]) -> str:
+    """The message for a value outside an NgDP enumeration (never echoing the value)."""
+    return f"{element} is none of {', '.join(enum_values(kind))}"

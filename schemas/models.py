@@ -11,6 +11,12 @@ Conventions: timestamps are aware UTC `datetime`s (Avro timestamp-micros), dates
 enum has UNKNOWN, the Avro default a reader uses for a symbol added after it was built;
 producers should not write UNKNOWN.
 
+Message UUIDs are held in one canonical form (DESIGN.md, "Message flow"): every model
+field that names a message (``messageUUID``, ``relatedMessageUUID``) is folded to lower
+case when the model is built — by a decoder, the MeMo reader or code — so no service can
+compare or store an upper-case spelling of a UUID as another message
+(schemas.values.canonical_uuid). A signer therefore signs the lower-case form.
+
 Why one module over 500 lines: the models mirror the *.avsc files field for field,
 and the codec and the compatibility guard walk them as one set.
 """
@@ -25,7 +31,17 @@ from datetime import date, datetime
 from enum import Enum, StrEnum
 from typing import Any, ClassVar, TypeVar
 
+from schemas.values import canonical_uuid
+
 NAMESPACE = "dk.dp2"
+
+
+def _canonical_uuids(record: Any, *names: str) -> None:
+    """Fold the message UUID fields ``names`` of a frozen model to their canonical form."""
+    for name in names:
+        value = getattr(record, name)
+        if isinstance(value, str):
+            object.__setattr__(record, name, canonical_uuid(value))
 
 
 class MessageType(StrEnum):
@@ -348,6 +364,9 @@ class ForwardData:
     contactPointID: str | None = None
     comment: str | None = None
 
+    def __post_init__(self) -> None:
+        _canonical_uuids(self, "messageUUID")
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AdditionalReplyData:
@@ -369,6 +388,9 @@ class ReplyData:
     generatingSystemID: str | None = None
     comment: str | None = None
     additionalReplyData: list[AdditionalReplyData] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _canonical_uuids(self, "messageUUID")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -394,6 +416,9 @@ class MessageHeader:
     forwardData: ForwardData | None = None
     replyData: list[ReplyData] = field(default_factory=list)
     labelIsSensitive: bool = True
+
+    def __post_init__(self) -> None:
+        _canonical_uuids(self, "messageUUID")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -548,6 +573,9 @@ class LifecycleEvent:
     traceparent: str | None = None
     attributes: dict[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        _canonical_uuids(self, "messageUUID", "relatedMessageUUID")
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NotificationRequest:
@@ -567,6 +595,9 @@ class NotificationRequest:
     messageCount: int = 1
     requestedAt: datetime
 
+    def __post_init__(self) -> None:
+        _canonical_uuids(self, "messageUUID")
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NotificationResult:
@@ -582,6 +613,9 @@ class NotificationResult:
     reasonText: str | None = None
     attempts: int
     completedAt: datetime
+
+    def __post_init__(self) -> None:
+        _canonical_uuids(self, "messageUUID")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -23,6 +23,9 @@ ACCEPTED_TOPIC: Final = "dp2.accepted"
 SCHEDULED_TOPIC: Final = "dp2.scheduled"
 PRINT_TOPIC: Final = "dp2.print"
 LIFECYCLE_TOPIC: Final = "dp2.lifecycle"
+#: The routing directory: recipient pseudonym -> status and mailbox provider (senders read it).
+DIRECTORY_TOPIC: Final = "dp2.directory"
+#: Contact details (name, address, notification channels): only the notifier and print read it.
 CONTACTS_TOPIC: Final = "dp2.contacts"
 DEADLETTER_TOPIC: Final = "dp2.deadletter"
 COMMANDS_TOPIC: Final = "dp2.commands"
@@ -72,9 +75,16 @@ TOPICS: tuple[TopicSpec, ...] = (
         config={"retention.ms": _YEAR_MS},
     ),
     TopicSpec(
+        DIRECTORY_TOPIC,
+        "recipient pseudonym",
+        "routing directory: latest status and provider per recipient, no contact details",
+        partitions=1,
+        config={"cleanup.policy": "compact"},
+    ),
+    TopicSpec(
         CONTACTS_TOPIC,
         "recipient pseudonym",
-        "contact register: latest record per recipient",
+        "contact details: latest name, address and channels per recipient",
         partitions=1,
         config={"cleanup.policy": "compact"},
     ),
@@ -95,7 +105,8 @@ TOPICS: tuple[TopicSpec, ...] = (
 
 def provider_topic(provider_id: str) -> TopicSpec:
     """The delivery topic of one mailbox provider: ``dp2.deliver.<provider>``."""
-    if not provider_id or not all(c.isalnum() or c in "-_" for c in provider_id):
+    # ASCII only: Kafka topic names are [a-zA-Z0-9._-], and str.isalnum is true for "é".
+    if not provider_id or not all(c.isascii() and (c.isalnum() or c in "-_") for c in provider_id):
         raise Dp2Error(
             f"mailbox provider id {provider_id!r} cannot name a Kafka topic",
             hint="Use letters, digits, '-' and '_' only.",

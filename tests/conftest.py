@@ -3,10 +3,16 @@
 Where the broker comes from, in order:
 
 1. ``DP2_KAFKA_BOOTSTRAP`` — an external cluster you already run;
-2. ``DP2_TEST_DOCKER=1`` and a Docker engine that answers — testcontainers;
+2. ``DP2_TEST_DOCKER=1`` and a Docker engine that answers — testcontainers (its
+   broker has no authentication: set ``DP2_KAFKA_TLS=0`` too, and expect the
+   authorisation tests to fail there; the local broker is the reference);
 3. otherwise the local JVM broker from deploy/kafka, started on free ports in a
    temporary folder (so it never touches a ``make run`` broker on 9092) and
    stopped when the session ends.
+
+The local broker is the secure one ``make run`` starts: mTLS on every listener
+with a session PKI (``kafka_pki``) and ACLs only. Tests reach it as the admin
+(``kafka_admin``) or as the identity a test is about.
 """
 
 from __future__ import annotations
@@ -19,9 +25,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 
-from brokers.runtime.settings import Settings
+from brokers.runtime.kafka import new_admin
+from brokers.runtime.settings import KafkaAccess, Settings
+from brokers.stack.access import ADMIN_IDENTITY
 from brokers.stack.kafka import ClusterSpec, LocalKafka, free_base_port
 
 TopicFactory = Callable[..., Awaitable[str]]
@@ -47,7 +55,20 @@ def _log(text: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def kafka_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's PKI: the broker trusts its CA, every test identity is issued here."""
+    return Path(os.environ.get("DP2_PKI") or tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="session")
+def kafka_admin(kafka_bootstrap: str, kafka_pki: Path) -> KafkaAccess:
+    """Kafka access as the admin identity (a super user)."""
+    tls = os.environ.get("DP2_KAFKA_TLS", "1") not in {"0", "false", "no", "off"}
+    return KafkaAccess(kafka_bootstrap, ADMIN_IDENTITY, kafka_pki if tls else None)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory, kafka_pki: Path) -> Iterator[str]:
     """Bootstrap address of the session's real Kafka broker."""
     external = os.environ.get("DP2_KAFKA_BOOTSTRAP")
     if external:
@@ -69,6 +90,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         heap_mb=512,
         libs=settings.kafka_libs,
         deploy_dir=settings.kafka_deploy_dir,
+        pki_dir=kafka_pki,
     )
     kafka = LocalKafka(spec, progress=_log)
     kafka.start()
@@ -91,9 +113,9 @@ def group_id(unique: str) -> str:
 
 
 @pytest.fixture
-async def new_topic(kafka_bootstrap: str, unique: str) -> AsyncIterator[TopicFactory]:
+async def new_topic(kafka_admin: KafkaAccess, unique: str) -> AsyncIterator[TopicFactory]:
     """Create fresh topics for one test (``await new_topic("name")``); deleted afterwards."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin = new_admin(kafka_admin)
     await admin.start()
     created: list[str] = []
 

@@ -8,9 +8,25 @@ managed with::
 
     dp2 dashboard user add NAME --role operator|authority [--cvr CVR] [--password ...]
 
-A login gets a session cookie: the user name and expiry, MACed with HMAC-SHA256
-under ``$DP2_HOME/dashboard.key`` (HttpOnly, SameSite=Strict). Nothing about a
-session is kept on the server; changing the key logs everyone out.
+A login gets a session cookie: the user name, a session id and expiry, MACed with
+HMAC-SHA256 under ``$DP2_HOME/dashboard.key`` (HttpOnly, SameSite=Strict). Logout
+really ends a session: its id goes on ``dashboard-ended-sessions.json`` until it
+would have expired; changing the key logs everyone out.
+
+The trace API (tracing.api) takes the same sessions or a bearer token
+(``Authorization: Bearer dp2t.…``) from ``dp2 dashboard token NAME``: the token
+names a user, whose role and CVR are read from the users file on every request
+(deleting the user ends its tokens). ``dp2 trace`` on the deployment's own machine
+mints a short-lived operator token from the key it can read (:meth:`Users.local_token`).
+
+The one visibility rule — an operator sees everything, an authority only its own
+CVR's messages, and another sender's message is "not found" exactly like a missing
+one — is :meth:`User.may_see_sender` and :meth:`User.scope_sender`; the API and the
+dashboard both call them.
+
+State-changing dashboard requests carry a CSRF token bound to the session
+(:meth:`Users.csrf_token`); logins are throttled per user and per client address
+(:class:`LoginThrottle`); password hashing (scrypt) runs off the event loop.
 """
 
 from __future__ import annotations
@@ -19,8 +35,10 @@ import hashlib
 import hmac
 import json
 import os
+import secrets
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +47,12 @@ from schemas.errors import Dp2Error
 
 USERS_FILE = "dashboard-users.json"
 KEY_FILE = "dashboard.key"
+ENDED_FILE = "dashboard-ended-sessions.json"
 SESSION_COOKIE = "dp2_session"
 SESSION_SECONDS = 8 * 3600
 _SESSION_KIND = "dp2s"
+_TOKEN_KIND = "dp2t"  # noqa: S105 - the token format's prefix, not a secret
+LOCAL_OPERATOR = "local-operator"
 ROLES = ("operator", "authority")
 
 
@@ -53,6 +74,81 @@ class User:
     def may_see_sender(self, sender: str | None) -> bool:
         """Operators see every message; an authority's user only its own CVR's."""
         return self.is_operator or (sender is not None and sender == self.cvr)
+
+    def scope_sender(self, requested: str | None) -> str | None:
+        """The sender a search of this user covers: what an operator asked for; an
+        authority's own CVR (asking for another sender is NotVisible)."""
+        if self.is_operator:
+            return requested
+        if requested not in (None, "", self.cvr):
+            raise NotVisible(f"no messages of sender {requested} are visible to {self.name}")
+        return self.cvr
+
+
+class NotVisible(Dp2Error):
+    """What another authority sent: answered exactly like what does not exist (404)."""
+
+    reason_code = "UNKNOWN_SENDER"
+    hint = "An authority's user sees only its own CVR's messages; log in as an operator."
+
+
+class LoginRequired(Dp2Error):
+    reason_code = "LOGIN_REQUIRED"
+    hint = (
+        "Send a dashboard session cookie, or Authorization: Bearer <token> "
+        "(dp2 dashboard token NAME makes one)."
+    )
+
+
+class CsrfRejected(Dp2Error):
+    reason_code = "CSRF_TOKEN_INVALID"
+    hint = "Reload the page and submit the form again (its token belongs to your session)."
+
+
+class LoginThrottled(Dp2Error):
+    reason_code = "LOGIN_THROTTLED"
+    hint = "Wait before trying again; too many wrong passwords were given."
+
+
+@dataclass
+class LoginThrottle:
+    """At most ``failures`` wrong passwords per user, and ``address_failures`` per client
+    address (one address may serve a whole office), in ``window_s``.
+
+    In memory, per tracing process: enough to turn online guessing from thousands a
+    minute into a handful; the scrypt cost does the rest.
+    """
+
+    failures: int = 5
+    address_failures: int = 20
+    window_s: float = 900.0
+    _seen: dict[str, deque[float]] = field(default_factory=dict)
+
+    def wait_s(self, user: str, address: str, now: float | None = None) -> float:
+        """Seconds until another attempt is allowed for this user or address (0: now)."""
+        moment = time.monotonic() if now is None else now
+        waits = [0.0]
+        for key, limit in ((f"u:{user}", self.failures), (f"a:{address}", self.address_failures)):
+            recent = self._recent(key, moment)
+            if len(recent) >= limit:
+                waits.append(recent[-limit] + self.window_s - moment)
+        return max(waits)
+
+    def failed(self, user: str, address: str, now: float | None = None) -> None:
+        moment = time.monotonic() if now is None else now
+        for key in (f"u:{user}", f"a:{address}"):
+            self._recent(key, moment).append(moment)
+
+    def succeeded(self, user: str) -> None:
+        self._seen.pop(f"u:{user}", None)
+
+    def _recent(self, key: str, moment: float) -> deque[float]:
+        recent = self._seen.setdefault(key, deque())
+        while recent and recent[0] <= moment - self.window_s:
+            recent.popleft()
+        if len(self._seen) > 100_000:  # bounded memory under a spray of addresses
+            self._seen = {k: v for k, v in self._seen.items() if v}
+        return recent
 
 
 def _hash(password: str, salt: bytes) -> str:
@@ -95,11 +191,7 @@ class Users:
             )
         users = self._load()
         users[name] = {"role": role, "cvr": cvr, "password": _hash(password, os.urandom(16))}
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self._path.with_suffix(".tmp")
-        partial.write_text(json.dumps(users, indent=2))
-        partial.chmod(0o600)
-        partial.replace(self._path)
+        _write_private(self._path, json.dumps(users, indent=2))
         return User(name, role, cvr)
 
     def authenticate(self, name: str, password: str) -> User:
@@ -114,14 +206,95 @@ class Users:
 
     def session(self, user: User, now: float | None = None) -> str:
         expires = int((now or time.time()) + SESSION_SECONDS)
-        return sign_claims(self._key, _SESSION_KIND, {"u": user.name, "exp": expires})
+        claims = {"u": user.name, "exp": expires, "sid": secrets.token_hex(16)}
+        return sign_claims(self._key, _SESSION_KIND, claims)
 
     def from_session(self, cookie: str | None, now: float | None = None) -> User | None:
-        """The user of a valid, unexpired session cookie (None otherwise)."""
-        claims = read_claims(self._key, _SESSION_KIND, cookie) if cookie else None
+        """The user of a valid, unexpired, not ended session cookie (None otherwise)."""
+        claims = self._claims(_SESSION_KIND, cookie, now)
+        return None if claims is None else self._user_of(claims)
+
+    def end_session(self, cookie: str | None) -> None:
+        """Logout: the session's id is refused from now on (until it would expire)."""
+        claims = self._claims(_SESSION_KIND, cookie, None)
+        if claims is None:
+            return
+        ended = {k: v for k, v in self._ended().items() if v > time.time()}
+        ended[str(claims["sid"])] = int(claims["exp"])
+        _write_private(self._path.parent / ENDED_FILE, json.dumps(ended))
+
+    def csrf_token(self, cookie: str | None) -> str:
+        """The token a state-changing form must carry: bound to this session."""
+        claims = self._claims(_SESSION_KIND, cookie, None)
+        sid = str(claims["sid"]) if claims else ""
+        return hmac.new(self._key, f"csrf.{sid}".encode(), hashlib.sha256).hexdigest()
+
+    def check_csrf(self, cookie: str | None, given: str | None) -> None:
+        if not given or not cookie or not hmac.compare_digest(self.csrf_token(cookie), given):
+            raise CsrfRejected("this request carries no valid CSRF token for your session")
+
+    def token(self, name: str, days: float = 30.0, now: float | None = None) -> str:
+        """A bearer token for the trace API, as user ``name`` (who must exist)."""
+        if name not in self._load():
+            raise Dp2Error(
+                f"no dashboard user called {name!r}",
+                reason_code="UNKNOWN_USER",
+                hint="Add it first: dp2 dashboard user add NAME --role ...",
+            )
+        expires = int((now or time.time()) + days * 86400)
+        claims = {"u": name, "exp": expires, "sid": secrets.token_hex(16)}
+        return sign_claims(self._key, _TOKEN_KIND, claims)
+
+    def local_token(self, seconds: float = 300.0) -> str:
+        """A short-lived operator token for the deployment's own tools (``dp2 trace``):
+        whoever can read the dashboard key is the operator of this deployment."""
+        expires = int(time.time() + seconds)
+        claims = {"u": LOCAL_OPERATOR, "exp": expires, "sid": secrets.token_hex(16)}
+        return sign_claims(self._key, _TOKEN_KIND, claims)
+
+    def from_token(self, token: str | None, now: float | None = None) -> User | None:
+        claims = self._claims(_TOKEN_KIND, token, now)
+        if claims is None:
+            return None
+        if claims.get("u") == LOCAL_OPERATOR:
+            return User(LOCAL_OPERATOR, "operator")
+        return self._user_of(claims)
+
+    def from_request(self, headers: Any, cookies: Any) -> User | None:
+        """The caller of an HTTP request: a bearer token, else the session cookie."""
+        authorization = str(headers.get("Authorization", ""))
+        scheme, _, credential = authorization.partition(" ")
+        if scheme.lower() == "bearer":
+            return self.from_token(credential.strip())
+        return self.from_session(cookies.get(SESSION_COOKIE))
+
+    def _claims(self, kind: str, text: str | None, now: float | None) -> dict[str, Any] | None:
+        claims = read_claims(self._key, kind, text) if text else None
         if claims is None or claims.get("exp", 0) <= (now or time.time()):
             return None
+        if str(claims.get("sid")) in self._ended():
+            return None
+        return claims
+
+    def _user_of(self, claims: dict[str, Any]) -> User | None:
         entry = self._load().get(str(claims.get("u")))
-        if entry is None:  # a deleted user's sessions end with it
+        if entry is None:  # a deleted user's sessions and tokens end with it
             return None
         return User(str(claims["u"]), str(entry["role"]), entry.get("cvr"))
+
+    def _ended(self) -> dict[str, int]:
+        try:
+            data: dict[str, int] = json.loads((self._path.parent / ENDED_FILE).read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return data
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file readable by its owner only, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".tmp")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    partial.replace(path)

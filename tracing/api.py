@@ -10,6 +10,12 @@ event it reads; `make_app` serves what the store knows:
 | GET /healthz | ``{"status": "ok"}`` |
 | GET /metrics | Prometheus text from the service's registry |
 
+Every ``/messages`` route needs a caller: a dashboard session or ``Authorization:
+Bearer <token>`` (tracing.access); without one it is 401 ``LOGIN_REQUIRED``. An
+authority sees only its own CVR's messages: another sender's message is 404
+``UNKNOWN_MESSAGE`` like a missing one, a search for another sender 404
+``UNKNOWN_SENDER``.
+
 Errors are JSON: ``{"error": {"reasonCode", "message", "hint"}}``. Times are ISO 8601
 in UTC with a ``Z``. A recipient only ever appears as its pseudonym ``recipientRef``;
 event ``attributes`` are not served, because connectors fill them freely.
@@ -28,6 +34,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from brokers.runtime.records import iso_z
 from schemas.errors import Dp2Error
 from schemas.models import LifecycleEvent, LifecycleState
+from schemas.values import parse_ascii_int
+from tracing.access import LoginRequired, NotVisible, Users
 from tracing.store import BadQueryError, MessageSummary, TraceStore
 
 _QUERY_PARAMS = frozenset({"sender", "state", "since", "until", "limit", "cursor"})
@@ -145,18 +153,29 @@ def _query_state(query: Mapping[str, str]) -> LifecycleState | None:
 
 def _query_limit(query: Mapping[str, str]) -> int:
     raw = query.get("limit", "50")
-    if not raw.isdigit():  # the store checks the range
-        raise BadQueryError(f"limit={raw!r} is not a whole number", hint="Use e.g. limit=50.")
-    return int(raw)
+    limit = parse_ascii_int(raw)  # ASCII digits only: "²" and "٣" are no limit
+    if limit is None:  # the store checks the range
+        raise BadQueryError(
+            f"limit={raw[:20]!r} is not a whole number in ASCII digits",
+            hint="Use e.g. limit=50.",
+        )
+    return limit
 
 
-def make_app(service: TraceService) -> web.Application:
-    """The trace's HTTP API over `service`; the caller runs it (AppRunner, TestServer)."""
+def make_app(service: TraceService, users: Users) -> web.Application:
+    """The trace's HTTP API over `service`; the caller runs it (AppRunner, TestServer).
+
+    Every route but /healthz and /metrics needs a caller (tracing.access): an
+    operator sees every message, an authority only its own CVR's.
+    """
 
     async def get_message(request: web.Request) -> web.Response:
+        user = users.from_request(request.headers, request.cookies)
+        if user is None:
+            return _error(401, LoginRequired("the trace API needs a login or a bearer token"))
         uuid = request.match_info["uuid"]
         summary = service.store.summary(uuid)
-        if summary is None:
+        if summary is None or not user.may_see_sender(summary.senderID):
             return _error(
                 404,
                 Dp2Error(
@@ -174,7 +193,14 @@ def make_app(service: TraceService) -> web.Application:
         return web.json_response(body)
 
     async def search(request: web.Request) -> web.Response:
+        user = users.from_request(request.headers, request.cookies)
+        if user is None:
+            return _error(401, LoginRequired("the trace API needs a login or a bearer token"))
         query = request.query
+        try:
+            sender = user.scope_sender(query.get("sender"))
+        except NotVisible as exc:
+            return _error(404, exc)
         try:
             unknown = sorted(set(query) - _QUERY_PARAMS)
             if unknown:
@@ -183,7 +209,7 @@ def make_app(service: TraceService) -> web.Application:
                     hint="Use " + ", ".join(sorted(_QUERY_PARAMS)) + ".",
                 )
             page = service.store.search(
-                sender=query.get("sender"),
+                sender=sender,
                 state=_query_state(query),
                 since=_query_time(query, "since"),
                 until=_query_time(query, "until"),

@@ -48,10 +48,23 @@ class TraceUnreachableError(Dp2Error):
     hint = "Start the stack with `dp2 up`, or point --url at the tracing service."
 
 
-async def _get(session: aiohttp.ClientSession, base_url: str, uuid: str) -> dict[str, Any]:
+class TraceLoginRequired(Dp2Error):
+    reason_code = "LOGIN_REQUIRED"
+    hint = (
+        "Run dp2 trace on the deployment's machine (it signs in as the operator), or "
+        "pass --token (dp2 dashboard token NAME makes one)."
+    )
+
+
+async def _get(
+    session: aiohttp.ClientSession, base_url: str, uuid: str, token: str | None = None
+) -> dict[str, Any]:
     url = f"{base_url.rstrip('/')}/messages/{quote(uuid, safe='')}"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        async with session.get(url) as response:
+        async with session.get(url, headers=headers) as response:
+            if response.status == 401:
+                raise TraceLoginRequired(f"the trace service at {base_url} wants a login")
             if response.status == 404:
                 body = await response.json()
                 error = body.get("error", {}) if isinstance(body, dict) else {}
@@ -68,10 +81,10 @@ async def _get(session: aiohttp.ClientSession, base_url: str, uuid: str) -> dict
     return doc
 
 
-async def fetch_timeline(base_url: str, uuid: str) -> dict[str, Any]:
+async def fetch_timeline(base_url: str, uuid: str, token: str | None = None) -> dict[str, Any]:
     """The document of ``GET /messages/{uuid}``: messageUUID, state, summary, timeline."""
     async with aiohttp.ClientSession(timeout=_TIMEOUT) as session:
-        return await _get(session, base_url, uuid)
+        return await _get(session, base_url, uuid, token)
 
 
 def render_event(event: dict[str, Any]) -> str:
@@ -107,6 +120,7 @@ async def follow(
     until_final: bool = True,
     *,
     appear_within: float = 10.0,
+    token: str | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
     """Each timeline entry once, as it appears; ends after the state turns final.
 
@@ -119,7 +133,7 @@ async def follow(
     async with aiohttp.ClientSession(timeout=_TIMEOUT) as session:
         while True:
             try:
-                doc = await _get(session, base_url, uuid)
+                doc = await _get(session, base_url, uuid, token)
             except UnknownMessageError:
                 if time.monotonic() >= deadline:
                     raise

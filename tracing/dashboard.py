@@ -16,14 +16,12 @@ another sender is "not found", exactly like one that does not exist.
 from __future__ import annotations
 
 import asyncio
-import html
 import json
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 import aiohttp
 from aiohttp import web
@@ -32,49 +30,33 @@ from aiokafka import AIOKafkaProducer
 from schemas.errors import Dp2Error
 from schemas.models import LifecycleState
 from tracing import stats
-from tracing.access import SESSION_COOKIE, SESSION_SECONDS, AccessDenied, User, Users
+from tracing.access import (
+    SESSION_COOKIE,
+    SESSION_SECONDS,
+    AccessDenied,
+    CsrfRejected,
+    LoginRequired,
+    LoginThrottle,
+    LoginThrottled,
+    NotVisible,
+    User,
+    Users,
+)
 from tracing.deadletters import DeadLetterStore
+from tracing.pages import (
+    CHART_JS,
+    frame,
+    pct,
+    redrive_cell,
+    refusal,
+    search_form,
+    secs,
+)
+from tracing.pages import escape as _e
+from tracing.pages import query_string as _qs
 from tracing.store import BadQueryError, SqliteTraceStore
 
 Handler = Callable[[web.Request, User], Awaitable[web.StreamResponse]]
-_STYLE = """
-body{font-family:system-ui,sans-serif;margin:0;color:#1b1b1b;background:#f6f7f9}
-header{background:#0b3d91;color:#fff;padding:.6em 1.2em;display:flex;gap:1.2em;align-items:center}
-header a{color:#fff;text-decoration:none}header .who{margin-left:auto;font-size:.9em}
-main{padding:1em 1.2em;max-width:1100px}table{border-collapse:collapse;width:100%;background:#fff}
-th,td{border-bottom:1px solid #ddd;padding:.35em .5em;text-align:left;font-size:.92em}
-th{background:#eef1f6}.bad{color:#a40000}.ok{color:#0a6b0a}.card{background:#fff;padding:1em;
-margin:.8em 0;border:1px solid #dde}form.inline{display:inline}input,select,button{font:inherit}
-code{font-size:.88em}canvas{background:#fff;border:1px solid #dde}
-"""
-_CHART_JS = """
-function drawLines(canvas, labels, series, opts) {
-  const c = canvas.getContext('2d'), w = canvas.width, h = canvas.height, pad = 36;
-  c.clearRect(0, 0, w, h);
-  const all = Object.values(series).flat().filter(v => v !== null);
-  const max = Math.max(opts && opts.max || 0, 1, ...all);
-  c.strokeStyle = '#999'; c.beginPath(); c.moveTo(pad, 8); c.lineTo(pad, h - pad);
-  c.lineTo(w - 8, h - pad); c.stroke(); c.fillStyle = '#333'; c.font = '11px sans-serif';
-  c.fillText(String(Math.round(max)), 2, 14); c.fillText('0', 2, h - pad);
-  const colors = ['#0b3d91','#d1495b','#edae49','#00798c','#30638e','#66a182','#8d96a3'];
-  const n = Math.max(labels.length - 1, 1);
-  Object.entries(series).forEach(([name, values], i) => {
-    c.strokeStyle = colors[i % colors.length]; c.lineWidth = 2; c.beginPath();
-    let pen = false;  // a null (nothing to measure in that period) leaves a gap
-    values.forEach((v, j) => {
-      if (v === null) { pen = false; return; }
-      const x = pad + (w - pad - 8) * j / n, y = (h - pad) - (h - pad - 8) * v / max;
-      pen ? c.lineTo(x, y) : c.moveTo(x, y); pen = true;
-      c.fillRect(x - 2, y - 2, 4, 4);
-    });
-    c.stroke(); c.fillStyle = colors[i % colors.length];
-    c.fillText(name, pad + 6 + 110 * i, h - 10);
-  });
-  if (labels.length) { c.fillStyle = '#333'; c.fillText(labels[0], pad, h - pad + 12);
-    c.fillText(labels[labels.length - 1], w - 60, h - pad + 12); }
-  canvas.dataset.drawn = String(all.length);
-}
-"""
 
 
 class Dashboard:
@@ -93,6 +75,7 @@ class Dashboard:
         self._store = store
         self._deadletters = deadletters
         self._users = users
+        self._throttle = LoginThrottle()
         self._run_dir = run_dir
         self.producer = producer
         self._prices = prices or stats.Prices()
@@ -120,19 +103,44 @@ class Dashboard:
     # --- access -----------------------------------------------------------------
     def _page(self, handler: Handler, *, operator: bool = False) -> Callable[..., Any]:
         async def guarded(request: web.Request) -> web.StreamResponse:
-            user = self._users.from_session(request.cookies.get(SESSION_COOKIE))
-            if user is None:
-                if request.path.startswith("/dashboard/api/") or request.method != "GET":
-                    return web.json_response({"reasonCode": "LOGIN_REQUIRED"}, status=401)
-                raise web.HTTPFound("/dashboard/login")
-            if operator and not user.is_operator:
-                return _html(user, "Not allowed", "<p>Only operators see this page.</p>", 403)
+            admitted = await self._admit(request, operator=operator)
+            if not isinstance(admitted, User):
+                return admitted
+            user = admitted
             try:
                 return await handler(request, user)
+            except NotVisible:
+                return frame(user, "Not found", "<p>No such message.</p>", 404)
             except (BadQueryError, AccessDenied) as exc:
-                return _html(user, "Cannot show that", f"<p class=bad>{_e(str(exc))}</p>", 400)
+                return frame(user, "Cannot show that", f"<p class=bad>{_e(str(exc))}</p>", 400)
 
         return guarded
+
+    async def _admit(self, request: web.Request, *, operator: bool) -> User | web.Response:
+        """The caller if it may make this request; otherwise the refusal to answer."""
+        user = self._users.from_request(request.headers, request.cookies)
+        if user is None:
+            if request.path.startswith("/dashboard/api/") or request.method != "GET":
+                return refusal(401, LoginRequired("log in to the dashboard first"))
+            raise web.HTTPFound("/dashboard/login")
+        if operator and not user.is_operator:
+            if request.method != "GET":
+                return refusal(403, AccessDenied("only operators may do this"))
+            return frame(user, "Not allowed", "<p>Only operators see this page.</p>", 403)
+        if request.method != "GET" and "Authorization" not in request.headers:
+            # A browser sends the session cookie by itself: the form must prove it came
+            # from our own page. (A bearer token is never sent by itself.)
+            form = await request.post()
+            try:
+                self._users.check_csrf(
+                    request.cookies.get(SESSION_COOKIE), str(form.get("csrf", "")) or None
+                )
+            except CsrfRejected as exc:
+                return refusal(403, exc)
+        return user
+
+    def _csrf(self, request: web.Request) -> str:
+        return self._users.csrf_token(request.cookies.get(SESSION_COOKIE))
 
     async def _to_home(self, _: web.Request) -> web.StreamResponse:
         raise web.HTTPFound("/dashboard/")
@@ -143,17 +151,26 @@ class Dashboard:
 <p><label>User <input name=user autocomplete=username required></label></p>
 <p><label>Password <input name=password type=password autocomplete=current-password
 required></label></p><p><button type=submit>Log in</button></p></form>"""
-        return _html(None, "Log in", body, 401 if failed else 200)
+        return frame(None, "Log in", body, 401 if failed else 200)
 
     async def _login(self, request: web.Request) -> web.StreamResponse:
         form = await request.post()
+        name, password = str(form.get("user", "")), str(form.get("password", ""))
+        address = request.remote or "?"
+        wait_s = self._throttle.wait_s(name, address)
+        if wait_s > 0:
+            error = LoginThrottled(f"too many failed logins; try again in {wait_s:.0f} s")
+            response = refusal(429, error)
+            response.headers["Retry-After"] = str(int(wait_s) + 1)
+            return response
         try:
-            user = self._users.authenticate(
-                str(form.get("user", "")), str(form.get("password", ""))
-            )
+            # scrypt takes tens of milliseconds: never on the event loop.
+            user = await asyncio.to_thread(self._users.authenticate, name, password)
         except AccessDenied:
+            self._throttle.failed(name, address)
             await asyncio.sleep(0.5)  # slows password guessing a little
             return await self._login_form(request, failed=True)
+        self._throttle.succeeded(name)
         response = web.HTTPFound("/dashboard/")
         response.set_cookie(
             SESSION_COOKIE,
@@ -165,7 +182,8 @@ required></label></p><p><button type=submit>Log in</button></p></form>"""
         )
         raise response
 
-    async def _logout(self, _: web.Request) -> web.StreamResponse:
+    async def _logout(self, request: web.Request) -> web.StreamResponse:
+        self._users.end_session(request.cookies.get(SESSION_COOKIE))  # the cookie is dead now
         response = web.HTTPFound("/dashboard/login")
         response.del_cookie(SESSION_COOKIE, path="/dashboard")
         raise response
@@ -178,10 +196,10 @@ required></label></p><p><button type=submit>Log in</button></p></form>"""
             if user.is_operator
             else ""
         )
-        body = f"""{_search_form(user)}
+        body = f"""{search_form(user)}
 <h2>Post flowing, last 15 minutes (events per minute and state)</h2>
 <canvas id=live width=1000 height=260></canvas>{services}
-<script>{_CHART_JS}
+<script>{CHART_JS}
 async function refresh() {{
   const t = await (await fetch('/dashboard/api/throughput?minutes=15')).json();
   drawLines(document.getElementById('live'), t.minutes, t.series);
@@ -197,7 +215,7 @@ async function refresh() {{
 }}
 refresh(); setInterval(refresh, 3000);
 </script>"""
-        return _html(user, "DP2 — post flowing", body)
+        return frame(user, "DP2 — post flowing", body)
 
     async def _search(self, request: web.Request, user: User) -> web.StreamResponse:
         query = request.query
@@ -206,10 +224,8 @@ refresh(); setInterval(refresh, 3000);
             summary = self._store.summary(uuid)
             if summary is not None and user.may_see_sender(summary.senderID):
                 raise web.HTTPFound(f"/dashboard/messages/{uuid}")
-            return _html(user, "Search", _search_form(user) + "<p>No such message.</p>", 404)
-        sender = query.get("sender") or None
-        if not user.is_operator:
-            sender = user.cvr  # an authority's user searches its own post only
+            return frame(user, "Search", search_form(user) + "<p>No such message.</p>", 404)
+        sender = user.scope_sender(query.get("sender") or None)  # authority: its own CVR
         state_text = query.get("state") or None
         since, until = _day(query.get("since")), _day(query.get("until"), end=True)
         try:
@@ -235,16 +251,16 @@ refresh(); setInterval(refresh, 3000);
         if page.next:
             params = {**dict(query), "cursor": page.next}
             more = f"<p><a href='/dashboard/search?{_e(_qs(params))}'>more</a></p>"
-        body = f"""{_search_form(user, query)}<table id=results><tr><th>message</th>
+        body = f"""{search_form(user, query)}<table id=results><tr><th>message</th>
 <th>state</th><th>sender</th><th>first seen (UTC)</th><th>events</th><th>reason</th></tr>
 {rows}</table>{more}"""
-        return _html(user, f"Search — {len(page.items)} messages", body)
+        return frame(user, f"Search — {len(page.items)} messages", body)
 
     async def _message(self, request: web.Request, user: User) -> web.StreamResponse:
         uuid = request.match_info["uuid"]
         summary = self._store.summary(uuid)
         if summary is None or not user.may_see_sender(summary.senderID):
-            return _html(user, "Not found", "<p>No such message.</p>", 404)
+            return frame(user, "Not found", "<p>No such message.</p>", 404)
         rows = "".join(
             f"<tr><td>{_e(e.occurredAt.strftime('%Y-%m-%d %H:%M:%S.%f')[:-3])}</td>"
             f"<td class=state>{_e(e.state.value)}</td><td>{_e(e.actor)}</td>"
@@ -256,7 +272,7 @@ refresh(); setInterval(refresh, 3000);
 {_e(summary.senderID or "-")}, recipient <code>{_e(summary.recipientRef or "-")}</code></p>
 <table id=timeline><tr><th>when (UTC)</th><th>state</th><th>by</th><th>channel</th>
 <th>reason</th><th>how to fix</th></tr>{rows}</table>"""
-        return _html(user, f"Message {uuid}", body)
+        return frame(user, f"Message {uuid}", body)
 
     async def _throughput(self, request: web.Request, user: User) -> web.StreamResponse:
         minutes = min(max(int(request.query.get("minutes", "15") or 15), 1), 120)
@@ -282,27 +298,30 @@ refresh(); setInterval(refresh, 3000);
 
     async def _deadletter_list(self, request: web.Request, user: User) -> web.StreamResponse:
         letters = self._deadletters.list()
+        csrf = self._csrf(request)
         rows = "".join(
             f"<tr><td><a href='/dashboard/deadletters/inspect?source={_e(d.source)}'>"
             f"{_e(d.source)}</a></td><td>{_e(d.service or '')}</td>"
             f"<td>{_e(d.reason_code or '')}</td><td>{_e(d.message_uuid or '')}</td>"
-            f"<td>{_e(d.parked_at[:19])}</td><td>{_redrive_cell(d.source, d.redriven_at)}</td></tr>"
+            f"<td>{_e(d.parked_at[:19])}</td>"
+            f"<td>{redrive_cell(d.source, d.redriven_at, csrf)}</td></tr>"
             for d in letters
         )
         body = f"""<table id=deadletters><tr><th>from</th><th>service</th><th>reason</th>
 <th>message</th><th>parked (UTC)</th><th></th></tr>{rows}</table>"""
-        return _html(user, f"Dead letters — {len(letters)}", body)
+        return frame(user, f"Dead letters — {len(letters)}", body)
 
     async def _deadletter(self, request: web.Request, user: User) -> web.StreamResponse:
         letter = self._deadletters.get(request.query.get("source", ""))
         if letter is None:
-            return _html(user, "Not found", "<p>No such dead letter.</p>", 404)
+            return frame(user, "Not found", "<p>No such dead letter.</p>", 404)
         items = "".join(
             f"<tr><th>{_e(k)}</th><td>{_e(str(v))}</td></tr>" for k, v in letter.as_json().items()
         )
+        redrive = redrive_cell(letter.source, letter.redriven_at, self._csrf(request))
         body = f"""<table id=letter>{items}</table><p>The body ({letter.size} bytes) is not
-shown: it may hold personal data.</p>{_redrive_cell(letter.source, letter.redriven_at)}"""
-        return _html(user, "Dead letter", body)
+shown: it may hold personal data.</p>{redrive}"""
+        return frame(user, "Dead letter", body)
 
     async def _redrive(self, request: web.Request, user: User) -> web.StreamResponse:
         form = await request.post()
@@ -311,7 +330,7 @@ shown: it may hold personal data.</p>{_redrive_cell(letter.source, letter.redriv
         try:
             await self._deadletters.redrive(str(form.get("source", "")), self.producer, user.name)
         except Dp2Error as exc:
-            return _html(user, "Cannot re-drive", f"<p class=bad>{_e(str(exc))}</p>", 404)
+            return frame(user, "Cannot re-drive", f"<p class=bad>{_e(str(exc))}</p>", 404)
         raise web.HTTPFound("/dashboard/deadletters")
 
     def _compute(self, request: web.Request, user: User) -> list[stats.PeriodStats]:
@@ -339,9 +358,9 @@ shown: it may hold personal data.</p>{_redrive_cell(letter.source, letter.redriv
         sender = request.query.get("sender", "") if user.is_operator else (user.cvr or "")
         rows = "".join(
             f"<tr><td>{_e(p.period)}</td><td>{p.messages}</td><td>{p.digital}</td>"
-            f"<td>{p.print}</td><td>{p.nemsms}</td><td>{_pct(p.digital_share)}</td>"
-            f"<td>{p.cost:.2f}</td><td>{p.savings:.2f}</td><td>{_pct(p.read_rate)}</td>"
-            f"<td>{_secs(p.median_time_to_read_s)}</td><td>{_pct(p.notification_success)}</td>"
+            f"<td>{p.print}</td><td>{p.nemsms}</td><td>{pct(p.digital_share)}</td>"
+            f"<td>{p.cost:.2f}</td><td>{p.savings:.2f}</td><td>{pct(p.read_rate)}</td>"
+            f"<td>{secs(p.median_time_to_read_s)}</td><td>{pct(p.notification_success)}</td>"
             f"<td>{_e(', '.join(f'{k} {v}' for k, v in sorted(p.rejections.items())))}</td></tr>"
             for p in figures
         )
@@ -371,10 +390,10 @@ shown: it may hold personal data.</p>{_redrive_cell(letter.source, letter.redriv
 <th>median time to read</th><th>notified</th><th>rejections</th></tr>{rows}</table>
 <p>Prices: {self._prices.physical} kr per letter on paper, {self._prices.digital} kr per
 digital letter.</p>
-<script>{_CHART_JS}
+<script>{CHART_JS}
 drawLines(document.getElementById('share'), {labels}, {{"digital share %": {share}}}, {{max: 100}});
 </script>"""
-        return _html(user, "Statistics", body)
+        return frame(user, "Statistics", body)
 
     async def _stats_json(self, request: web.Request, user: User) -> web.StreamResponse:
         return web.json_response({"periods": stats.to_json(self._compute(request, user))})
@@ -388,22 +407,6 @@ drawLines(document.getElementById('share'), {labels}, {{"digital share %": {shar
 
 
 # --- helpers ------------------------------------------------------------------------
-def _e(text: str) -> str:
-    return html.escape(text, quote=True)
-
-
-def _qs(params: dict[str, str]) -> str:
-    return urlencode({k: v for k, v in params.items() if v})
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f} %"
-
-
-def _secs(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value / 3600:.1f} h" if value >= 3600 else f"{value:.0f} s"
 
 
 def _day(text: str | None, *, end: bool = False) -> datetime | None:
@@ -414,51 +417,6 @@ def _day(text: str | None, *, end: bool = False) -> datetime | None:
     except ValueError as exc:
         raise BadQueryError(f"{text!r} is not a date (YYYY-MM-DD)") from exc
     return day + timedelta(days=1) if end and len(text) == 10 else day
-
-
-def _redrive_cell(source: str, redriven_at: str | None) -> str:
-    if redriven_at:
-        return f"re-driven {_e(redriven_at[:19])}"
-    return (
-        "<form method=post action='/dashboard/deadletters/redrive' class=inline>"
-        f"<input type=hidden name=source value='{_e(source)}'>"
-        "<button type=submit class=redrive>Re-drive</button></form>"
-    )
-
-
-def _search_form(user: User, query: Any = None) -> str:
-    q = query or {}
-    states = "".join(
-        f"<option{' selected' if q.get('state') == s.value else ''}>{s.value}</option>"
-        for s in LifecycleState
-        if s is not LifecycleState.UNKNOWN
-    )
-    sender = (
-        f"<label>Sender CVR <input name=sender size=9 value='{_e(q.get('sender', ''))}'></label>"
-        if user.is_operator
-        else ""
-    )
-    return f"""<form action="/dashboard/search" class=card id=search>
-<label>Message UUID <input name=uuid size=38 value='{_e(q.get("uuid", ""))}'></label>
-{sender} <label>State <select name=state><option value=''>any</option>{states}</select></label>
-<label>From <input name=since type=date value='{_e(q.get("since", ""))}'></label>
-<label>To <input name=until type=date value='{_e(q.get("until", ""))}'></label>
-<button type=submit>Search</button></form>"""
-
-
-def _html(user: User | None, title: str, body: str, status: int = 200) -> web.Response:
-    nav = ""
-    if user is not None:
-        operator = "<a href='/dashboard/deadletters'>Dead letters</a>" if user.is_operator else ""
-        who = f"{_e(user.name)} ({user.role}{', CVR ' + _e(user.cvr) if user.cvr else ''})"
-        nav = f"""<a href='/dashboard/'>Overview</a><a href='/dashboard/search'>Search</a>
-<a href='/dashboard/stats'>Statistics</a>{operator}<span class=who>{who}
-<form method=post action='/dashboard/logout' class=inline><button>Log out</button></form>
-</span>"""
-    page = f"""<!doctype html><html lang=en><head><meta charset=utf-8>
-<title>{_e(title)}</title><style>{_STYLE}</style></head><body>
-<header><b>DP2</b>{nav}</header><main><h1>{_e(title)}</h1>{body}</main></body></html>"""
-    return web.Response(text=page, content_type="text/html", status=status)
 
 
 def _run_files(run_dir: Path) -> list[dict[str, Any]]:

@@ -7,6 +7,11 @@ every dead letter here (SQLite, keyed by where it came from), the dashboard list
 and inspects them (headers, reason, size — never the body, which may hold
 personal data), and a re-drive produces the original bytes, key and headers back
 to the topic it came from, where the service that failed takes it again.
+
+A tombstone (a record without a value) is kept as a tombstone (``value`` NULL) and
+re-driven as one; an empty value stays an empty value. Letters parked before this
+distinction was kept have an empty value either way. Message UUIDs are kept in lower
+case, as everywhere (schemas.values.canonical_uuid).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 from brokers.runtime import sqlite
 from schemas.errors import Dp2Error
+from schemas.values import canonical_uuid
 from schemas.vocabulary import (
     DEADLETTER_HEADERS,
     MESSAGE_UUID_HEADER,
@@ -34,12 +40,21 @@ from schemas.vocabulary import (
 # Headers the dead-letter step added; a re-drive sends the record without them.
 _PARKING_HEADERS = DEADLETTER_HEADERS
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS deadletters (
+# ``value`` is NULL for a tombstone.
+_TABLE = """deadletters (
     source TEXT PRIMARY KEY, topic TEXT NOT NULL, service TEXT, reason_code TEXT,
-    reason TEXT, message_uuid TEXT, key BLOB, value BLOB NOT NULL, headers TEXT NOT NULL,
-    parked_at TEXT NOT NULL, redriven_at TEXT, redriven_by TEXT);
-"""
+    reason TEXT, message_uuid TEXT, key BLOB, value BLOB, headers TEXT NOT NULL,
+    parked_at TEXT NOT NULL, redriven_at TEXT, redriven_by TEXT)"""
+_SCHEMA = f"CREATE TABLE IF NOT EXISTS {_TABLE};"
+# A store from before tombstones were kept had ``value BLOB NOT NULL``: rebuild it.
+_NULLABLE_VALUE = f"""
+BEGIN;
+ALTER TABLE deadletters RENAME TO deadletters_before_tombstones;
+CREATE TABLE {_TABLE};
+INSERT INTO deadletters SELECT * FROM deadletters_before_tombstones;
+DROP TABLE deadletters_before_tombstones;
+COMMIT;
+"""  # noqa: S608 - this module's own constants, no input
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +70,7 @@ class DeadLetter:
     parked_at: str
     redriven_at: str | None
     redriven_by: str | None
+    tombstone: bool = False  # parked without a value; a re-drive sends a tombstone
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -69,6 +85,7 @@ class DeadLetter:
             "parkedAt": self.parked_at,
             "redrivenAt": self.redriven_at,
             "redrivenBy": self.redriven_by,
+            "tombstone": self.tombstone,
         }
 
 
@@ -76,6 +93,14 @@ class DeadLetterStore:
     def __init__(self, path: Path | str) -> None:
         self._db = sqlite.connect(str(path))
         self._db.executescript(_SCHEMA)
+        columns = {row[1]: row[3] for row in self._db.execute("PRAGMA table_info(deadletters)")}
+        if columns.get("value"):  # notnull: a store from before tombstones were kept
+            self._db.executescript(_NULLABLE_VALUE)
+        sqlite.migrate_once(
+            self._db,
+            "lowercase-message-uuids",
+            lambda: sqlite.lowercase_column(self._db, "deadletters", "message_uuid"),
+        )
 
     def close(self) -> None:
         self._db.close()
@@ -93,9 +118,9 @@ class DeadLetterStore:
                 text.get(SERVICE_HEADER),
                 text.get(REASON_CODE_HEADER),
                 text.get(REASON_HEADER),
-                text.get(MESSAGE_UUID_HEADER),
+                canonical_uuid(text[MESSAGE_UUID_HEADER]) if MESSAGE_UUID_HEADER in text else None,
                 record.key,
-                record.value or b"",
+                record.value,  # None: a tombstone, kept as one
                 _encode_headers(record.headers or ()),
                 datetime.now(UTC).isoformat(),
             ),
@@ -139,15 +164,18 @@ class DeadLetterStore:
 
 
 _SELECT = (
-    "SELECT source, topic, service, reason_code, reason, message_uuid, length(value), headers,"
-    " parked_at, redriven_at, redriven_by FROM deadletters"
+    "SELECT source, topic, service, reason_code, reason, message_uuid,"
+    " coalesce(length(value), 0), headers, parked_at, redriven_at, redriven_by,"
+    " value IS NULL FROM deadletters"
 )
 
 
 def _letter(row: sqlite3.Row | tuple[Any, ...]) -> DeadLetter:
-    (source, topic, service, code, reason, uuid, size, headers, parked, redriven, by) = row
+    (source, topic, service, code, reason, uuid, size, headers, parked, redriven, by, none) = row
     names = [k for k, _ in _decode_headers(headers)]
-    return DeadLetter(source, topic, service, code, reason, uuid, size, names, parked, redriven, by)
+    return DeadLetter(
+        source, topic, service, code, reason, uuid, size, names, parked, redriven, by, bool(none)
+    )
 
 
 def _encode_headers(headers: Any) -> str:

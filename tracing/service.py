@@ -37,11 +37,12 @@ class TracingService(AsyncResource):
         self.store = SqliteTraceStore(ctx.data_dir / "trace.sqlite")
         self.trace = TraceService(self.store, ctx.registry)
         self.deadletters = DeadLetterStore(ctx.data_dir / "deadletters.sqlite")
-        self._producer = new_producer(settings.kafka_bootstrap)  # re-drives dead letters
+        self._producer = new_producer(settings.kafka)  # re-drives dead letters
+        self._users = Users(settings.home)
         self._dashboard = Dashboard(
             self.store,
             self.deadletters,
-            Users(settings.home),
+            self._users,
             run_dir=settings.home / "run",
             producer=self._producer,
         )
@@ -54,7 +55,7 @@ class TracingService(AsyncResource):
 
     def app(self) -> web.Application:
         """The trace API with the dashboard's routes (the host adds /healthz, /metrics)."""
-        app = make_app(self.trace)
+        app = make_app(self.trace, self._users)
         app.add_routes(self._dashboard.routes())
         return app
 

@@ -6,7 +6,9 @@ that row from all of the message's events on each add, using `tracing.lifecycle`
 The summary is therefore the same whatever order the events arrived in, and
 replaying the topic into an empty store rebuilds it exactly. For that reason
 `firstSeen` and `lastUpdate` are the earliest and latest `occurredAt` of the
-message's events, not the times the store received them.
+message's events, not the times the store received them. Message UUIDs are kept
+and looked up in lower case (schemas.values.canonical_uuid); a store written before
+that is folded once when opened, merging the timelines of one message.
 
 Search pages run newest first by firstSeen, then by messageUUID. The cursor is
 opaque to callers: it encodes the last row of the page. A late event that moves a
@@ -27,6 +29,7 @@ from brokers.runtime import sqlite
 from schemas import codec
 from schemas.errors import Dp2Error
 from schemas.models import LifecycleEvent, LifecycleState
+from schemas.values import canonical_uuid
 from tracing import lifecycle
 
 MAX_PAGE = 500
@@ -142,6 +145,7 @@ class SqliteTraceStore:
         self._db: sqlite3.Connection | None = sqlite.connect(path)
         self._db.executescript(_SCHEMA)
         self._add_summary_columns(self._db)
+        sqlite.migrate_once(self._db, "lowercase-message-uuids", self._lowercase_uuids)
 
     @property
     def _conn(self) -> sqlite3.Connection:
@@ -175,13 +179,13 @@ class SqliteTraceStore:
 
     def timeline(self, message_uuid: str) -> list[LifecycleEvent]:
         rows = self._conn.execute(
-            "SELECT record FROM events WHERE message_uuid = ?", (message_uuid,)
+            "SELECT record FROM events WHERE message_uuid = ?", (canonical_uuid(message_uuid),)
         ).fetchall()
         return lifecycle.order_timeline(codec.decode(row[0], LifecycleEvent) for row in rows)
 
     def summary(self, message_uuid: str) -> MessageSummary | None:
         row = self._conn.execute(
-            "SELECT * FROM summaries WHERE message_uuid = ?", (message_uuid,)
+            "SELECT * FROM summaries WHERE message_uuid = ?", (canonical_uuid(message_uuid),)
         ).fetchone()
         return None if row is None else _summary_from_row(row)
 
@@ -274,6 +278,18 @@ class SqliteTraceStore:
                 reasons[-1] if reasons else None,
             ),
         )
+
+    def _lowercase_uuids(self) -> None:
+        """Fold the message UUIDs of a store written before they were folded (once).
+
+        Events of one message under two spellings become one timeline, and its summary
+        is derived again from all of them; the stored records are folded when decoded.
+        """
+        db = self._conn
+        changed = sqlite.lowercase_column(db, "events", "message_uuid")
+        db.execute("DELETE FROM summaries WHERE message_uuid != lower(message_uuid)")
+        for message_uuid in changed:
+            self._refresh_summary(db, message_uuid)
 
     @staticmethod
     def _add_summary_columns(db: sqlite3.Connection) -> None:

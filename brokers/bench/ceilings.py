@@ -15,13 +15,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from brokers.bench import crypto
 from brokers.bench.config import BenchError, say
-from brokers.runtime.kafka import ensure_topics
-from brokers.runtime.settings import Settings
+from brokers.runtime.kafka import ensure_topics, new_admin
+from brokers.runtime.settings import KafkaAccess, Settings
+from brokers.stack.access import ADMIN_IDENTITY
+from brokers.stack.kafka import write_client_properties
 from schemas.vocabulary import TopicSpec
 
 
@@ -107,7 +108,10 @@ def kafka_ceilings(
     topic = f"dp2.bench.perf.{uuid.uuid4().hex[:8]}"
     hop = f"{topic}.latency"
     specs = [TopicSpec(topic, "none", "bench ceiling"), TopicSpec(hop, "none", "one hop", 1)]
-    asyncio.run(ensure_topics(bootstrap, specs))
+    admin = settings.kafka_as(ADMIN_IDENTITY)
+    asyncio.run(ensure_topics(admin, specs))
+    # Same TLS and principal checks as DP2's own clients pay: a fair ceiling.
+    client = f"--command-config {write_client_properties(admin, logs / 'client')}"
     result: dict[str, Any] = {}
     try:
         say(f"ceiling: ProducerPerformance, {records} records of {record_size} bytes, acks=all")
@@ -116,7 +120,8 @@ def kafka_ceilings(
             settings,
             "org.apache.kafka.tools.ProducerPerformance",
             f"--bootstrap-server {bootstrap} --topic {topic} --num-records {records}"
-            f" --record-size {record_size} --throughput -1 --command-property acks=all".split(),
+            f" --record-size {record_size} --throughput -1 --command-property acks=all"
+            f" {client}".split(),
             logs,
         )
         result["kafka_producer"] = {"record_size": record_size, **parse_producer(out)}
@@ -126,7 +131,7 @@ def kafka_ceilings(
             settings,
             "org.apache.kafka.tools.ConsumerPerformance",
             f"--bootstrap-server {bootstrap} --topic {topic} --num-records {records}"
-            f" --group dp2-bench-perf-{uuid.uuid4().hex[:8]} --timeout 60000".split(),
+            f" --group dp2-bench-perf-{uuid.uuid4().hex[:8]} --timeout 60000 {client}".split(),
             logs,
         )
         result["kafka_consumer"] = parse_consumer(out)
@@ -137,7 +142,7 @@ def kafka_ceilings(
             settings,
             "org.apache.kafka.tools.EndToEndLatency",
             f"--bootstrap-server {bootstrap} --topic {hop} --num-records {hops}"
-            f" --producer-acks all --record-size {record_size}".split(),
+            f" --producer-acks all --record-size {record_size} {client}".split(),
             logs,
         )
         result["kafka_hop_latency"] = {"records": hops, **parse_latency(out)}
@@ -146,12 +151,12 @@ def kafka_ceilings(
         result.setdefault("kafka_consumer", {"error": exc.message})
         result.setdefault("kafka_hop_latency", {"error": exc.message})
     finally:
-        asyncio.run(_delete_topics(bootstrap, [topic, hop]))
+        asyncio.run(_delete_topics(admin, [topic, hop]))
     return result
 
 
-async def _delete_topics(bootstrap: str, topics: list[str]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def _delete_topics(access: KafkaAccess, topics: list[str]) -> None:
+    admin = new_admin(access)
     await admin.start()
     try:
         await admin.delete_topics(topics)

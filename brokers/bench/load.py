@@ -20,7 +20,8 @@ from aiokafka.errors import KafkaError
 
 from brokers.bench import report
 from brokers.bench.config import PROVIDER, Config, Phase
-from brokers.runtime.kafka import read_from_start
+from brokers.runtime.kafka import new_consumer, read_from_start
+from brokers.runtime.settings import KafkaAccess
 from connectors.sdk import Document, Dp2Client, build_message
 from schemas import codec
 from schemas.errors import Dp2Error, SchemaError
@@ -35,8 +36,8 @@ _STALL_S = 60.0
 class Collector:
     """Reads dp2.lifecycle from its end and keeps, per bench message, when each stage came."""
 
-    def __init__(self, bootstrap: str, uuids: Sequence[str]) -> None:
-        self._bootstrap = bootstrap
+    def __init__(self, kafka: KafkaAccess, uuids: Sequence[str]) -> None:
+        self._kafka = kafka
         self._index = {u.encode(): i for i, u in enumerate(uuids)}
         n = len(uuids)
         self.submitted: list[float | None] = [None] * n
@@ -51,8 +52,8 @@ class Collector:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap,
+        consumer = new_consumer(
+            self._kafka,
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="latest",

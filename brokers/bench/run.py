@@ -89,6 +89,7 @@ from brokers.contacts.register import ContactRegister
 from brokers.runtime.logs import configure_logging
 from brokers.runtime.settings import PROJECT_ROOT, Settings
 from brokers.stack import supervisor
+from brokers.stack.access import ADMIN_IDENTITY
 from brokers.stack.kafka import ClusterSpec, LocalKafka, check_java, free_base_port
 from schemas.errors import Dp2Error
 
@@ -178,7 +179,9 @@ class Drive:
 
 async def drive(settings: Settings, config: Config, sampler: Sampler) -> Drive:
     """Prepare every message, then run each phase and wait for its messages to finish."""
-    contacts = ContactRegister(settings.kafka_bootstrap)
+    # The bench observes as the admin: it reads the directory and every lifecycle event.
+    observer = settings.kafka_as(ADMIN_IDENTITY)
+    contacts = ContactRegister(observer)
     await contacts.start()
     clients = [
         Sender.from_settings(settings, name, contacts=contacts)
@@ -190,7 +193,7 @@ async def drive(settings: Settings, config: Config, sampler: Sampler) -> Drive:
             await client.start()
         say(f"preparing {config.total} messages (seal, sign, encode) before the clock starts")
         prepared, cost = await prepare(clients, config)
-        collector = Collector(settings.kafka_bootstrap, [p.uuid for p in prepared])
+        collector = Collector(observer, [p.uuid for p in prepared])
         await collector.start()
         if config.warmup:
             # Services report healthy before their consumer groups have joined and the
@@ -253,6 +256,7 @@ def run_bench(settings: Settings, config: Config) -> int:
             heap_mb=settings.kafka_heap_mb,
             libs=settings.kafka_libs,
             deploy_dir=settings.kafka_deploy_dir,
+            pki_dir=home / "pki",
         )
         bootstrap = config.bootstrap
         if bootstrap is None:
@@ -293,7 +297,7 @@ def run_bench(settings: Settings, config: Config) -> int:
         supervisor.stop_processes(bench_settings, say)
         ceilings = kafka_ceilings(
             java,
-            settings,
+            bench_settings,
             bootstrap,
             record_size=outcome.record_size,
             records=config.perf_records,

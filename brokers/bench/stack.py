@@ -28,6 +28,7 @@ from brokers.security import signing
 from brokers.security.pki import Pki
 from brokers.security.pseudonyms import Pseudonymizer, pseudonym_key
 from brokers.stack import supervisor
+from brokers.stack.access import REGISTER_IDENTITY
 from brokers.stack.kafka import port_is_free
 from schemas.vocabulary import PRINT_PROVIDER
 
@@ -173,7 +174,7 @@ def service_env(
 
 def issue_identities(settings: Settings, senders: int) -> str:
     """CA, sender identities and providers; returns the senders' signature algorithm."""
-    pki = Pki(settings.home / "pki")
+    pki = Pki(settings.pki_dir)
     pki.init()
     identity = None
     for name, cvr in sender_names(senders):
@@ -185,8 +186,8 @@ def issue_identities(settings: Settings, senders: int) -> str:
 
 
 async def load_register(settings: Settings, config: Config) -> None:
-    await supervisor.prepare_topics(settings, [PROVIDER])
+    await supervisor.prepare_kafka(settings, [PROVIDER])  # service identities, topics, ACLs
     pseudonyms = Pseudonymizer(pseudonym_key(settings.home))
     rows = contact_rows(config.recipients, config.sms_share)
     records = [record_from_row(row, n, pseudonyms) for n, row in enumerate(rows, start=1)]
-    await publish_contacts(settings.kafka_bootstrap, records)
+    await publish_contacts(settings.kafka_as(REGISTER_IDENTITY), records)

@@ -14,7 +14,8 @@ from brokers.contacts.register import ContactRegister, publish_contacts
 from brokers.runtime.kafka import ensure_topics
 from brokers.runtime.settings import Settings
 from brokers.security.pseudonyms import Pseudonymizer, pseudonym_key
-from schemas.vocabulary import TOPICS
+from brokers.stack.access import ADMIN_IDENTITY, REGISTER_IDENTITY
+from schemas.vocabulary import CONTACTS_TOPIC, TOPICS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,14 +32,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_contacts_load(settings: Settings, args: argparse.Namespace) -> int:
     pseudonyms = Pseudonymizer(pseudonym_key(settings.home))
     records = read_contact_file(Path(args.file), pseudonyms)
-    asyncio.run(ensure_topics(settings.kafka_bootstrap, TOPICS))
-    count = asyncio.run(publish_contacts(settings.kafka_bootstrap, records))
-    print(f"loaded {count} contact records into dp2.contacts")
+    asyncio.run(ensure_topics(settings.kafka_as(ADMIN_IDENTITY), TOPICS))
+    count = asyncio.run(publish_contacts(settings.kafka_as(REGISTER_IDENTITY), records))
+    print(f"loaded {count} contact records into dp2.directory and dp2.contacts")
     return 0
 
 
 async def _show_contact(settings: Settings, ref: str) -> dict[str, Any] | None:
-    register = ContactRegister(settings.kafka_bootstrap)
+    register = ContactRegister(settings.kafka_as(REGISTER_IDENTITY), topic=CONTACTS_TOPIC)
     await register.start()
     try:
         record = register.get(ref)

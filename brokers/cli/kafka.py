@@ -1,4 +1,5 @@
-"""``dp2 kafka``: the local Kafka broker(s) from the Maven jars — fetch, start, stop, status.
+"""``dp2 kafka``: the local Kafka broker(s) from the Maven jars — fetch, start, stop, status —
+and ``dp2 kafka acls``: the ACLs that follow from the deployment (brokers.stack.access).
 
 Also the cluster helpers ``dp2 up``, ``dp2 down`` and ``dp2 status`` share.
 """
@@ -30,6 +31,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     start.add_argument("--port", type=int, help="first client port (default DP2_KAFKA_PORT)")
     start.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for ready")
     start.set_defaults(func=cmd_kafka_start)
+    acls = ksub.add_parser(
+        "acls", help="the ACLs that follow from the PKI and connectors.toml (--apply: set them)"
+    )
+    acls.add_argument("--apply", action="store_true", help="make the cluster's ACLs exactly these")
+    acls.add_argument("--live", action="store_true", help="show what the cluster holds instead")
+    acls.add_argument("--json", action="store_true")
+    acls.set_defaults(func=cmd_kafka_acls)
     stop = ksub.add_parser("stop", help="stop local Kafka cleanly (SIGKILL after --timeout)")
     stop.add_argument("--nodes", type=int, choices=(1, 3), help="only this cluster size")
     stop.add_argument("--port", type=int)
@@ -51,6 +59,7 @@ def cluster(settings: Settings, nodes: int, port: int | None = None) -> LocalKaf
         heap_mb=settings.kafka_heap_mb,
         libs=settings.kafka_libs,
         deploy_dir=settings.kafka_deploy_dir,
+        pki_dir=settings.pki_dir,
     )
     return LocalKafka(spec, progress=say)
 
@@ -71,6 +80,39 @@ def cmd_kafka_start(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_kafka_fetch(settings: Settings, args: argparse.Namespace) -> int:
     libs = ensure_jars(cluster(settings, 1).spec, progress=say)
     print(libs)
+    return 0
+
+
+def cmd_kafka_acls(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio  # noqa: PLC0415 - only this command talks to Kafka's admin API
+
+    from brokers.runtime.kafka import describe_acls  # noqa: PLC0415
+    from brokers.security.pki import Pki  # noqa: PLC0415
+    from brokers.stack.access import ADMIN_IDENTITY, acl_matrix, apply  # noqa: PLC0415
+    from connectors.base import read_config  # noqa: PLC0415
+
+    admin = settings.kafka_as(ADMIN_IDENTITY)
+    if args.live:
+        bindings = asyncio.run(describe_acls(admin))
+    else:
+        bindings = acl_matrix(Pki(settings.pki_dir), read_config(settings))
+    if args.apply:
+        added, removed = asyncio.run(apply(admin, bindings))
+        say(f"applied {len(bindings)} ACLs: {added} added, {removed} removed")
+    rows = [b.as_row() for b in bindings]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    by_principal: dict[str, list[str]] = {}
+    for row in rows:
+        star = "*" if row["pattern"] == "prefixed" else ""
+        by_principal.setdefault(row["principal"], []).append(
+            f"{row['operation']} {row['resource']} {row['name']}{star}"
+        )
+    for principal, rights in by_principal.items():
+        print(principal)
+        for right in rights:
+            print(f"  {right}")
     return 0
 
 

@@ -59,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _pki(settings: Settings) -> Pki:
-    return Pki(settings.home / "pki")
+    return Pki(settings.pki_dir)
 
 
 def _issue_options(args: argparse.Namespace) -> IssueOptions:

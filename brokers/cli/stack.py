@@ -84,9 +84,11 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     providers = [
         p for p in supervisor.providers_in_pki(settings) if p != PRINT_PROVIDER and p not in served
     ]
-    created = asyncio.run(supervisor.prepare_topics(settings, providers))
+    created, added, removed = asyncio.run(supervisor.prepare_kafka(settings, providers))
     if created:
         say(f"created topics: {', '.join(created)}")
+    if added or removed:
+        say(f"Kafka ACLs from the deployment: {added} added, {removed} removed (dp2 kafka acls)")
     supervisor.start_processes(
         settings,
         supervisor.stack_services(

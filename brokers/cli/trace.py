@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 
 from brokers.runtime.settings import Settings
+from tracing.access import Users
 from tracing.client import (
     DEFAULT_URL,
+    TraceLoginRequired,
     TraceUnreachableError,
     UnknownMessageError,
     fetch_timeline,
@@ -33,12 +36,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="print events as they arrive, until the state is final (or Ctrl-C)",
     )
     parser.add_argument("--url", help=f"tracing service (default DP2_PORT_BASE's, {DEFAULT_URL})")
+    parser.add_argument(
+        "--token",
+        help="a trace API token (dp2 dashboard token NAME); default: an operator token "
+        "from this deployment's key, or DP2_TRACE_TOKEN",
+    )
     parser.set_defaults(func=cmd_trace)
 
 
 async def _follow_and_print(args: argparse.Namespace) -> None:
     header_shown = False
-    async for event in follow(args.url, args.uuid):
+    async for event in follow(args.url, args.uuid, token=args.token):
         if args.json:
             print(json.dumps(event), flush=True)
             continue
@@ -52,13 +60,17 @@ def cmd_trace(settings: Settings | None, args: argparse.Namespace) -> int:
     """Print the message's timeline (or follow it); exit 1 when unknown or unreachable."""
     if args.url is None:
         args.url = settings.tracing_url if settings is not None else DEFAULT_URL
+    if args.token is None:
+        args.token = os.environ.get("DP2_TRACE_TOKEN") or (
+            Users(settings.home).local_token() if settings is not None else None
+        )
     try:
         if args.follow:
             asyncio.run(_follow_and_print(args))
         else:
-            doc = asyncio.run(fetch_timeline(args.url, args.uuid))
+            doc = asyncio.run(fetch_timeline(args.url, args.uuid, args.token))
             print(json.dumps(doc, indent=2) if args.json else render_timeline(doc))
-    except (UnknownMessageError, TraceUnreachableError) as exc:
+    except (UnknownMessageError, TraceUnreachableError, TraceLoginRequired) as exc:
         print(f"dp2 trace: {exc.reason_code}: {exc.message}", file=sys.stderr)
         print(f"  how to fix: {exc.hint}", file=sys.stderr)
         return 1

@@ -25,6 +25,7 @@ from schemas.models import (
     NotificationChannel,
     PostalAddress,
 )
+from schemas.values import is_ascii_digits
 
 
 class ContactFileError(Dp2Error):
@@ -41,7 +42,7 @@ def _id_type(value: str, row: int) -> IdType:
 
 def _check_id(identifier: str, id_type: IdType, row: int) -> None:
     digits = 10 if id_type is IdType.CPR else 8
-    if len(identifier) != digits or not identifier.isdigit():
+    if not is_ascii_digits(identifier, digits):
         raise ContactFileError(
             f"row {row}: a {id_type.value} number is {digits} digits as text "
             f"(leading zeros kept); got {len(identifier)} characters"

@@ -1,9 +1,18 @@
-"""The contact register: who is on digital post, with which provider and channels.
+"""The register: who is on digital post with which provider, and how to reach them.
 
-Why a compacted topic: every service that needs the register (router, notifier,
-SDK) keeps a local cache rebuilt by reading ``dp2.contacts`` from the start; Kafka
-keeps the latest record per recipient forever, so there is no extra database to
-run and the register can be replayed like every other projection.
+Two compacted topics, because their readers differ (issue 13):
+
+- ``dp2.directory`` — status, mailbox provider, language and read-receipt consent:
+  what a sender and the router need to route and seal a letter. Every connector
+  may read it.
+- ``dp2.contacts`` — the same record *with* name, postal address and notification
+  channels: personal data that only the notifier and remote print may read (the
+  Kafka ACLs say so, brokers.stack.access).
+
+Why compacted topics: every service that needs the register keeps a local cache
+rebuilt by reading its topic from the start; Kafka keeps the latest record per
+recipient forever, so there is no extra database to run and the register can be
+replayed like every other projection.
 
 Records are keyed by the recipient's keyed pseudonym (``psn-…``), never by a CPR
 number: the topic, the caches and the logs hold no CPR in clear. ``dp2 contacts
@@ -22,50 +31,60 @@ File format (JSON: a list of objects; CSV: the same keys as columns, channels as
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from brokers.runtime.kafka import behind, new_producer, read_from_start
+from brokers.runtime.kafka import behind, new_consumer, new_producer, read_from_start
+from brokers.runtime.settings import KafkaAccess
 from brokers.runtime.tasks import AsyncResource, cancel_and_wait
 from schemas import codec
 from schemas.errors import Dp2Error, SchemaError
 from schemas.models import (
     ContactRecord,
 )
-from schemas.vocabulary import CONTACTS_TOPIC
+from schemas.vocabulary import CONTACTS_TOPIC, DIRECTORY_TOPIC
 
 log = structlog.get_logger("dp2.contacts")
 
 
-async def publish_contacts(bootstrap: str, records: Iterable[ContactRecord]) -> int:
-    producer = new_producer(bootstrap)
+def directory_entry(record: ContactRecord) -> ContactRecord:
+    """The record without its contact details: what the routing directory holds."""
+    return dataclasses.replace(record, name=None, address=None, channels=[])
+
+
+async def publish_contacts(kafka: KafkaAccess, records: Iterable[ContactRecord]) -> int:
+    """Publish each record to the directory (stripped) and to the contact details."""
+    producer = new_producer(kafka)
     await producer.start()
-    count = 0
+    futures = []
     try:
-        futures = [
-            await producer.send(CONTACTS_TOPIC, codec.encode(r), key=r.recipientRef.encode())
-            for r in records
-        ]
+        for r in records:
+            key = r.recipientRef.encode()
+            futures.append(
+                await producer.send(DIRECTORY_TOPIC, codec.encode(directory_entry(r)), key=key)
+            )
+            futures.append(await producer.send(CONTACTS_TOPIC, codec.encode(r), key=key))
         for future in futures:
             await future
-            count += 1
     finally:
         await producer.stop()
-    return count
+    return len(futures) // 2
 
 
 class ContactRegister(AsyncResource):
-    """A local, continuously updated cache of ``dp2.contacts`` (no consumer group).
+    """A local, continuously updated cache of the directory (no consumer group).
 
     ``start()`` returns once the cache has caught up with the topic's end as it was
-    at start, so the first lookups already see every record loaded before.
+    at start, so the first lookups already see every record loaded before. Pass
+    ``topic=CONTACTS_TOPIC`` for the contact details (notifier and print only).
     """
 
-    def __init__(self, bootstrap: str, topic: str = CONTACTS_TOPIC) -> None:
-        self._bootstrap = bootstrap
+    def __init__(self, kafka: KafkaAccess, topic: str = DIRECTORY_TOPIC) -> None:
+        self._kafka = kafka
         self._topic = topic
         self._records: dict[str, ContactRecord] = {}
         self._consumer: AIOKafkaConsumer | None = None
@@ -80,8 +99,8 @@ class ContactRegister(AsyncResource):
     async def start(self, timeout: float = 30.0) -> None:
         if self._consumer is not None:
             return
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap,
+        consumer = new_consumer(
+            self._kafka,
             enable_auto_commit=False,
             group_id=None,
             auto_offset_reset="earliest",  # see read_from_start
@@ -94,9 +113,13 @@ class ContactRegister(AsyncResource):
             await consumer.stop()
             self._consumer = None
             raise Dp2Error(
-                f"topic {self._topic} has no partitions (does it exist?)",
+                f"topic {self._topic} shows no partitions to Kafka principal "
+                f"{self._kafka.identity or '(anonymous)'}: it does not exist, or this "
+                "principal may not read it (Kafka hides such topics)",
                 reason_code="TOPIC_MISSING",
-                hint="Run dp2 up (it creates DP2's topics) before starting services.",
+                hint="Run dp2 up (it creates DP2's topics and ACLs) before starting services; "
+                "dp2 kafka acls shows who may read what (only the notifier and print read "
+                "contact details).",
             ) from exc
         end = await consumer.end_offsets(partitions)
         async with asyncio.timeout(timeout):

@@ -34,6 +34,7 @@ from brokers.runtime.records import Output
 from brokers.runtime.tasks import AsyncResource, PeriodicTask
 from brokers.security.pseudonyms import Pseudonymizer, pseudonym_key
 from brokers.security.trust import TrustStore
+from schemas.values import canonical_uuid
 from schemas.vocabulary import (
     ACCEPTED_TOPIC,
     COMMANDS_TOPIC,
@@ -56,13 +57,26 @@ class ScheduleStore:
             " state TEXT NOT NULL DEFAULT 'waiting')"
         )
         self._db.commit()
+        # Two spellings of one UUID are one letter: one already released or recalled
+        # stays so, and the other is never delivered.
+        sqlite.migrate_once(
+            self._db,
+            "lowercase-message-uuids",
+            lambda: sqlite.lowercase_column(
+                self._db,
+                "scheduled",
+                "message_uuid",
+                keep_first="CASE state WHEN 'released' THEN 0 WHEN 'recalled' THEN 1 ELSE 2 END,"
+                " rowid",
+            ),
+        )
 
     def hold(self, message_uuid: str, due: date, sender_id: str, ref: str, raw: bytes) -> bool:
         """Store a message until ``due``; False if it was already held (redelivery)."""
         cursor = self._db.execute(
             "INSERT OR IGNORE INTO scheduled (message_uuid, due, sender_id, recipient_ref,"
             " envelope) VALUES (?, ?, ?, ?, ?)",
-            (message_uuid, due.isoformat(), sender_id, ref, raw),
+            (canonical_uuid(message_uuid), due.isoformat(), sender_id, ref, raw),
         )
         self._db.commit()
         return cursor.rowcount == 1
@@ -79,14 +93,15 @@ class ScheduleStore:
     def mark(self, message_uuid: str, state: str, only_if: str = "waiting") -> bool:
         cursor = self._db.execute(
             "UPDATE scheduled SET state = ? WHERE message_uuid = ? AND state = ?",
-            (state, message_uuid, only_if),
+            (state, canonical_uuid(message_uuid), only_if),
         )
         self._db.commit()
         return cursor.rowcount == 1
 
     def sender_of(self, message_uuid: str) -> tuple[str, str] | None:
         row = self._db.execute(
-            "SELECT sender_id, state FROM scheduled WHERE message_uuid = ?", (message_uuid,)
+            "SELECT sender_id, state FROM scheduled WHERE message_uuid = ?",
+            (canonical_uuid(message_uuid),),
         ).fetchone()
         return (row[0], row[1]) if row else None
 
@@ -102,17 +117,17 @@ class RouterService(AsyncResource):
 
     def __init__(self, ctx: ServiceContext, *, release_interval_s: float = 1.0) -> None:
         settings = ctx.settings
-        self._bootstrap = settings.kafka_bootstrap
-        self._contacts = ContactRegister(self._bootstrap)
+        self._kafka = settings.kafka
+        self._contacts = ContactRegister(self._kafka)
         self._schedule = ScheduleStore(ctx.data_dir / "router.sqlite")
         self.router = Router(
             contacts=self._contacts,
-            trust=TrustStore(settings.home / "pki"),
+            trust=TrustStore(settings.pki_dir),
             pseudonyms=Pseudonymizer(pseudonym_key(settings.home)),
             schedule=self._schedule,
             **({"clock": ctx.clock} if ctx.clock else {}),
         )
-        self._producer = new_producer(self._bootstrap)
+        self._producer = new_producer(self._kafka)
         self._created_topics: set[str] = set()
         self.release = PeriodicTask(
             "router-release", self._release_due, release_interval_s, metrics=ctx.metrics
@@ -162,7 +177,7 @@ class RouterService(AsyncResource):
         """Create a provider's delivery topic the first time the router sends to it."""
         missing = {o.topic for o in outputs if is_delivery_topic(o.topic)} - self._created_topics
         if missing:
-            await ensure_topics(self._bootstrap, [provider_topic(provider_of(t)) for t in missing])
+            await ensure_topics(self._kafka, [provider_topic(provider_of(t)) for t in missing])
             self._created_topics.update(missing)
 
 

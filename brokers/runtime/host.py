@@ -87,7 +87,7 @@ class ServiceContext:
         """A worker in consumer group ``dp2.<name>`` (one group per role, shared by instances)."""
         return KafkaWorker(
             name,
-            self.settings.kafka_bootstrap,
+            self.settings.kafka,
             topics,
             group_id=f"dp2.{name}{self.group_suffix}",
             handler=handler,

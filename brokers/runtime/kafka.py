@@ -1,19 +1,88 @@
-"""The Kafka clients DP2 uses, configured once: the producer, group-less readers, topics.
+"""The Kafka clients DP2 uses, configured once: producer, consumers, topics and ACLs.
 
 Why one place: every service and the SDK must produce with the same guarantees
-(idempotent, ``acks=all``) and read a topic from its start the same way.
+(idempotent, ``acks=all``), authenticate the same way (mTLS with the process's own
+PKI identity, brokers.runtime.settings.KafkaAccess), read a topic from its start
+the same way, and turn Kafka's refusals into a Dp2Error that says what to do.
+
+ACLs: aiokafka's admin client has no ACL calls, so :func:`create_acls`,
+:func:`describe_acls` and :func:`delete_acls` send Kafka's CreateAcls (v1),
+DescribeAcls (v1) and DeleteAcls (v1) requests through its protocol layer.
+Which ACLs a deployment needs is brokers.stack.access's business.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import enum
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    KafkaError,
+    TopicAuthorizationFailedError,
+)
+from aiokafka.protocol.admin import (
+    CreateAclsRequest_v1,
+    DeleteAclsRequest_v1,
+    DescribeAclsRequest_v1,
+)
+from aiokafka.protocol.api import Request
 
+from brokers.runtime.settings import KafkaAccess
+from schemas.errors import Dp2Error
 from schemas.vocabulary import TopicSpec
+
+#: Kafka's refusals of a request the principal has no ACL for.
+AUTHORIZATION_ERRORS = (
+    TopicAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    ClusterAuthorizationFailedError,
+)
+
+
+class KafkaRefusal(Dp2Error):
+    """Kafka refused this principal a right; nothing was written."""
+
+    reason_code = "KAFKA_NOT_AUTHORISED"
+    retriable = False
+
+
+def refusal(exc: BaseException, access: KafkaAccess, what: str) -> KafkaRefusal:
+    """Kafka's authorisation error, as a Dp2Error that names the principal and the fix."""
+    return KafkaRefusal(
+        f"Kafka refused {what} to principal {principal_of(access)!r} ({type(exc).__name__})",
+        hint="Rights follow from the deployment: dp2 kafka acls shows them. Use the "
+        "identity meant for this (its kind and connectors.toml decide), or ask the "
+        "operator to add it to connectors.toml and run dp2 kafka acls --apply.",
+    )
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """True for Kafka's authorisation errors, also when wrapped in another KafkaError."""
+    return isinstance(exc, AUTHORIZATION_ERRORS) or (
+        isinstance(exc, KafkaError) and isinstance(exc.__cause__, AUTHORIZATION_ERRORS)
+    )
+
+
+def principal_of(access: KafkaAccess) -> str:
+    """The principal name the broker gives this client (``kind:name``), if known."""
+    return access.identity or "(anonymous)"
+
+
+def new_consumer(access: KafkaAccess, *topics: str, **settings: Any) -> AIOKafkaConsumer:
+    """A consumer that authenticates as ``access``'s identity."""
+    return AIOKafkaConsumer(*topics, **access.client_options(), **settings)
+
+
+def new_admin(access: KafkaAccess, **settings: Any) -> AIOKafkaAdminClient:
+    """An admin client that authenticates as ``access``'s identity."""
+    return AIOKafkaAdminClient(**access.client_options(), **settings)
 
 
 async def read_from_start(
@@ -54,10 +123,10 @@ async def behind(consumer: AIOKafkaConsumer, end: dict[TopicPartition, int]) -> 
     return False
 
 
-def new_producer(bootstrap: str, **overrides: Any) -> AIOKafkaProducer:
-    """The one producer configuration DP2 uses: idempotent, acks=all, batched."""
+def new_producer(access: KafkaAccess, **overrides: Any) -> AIOKafkaProducer:
+    """The one producer configuration DP2 uses: idempotent, acks=all, batched, mTLS."""
     settings: dict[str, Any] = {
-        "bootstrap_servers": bootstrap,
+        **access.client_options(),
         "enable_idempotence": True,
         "acks": "all",
         "linger_ms": 5,
@@ -69,10 +138,10 @@ def new_producer(bootstrap: str, **overrides: Any) -> AIOKafkaProducer:
 
 
 async def ensure_topics(
-    bootstrap: str, topics: tuple[TopicSpec, ...] | list[TopicSpec], replication: int = 1
+    access: KafkaAccess, topics: tuple[TopicSpec, ...] | list[TopicSpec], replication: int = 1
 ) -> list[str]:
     """Create the topics that do not exist yet; returns the names it created."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = new_admin(access)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -87,3 +156,174 @@ async def ensure_topics(
         return [t.name for t in missing]
     finally:
         await admin.close()
+
+
+# --- ACLs ------------------------------------------------------------------------------
+class ResourceType(enum.IntEnum):
+    """Kafka's ACL resource types (the wire values)."""
+
+    ANY = 1
+    TOPIC = 2
+    GROUP = 3
+    CLUSTER = 4
+
+
+class PatternType(enum.IntEnum):
+    ANY = 1
+    LITERAL = 3
+    PREFIXED = 4
+
+
+class Operation(enum.IntEnum):
+    ANY = 1
+    ALL = 2
+    READ = 3
+    WRITE = 4
+    CREATE = 5
+    DELETE = 6
+    ALTER = 7
+    DESCRIBE = 8
+    CLUSTER_ACTION = 9
+    DESCRIBE_CONFIGS = 10
+    ALTER_CONFIGS = 11
+    IDEMPOTENT_WRITE = 12
+
+
+class Permission(enum.IntEnum):
+    ANY = 1
+    DENY = 2
+    ALLOW = 3
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class AclBinding:
+    """One ALLOW (or DENY) rule: principal may do operation on a resource (or prefix)."""
+
+    principal: str  # "User:<kind>:<name>"
+    resource_type: ResourceType
+    resource_name: str
+    pattern: PatternType
+    operation: Operation
+    permission: Permission = Permission.ALLOW
+    host: str = "*"
+
+    def as_row(self) -> dict[str, str]:
+        """A JSON-friendly row (``dp2 kafka acls --json``)."""
+        return {
+            "principal": self.principal,
+            "resource": self.resource_type.name.lower(),
+            "name": self.resource_name,
+            "pattern": self.pattern.name.lower(),
+            "operation": self.operation.name.lower(),
+            "permission": self.permission.name.lower(),
+        }
+
+    def _wire(self) -> tuple[int, str, int, str, str, int, int]:
+        return (
+            int(self.resource_type),
+            self.resource_name,
+            int(self.pattern),
+            self.principal,
+            self.host,
+            int(self.operation),
+            int(self.permission),
+        )
+
+
+class _CreateAcls(Request[CreateAclsRequest_v1]):  # type: ignore[misc] # untyped base
+    API_KEY = 30
+
+    def __init__(self, bindings: Sequence[AclBinding]) -> None:
+        self._creations = [b._wire() for b in bindings]
+
+    def build(self, request_struct_class: type[CreateAclsRequest_v1]) -> CreateAclsRequest_v1:
+        return request_struct_class(self._creations)
+
+
+class _DeleteAcls(Request[DeleteAclsRequest_v1]):  # type: ignore[misc] # untyped base
+    API_KEY = 31
+
+    def __init__(self, bindings: Sequence[AclBinding]) -> None:
+        self._filters = [b._wire() for b in bindings]
+
+    def build(self, request_struct_class: type[DeleteAclsRequest_v1]) -> DeleteAclsRequest_v1:
+        return request_struct_class(self._filters)
+
+
+class _DescribeAllAcls(Request[DescribeAclsRequest_v1]):  # type: ignore[misc] # untyped
+    API_KEY = 29
+
+    def build(self, request_struct_class: type[DescribeAclsRequest_v1]) -> DescribeAclsRequest_v1:
+        # Match everything: any resource, any pattern, any principal/host/operation.
+        return request_struct_class(
+            int(ResourceType.ANY), None, int(PatternType.ANY), None, None, 1, 1
+        )
+
+
+def _raise_for_errors(codes: Iterable[tuple[int, str | None]], what: str) -> None:
+    failures = [f"{code}: {message}" for code, message in codes if code != 0]
+    if failures:
+        raise Dp2Error(
+            f"Kafka refused to {what}: {'; '.join(failures[:3])}",
+            reason_code="ACL_UPDATE_FAILED",
+            hint="Run it with the admin identity (dp2 up uses dp2-admin), and check "
+            "that the broker runs with an authorizer (deploy/kafka).",
+        )
+
+
+async def _admin_call(access: KafkaAccess, request: Request[Any]) -> Any:
+    admin = new_admin(access)
+    await admin.start()
+    try:
+        return await admin._send_request(request)
+    finally:
+        await admin.close()
+
+
+async def describe_acls(access: KafkaAccess) -> list[AclBinding]:
+    """Every ACL the cluster holds."""
+    response = await _admin_call(access, _DescribeAllAcls())
+    _raise_for_errors([(response.error_code, response.error_message)], "list ACLs")
+    found = []
+    for resource_type, name, pattern, acls in response.resources:
+        for principal, host, operation, permission in acls:
+            found.append(
+                AclBinding(
+                    principal,
+                    ResourceType(resource_type),
+                    name,
+                    PatternType(pattern),
+                    Operation(operation),
+                    Permission(permission),
+                    host,
+                )
+            )
+    return sorted(found)
+
+
+async def create_acls(access: KafkaAccess, bindings: Sequence[AclBinding]) -> None:
+    """Add ``bindings`` (Kafka ignores ones that exist already)."""
+    if bindings:
+        response = await _admin_call(access, _CreateAcls(bindings))
+        _raise_for_errors(response.creation_responses, "create ACLs")
+
+
+async def delete_acls(access: KafkaAccess, bindings: Sequence[AclBinding]) -> None:
+    """Remove exactly ``bindings``."""
+    if bindings:
+        response = await _admin_call(access, _DeleteAcls(bindings))
+        _raise_for_errors(
+            [(code, message) for code, message, _matching in response.filter_responses],
+            "delete ACLs",
+        )
+
+
+async def sync_acls(access: KafkaAccess, wanted: Sequence[AclBinding]) -> tuple[int, int]:
+    """Make the cluster's ACLs exactly ``wanted``: returns (added, removed)."""
+    current = set(await describe_acls(access))
+    target = set(wanted)
+    extra = sorted(current - target)
+    missing = sorted(target - current)
+    await create_acls(access, missing)
+    await delete_acls(access, extra)
+    return len(missing), len(extra)

@@ -35,6 +35,9 @@ class Output:
     headers: list[tuple[str, bytes]] = field(default_factory=list)
     #: Set on a REJECTED event, so the worker counts rejections by reason.
     rejection: str | None = None
+    #: Produce a tombstone (no value; ``value`` is then empty): the dead letter of a
+    #: tombstone stays one, so that a re-drive sends a tombstone again.
+    tombstone: bool = False
 
 
 Handler = Callable[[ConsumerRecord[bytes, bytes]], Awaitable[Sequence[Output]]]
@@ -97,7 +100,8 @@ def lifecycle_output(
         relatedMessageUUID=related,
         attributes=attributes or {},
     )
-    return Output(LIFECYCLE_TOPIC, codec.encode(event), key=message_uuid.encode())
+    # The model folds the UUID to lower case: the key is the canonical form too.
+    return Output(LIFECYCLE_TOPIC, codec.encode(event), key=event.messageUUID.encode())
 
 
 def rejection_output(message_uuid: str, actor: str, error: Dp2Error, **kwargs: Any) -> Output:

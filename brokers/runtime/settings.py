@@ -9,6 +9,9 @@ valid value looks like, instead of letting a typo surface later as a timeout.
 |---|---|---|
 | DP2_HOME | ``<checkout>/var`` | project-local state: Kafka data, stores, run files |
 | DP2_KAFKA_BOOTSTRAP | ``127.0.0.1:<DP2_KAFKA_PORT>`` | an existing cluster to use |
+| DP2_KAFKA_IDENTITY | per service | the PKI identity this process is to Kafka |
+| DP2_KAFKA_TLS | ``1`` | mTLS with DP2's PKI; ``0`` only for a cluster outside it |
+| DP2_PKI | ``$DP2_HOME/pki`` | the PKI folder (``dp2 pki``) |
 | DP2_PORT_BASE | 8470 | HTTP ports of the services: tracing, validator, router, mailboxes… |
 | DP2_KAFKA_PORT | 9092 | first broker port of the local Kafka (controller: +1) |
 | DP2_KAFKA_HEAP_MB | 512 | heap per local Kafka node |
@@ -24,12 +27,17 @@ valid value looks like, instead of letting a typo surface later as a timeout.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from schemas.errors import ConfigError
+from schemas.values import is_ascii_digits, parse_ascii_int
 
 #: The checkout this package runs from; deploy/ and var/ are found relative to it.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # brokers/runtime/settings.py
@@ -39,16 +47,74 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
     raw = env.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = low - 1
-    if not low <= value <= high:
+    value = parse_ascii_int(raw)  # ASCII digits only: int() also reads "٣" and "1_0"
+    if value is None or not low <= value <= high:
         raise ConfigError(
             f"{name}={raw!r} is not a whole number from {low} to {high}",
             hint=f"Set {name} to a number in that range, or unset it to use {default}.",
         )
     return value
+
+
+@functools.lru_cache(maxsize=64)
+def _client_ssl_context(ca_file: Path, cert_file: Path, key_file: Path) -> ssl.SSLContext:
+    """One TLS context per identity and process: verifies the broker, presents our cert."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_file))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(cert_file), str(key_file))
+    return context
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaAccess:
+    """Where Kafka is and who this client is to it.
+
+    With TLS on (the default), the client presents the PKI identity's certificate:
+    the broker maps it to the principal ``<kind>:<name>`` and authorises each
+    request by the ACLs ``dp2 up`` derived from the deployment (brokers.stack.access).
+    """
+
+    bootstrap: str
+    identity: str = ""
+    pki_dir: Path | None = None
+
+    @property
+    def tls(self) -> bool:
+        return self.pki_dir is not None
+
+    def client_options(self) -> dict[str, Any]:
+        """Keyword arguments for every aiokafka client (producer, consumer, admin)."""
+        if self.pki_dir is None:
+            return {"bootstrap_servers": self.bootstrap}
+        if not self.identity:
+            raise ConfigError(
+                "no Kafka identity is set for this process",
+                hint="Set DP2_KAFKA_IDENTITY to a PKI identity (dp2 pki list), "
+                "or run it through dp2 up / dp2 run, which choose one per service.",
+            )
+        folder = self.pki_dir / "identities" / self.identity
+        files = (self.pki_dir / "ca" / "cert.pem", folder / "cert.pem", folder / "key.pem")
+        missing = [str(f) for f in files if not f.exists()]
+        if missing:
+            raise ConfigError(
+                f"the Kafka identity {self.identity!r} has no certificate: "
+                f"{', '.join(missing)} missing",
+                hint="Issue it with dp2 pki issue (dp2 up issues DP2's own), "
+                "or point DP2_PKI at the folder that holds it.",
+            )
+        try:
+            context = _client_ssl_context(*files)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(
+                f"the certificate or key of Kafka identity {self.identity!r} "
+                f"cannot be used for TLS: {exc}",
+                hint="Re-issue the identity with dp2 pki issue ... --force.",
+            ) from exc
+        return {
+            "bootstrap_servers": self.bootstrap,
+            "security_protocol": "SSL",
+            "ssl_context": context,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +138,29 @@ class Settings:
     digest_window_s: int = 300
     notify_concurrency: int = 1
     quiet_hours: tuple[int, int] | None = None
+    kafka_identity: str = ""
+    kafka_tls: bool = True
+    pki_dir_override: Path | None = None
+
+    @property
+    def pki_dir(self) -> Path:
+        """The PKI folder: $DP2_PKI, else $DP2_HOME/pki."""
+        return self.pki_dir_override or self.home / "pki"
+
+    @property
+    def kafka(self) -> KafkaAccess:
+        """How this process reaches Kafka, as its own principal."""
+        return KafkaAccess(
+            self.kafka_bootstrap, self.kafka_identity, self.pki_dir if self.kafka_tls else None
+        )
+
+    def as_identity(self, identity: str) -> Settings:
+        """The same settings for a service that is the Kafka principal ``identity``."""
+        return dataclasses.replace(self, kafka_identity=identity)
+
+    def kafka_as(self, identity: str) -> KafkaAccess:
+        """Kafka access as another of this deployment's identities."""
+        return self.as_identity(identity).kafka
 
     @property
     def tracing_url(self) -> str:
@@ -93,7 +182,7 @@ class Settings:
         bootstrap = env.get("DP2_KAFKA_BOOTSTRAP") or f"127.0.0.1:{port}"
         for address in bootstrap.split(","):
             host, _, port_text = address.strip().rpartition(":")
-            if not host or not port_text.isdigit():
+            if not host or not is_ascii_digits(port_text):
                 raise ConfigError(
                     f"DP2_KAFKA_BOOTSTRAP={bootstrap!r} is not a list of host:port",
                     hint="Write it as host:port[,host:port...], e.g. 127.0.0.1:9092.",
@@ -117,7 +206,9 @@ class Settings:
         quiet_hours = None
         if quiet:
             start, _, end = quiet.partition("-")
-            if not (start.isdigit() and end.isdigit() and 0 <= int(start) < 24 > int(end)):
+            if not (
+                is_ascii_digits(start) and is_ascii_digits(end) and 0 <= int(start) < 24 > int(end)
+            ):
                 raise ConfigError(
                     f"DP2_QUIET_HOURS={quiet!r} is not start-end hours",
                     hint="Write it as 22-7 (from 22:00 to 07:00), or unset it.",
@@ -142,4 +233,7 @@ class Settings:
             digest_window_s=_int(env, "DP2_DIGEST_WINDOW_S", 300, 0, 86400),
             notify_concurrency=_int(env, "DP2_NOTIFY_CONCURRENCY", 1, 1, 256),
             quiet_hours=quiet_hours,
+            kafka_identity=env.get("DP2_KAFKA_IDENTITY", ""),
+            kafka_tls=env.get("DP2_KAFKA_TLS", "1") not in {"0", "false", "no", "off"},
+            pki_dir_override=Path(env["DP2_PKI"]).resolve() if env.get("DP2_PKI") else None,
         )

@@ -6,11 +6,16 @@ projections of Kafka topics. They use WAL (readers never block the writer) and
 crash or power loss can drop the last few commits — which replaying the topic
 restores. ``FULL`` would fsync every commit, and measured six fsyncs per message
 through the pipeline; that cost belongs to Kafka (acks=all), not to projections.
+
+Stores written before message UUIDs were folded to lower case are migrated when
+opened (``migrate_once`` with ``lowercase_column``), merging rows that turn out to
+be the same message.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -20,3 +25,52 @@ def connect(path: Path | str) -> sqlite3.Connection:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     return db
+
+
+def migrate_once(db: sqlite3.Connection, name: str, step: Callable[[], object]) -> bool:
+    """Run ``step`` in one transaction unless the store has run migration ``name`` before.
+
+    The names done are kept in the store's own ``dp2_migrations`` table, so a migration
+    that scans a large table costs that scan once, not at every start. False when the
+    migration had run already.
+    """
+    db.execute("CREATE TABLE IF NOT EXISTS dp2_migrations (name TEXT PRIMARY KEY, at TEXT)")
+    db.commit()
+    if db.execute("SELECT 1 FROM dp2_migrations WHERE name = ?", (name,)).fetchone():
+        return False
+    with db:
+        step()
+        db.execute(
+            "INSERT INTO dp2_migrations VALUES (?, datetime('now'))",
+            (name,),
+        )
+    return True
+
+
+def lowercase_column(
+    db: sqlite3.Connection, table: str, column: str, *, keep_first: str | None = None
+) -> list[str]:
+    """Fold the message UUIDs of ``table.column`` to lower case (DESIGN.md: one canonical form).
+
+    SQLite's ``lower()`` folds ASCII only, as schemas.values.canonical_uuid does. For a
+    unique column, rows that become the same UUID are merged first: the row that
+    ``keep_first`` (an ORDER BY expression) puts first stays, the others are deleted.
+    Returns the lower-cased UUIDs that changed, for stores that derive rows from them.
+    ``table``, ``column`` and ``keep_first`` are the store's own SQL, never input.
+    """
+    changed = [
+        str(row[0])
+        for row in db.execute(
+            f"SELECT DISTINCT lower({column}) FROM {table} WHERE {column} != lower({column})"  # noqa: S608 - the store's own names
+        )
+    ]
+    if not changed:
+        return []
+    if keep_first is not None:
+        db.execute(
+            f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM (SELECT rowid, row_number()"  # noqa: S608 - the store's own names
+            f" OVER (PARTITION BY lower({column}) ORDER BY {keep_first}) AS n FROM {table})"
+            " WHERE n > 1)"
+        )
+    db.execute(f"UPDATE {table} SET {column} = lower({column}) WHERE {column} != lower({column})")  # noqa: S608 - the store's own names
+    return changed

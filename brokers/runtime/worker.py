@@ -9,10 +9,10 @@ message is in. Here they are, for every worker:
   or event id.
 * **A poison record never stops a consumer and never disappears.** Bytes that do
   not decode, or a handler that raises an unexpected error, send the original
-  record to ``dp2.deadletter`` with its reason (headers ``dp2-reason-code``,
-  ``dp2-reason``, ``dp2-source``), count it, and put a REJECTED event on the
-  message's timeline (the UUID from the ``dp2-message-uuid`` header, or a stable
-  UUID derived from topic/partition/offset) — then the loop goes on.
+  record (a tombstone as a tombstone) to ``dp2.deadletter`` with its reason
+  (headers ``dp2-reason-code``, ``dp2-reason``, ``dp2-source``), count it, and put
+  a REJECTED event on the message's timeline (the UUID from the ``dp2-message-uuid``
+  header, or a stable UUID derived from topic/partition/offset) — then the loop goes on.
 * **Retriable trouble waits, it does not drop.** A :class:`Dp2Error` with
   ``retriable = True`` (Kafka unavailable, a store busy) leaves the batch
   uncommitted and is retried with capped exponential backoff.
@@ -38,7 +38,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.errors import KafkaError
 
 from brokers.runtime import context
-from brokers.runtime.kafka import new_producer
+from brokers.runtime.kafka import (
+    AUTHORIZATION_ERRORS,
+    is_refusal,
+    new_consumer,
+    new_producer,
+    refusal,
+)
 from brokers.runtime.metrics import ServiceMetrics
 from brokers.runtime.records import (
     Handler,
@@ -47,6 +53,7 @@ from brokers.runtime.records import (
     rejection_output,
     source_of,
 )
+from brokers.runtime.settings import KafkaAccess
 from brokers.runtime.tasks import Backoff, cancel_and_wait
 from schemas.errors import Dp2Error, SchemaError
 from schemas.vocabulary import (
@@ -73,7 +80,7 @@ class KafkaWorker:
     def __init__(
         self,
         name: str,
-        bootstrap: str,
+        kafka: KafkaAccess,
         topics: Sequence[str],
         *,
         group_id: str,
@@ -84,13 +91,13 @@ class KafkaWorker:
         auto_offset_reset: str = "earliest",
     ) -> None:
         self.name = name
-        self._bootstrap = bootstrap
+        self._kafka = kafka
         self._topics = list(topics)
         self._group_id = group_id
         self._handler = handler
         self._metrics = metrics
         self._own_producer = producer is None
-        self._producer = producer or new_producer(bootstrap)
+        self._producer = producer or new_producer(kafka)
         self._batch_size = batch_size
         self._auto_offset_reset = auto_offset_reset
         self._consumer: AIOKafkaConsumer | None = None
@@ -110,9 +117,9 @@ class KafkaWorker:
             return
         if self._own_producer:
             await self._producer.start()
-        self._consumer = AIOKafkaConsumer(
+        self._consumer = new_consumer(
+            self._kafka,
             *self._topics,
-            bootstrap_servers=self._bootstrap,
             group_id=self._group_id,
             enable_auto_commit=False,
             auto_offset_reset=self._auto_offset_reset,
@@ -120,7 +127,14 @@ class KafkaWorker:
             fetch_max_bytes=16 * 1024 * 1024,
             max_partition_fetch_bytes=8 * 1024 * 1024,
         )
-        await self._consumer.start()
+        try:
+            await self._consumer.start()
+        except AUTHORIZATION_ERRORS as exc:  # e.g. no right to the consumer group
+            consumer, self._consumer = self._consumer, None
+            await consumer.stop()
+            if self._own_producer:
+                await self._producer.stop()
+            raise refusal(exc, self._kafka, f"consuming as group {self._group_id}") from exc
         self._task = asyncio.create_task(self._run(), name=f"worker:{self.name}")
 
     async def stop(self) -> None:
@@ -150,7 +164,13 @@ class KafkaWorker:
         consumer = self._require_consumer()
         backoff = Backoff(first=0.5, cap=_MAX_BACKOFF_S)
         while True:
-            batch = await consumer.getmany(timeout_ms=500)
+            try:
+                batch = await consumer.getmany(timeout_ms=500)
+            except KafkaError as exc:
+                # A refusal to read (no ACL) or a broker hiccup: the service stays up,
+                # /healthz says why, and it tries again (the operator may fix the ACLs).
+                await asyncio.sleep(self._note_failure(exc, backoff, "read"))
+                continue
             if batch:
                 try:
                     await self._process_batch(batch)
@@ -158,13 +178,25 @@ class KafkaWorker:
                 except (Dp2Error, KafkaError) as exc:
                     # Only retriable errors get here (see _handle_one). Nothing of the
                     # batch was produced or committed: rewind it and try again later.
-                    self.last_error = repr(exc)
-                    wait_s = backoff.next()
-                    log.warning("batch_retry", service=self.name, error=str(exc), wait_s=wait_s)
+                    wait_s = self._note_failure(exc, backoff, "write")
                     for tp, records in batch.items():
                         consumer.seek(tp, records[0].offset)
                     await asyncio.sleep(wait_s)
             await self._update_lag(consumer)
+
+    def _note_failure(self, exc: BaseException, backoff: Backoff, what: str) -> float:
+        """Record why this round failed (a Kafka refusal in DP2's words); the wait."""
+        error = refusal(exc, self._kafka, f"{what} for {self.name}") if is_refusal(exc) else exc
+        self.last_error = str(error) if isinstance(error, Dp2Error) else repr(error)
+        wait_s = backoff.next()
+        log.warning(
+            "batch_retry",
+            service=self.name,
+            reason_code=getattr(error, "reason_code", type(exc).__name__),
+            error=str(error),
+            wait_s=wait_s,
+        )
+        return wait_s
 
     async def _process_batch(
         self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
@@ -243,7 +275,13 @@ class KafkaWorker:
             (MESSAGE_UUID_HEADER, message_uuid.encode()),
         ]
         return [
-            Output(DEADLETTER_TOPIC, record.value or b"", record.key, headers),
+            Output(
+                DEADLETTER_TOPIC,
+                record.value or b"",
+                record.key,
+                headers,
+                tombstone=record.value is None,  # parked as it came: a tombstone stays one
+            ),
             rejection_output(
                 message_uuid, self.name, error, attributes={"deadLetter": source}, source=source
             ),
@@ -256,7 +294,10 @@ class KafkaWorker:
                 self._metrics.rejections.labels(self.name, output.rejection).inc()
             futures.append(
                 await self._producer.send(
-                    output.topic, output.value, key=output.key, headers=output.headers
+                    output.topic,
+                    None if output.tombstone else output.value,
+                    key=output.key,
+                    headers=output.headers,
                 )
             )
             self._metrics.records_out.labels(self.name, output.topic).inc()

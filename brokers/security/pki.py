@@ -17,14 +17,17 @@ Layout under the root (``$DP2_HOME/pki`` by the callers' convention)::
     providers/<provider_id>.pem      each provider's encryption certificate, published
 
 Certificates: the subject's OU names the kind (``sender``, ``vendor``,
-``provider``, ``provider-encryption``). A sender carries ``serialNumber=CVR:<8
-digits>`` as OCES certificates do. A vendor lists the CVRs it may send for in a
-non-critical extension, OID 1.3.6.1.4.1.55555.1.1 (a private arc), whose value is
-a DER UTF8String of the comma-separated CVR numbers. A provider has a signing
-certificate (it signs DELIVERED events) and a second certificate for its X25519
-key with KeyUsage keyAgreement only; cryptography signs X25519 keys into
-certificates directly, so no other format is needed. Keys are unencrypted PKCS#8
-PEM: a development PKI, protected by file mode only.
+``provider``, ``provider-encryption``, ``service`` for DP2's own services and the
+Kafka broker). Every signing certificate is also its holder's Kafka principal:
+the broker maps a client certificate to ``<kind>:<CN>`` (brokers.stack.access).
+A sender carries ``serialNumber=CVR:<8 digits>`` as OCES certificates do. A vendor
+lists the CVRs it may send for in a non-critical extension, OID
+1.3.6.1.4.1.55555.1.1 (a private arc), whose value is a DER UTF8String of the
+comma-separated CVR numbers. A provider has a signing certificate (it signs
+DELIVERED events) and a second certificate for its X25519 key with KeyUsage
+keyAgreement only; cryptography signs X25519 keys into certificates directly, so
+no other format is needed. Keys are unencrypted PKCS#8 PEM: a development PKI,
+protected by file mode only (0600 keys, 0700 folders).
 
 Errors are brokers.security.signing.SecurityError: PKI_NOT_INITIALISED, INVALID_CVR,
 INVALID_NAME, INVALID_VALIDITY, IDENTITY_EXISTS, UNKNOWN_IDENTITY, BAD_KEY,
@@ -37,6 +40,7 @@ checking side is brokers.security.trust.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tempfile
 from collections.abc import Iterable
@@ -67,6 +71,7 @@ from brokers.security.trust import (
     PROVIDER,
     PROVIDER_ENCRYPTION,
     SENDER,
+    SERVICE,
     VENDOR,
     kind_of,
     load_certificate,
@@ -234,6 +239,23 @@ class Pki:
         _write(folder / "enc-cert.pem", pem)
         _write(self.root / "providers" / f"{provider_id}.pem", pem)
         return self.identity(name)
+
+    def issue_service(
+        self, name: str, hosts: Iterable[str] = (), **options: Unpack[IssueOptions]
+    ) -> Identity:
+        """A certificate for one of DP2's own services (or the Kafka broker).
+
+        Each service is its own Kafka principal (``service:<name>``, see
+        brokers.stack.access). ``hosts`` go into the subjectAltName, which a TLS
+        *server* such as the broker needs so clients can check its name.
+        """
+        if not options.get("algorithm"):
+            options["algorithm"] = ECDSA_P256_SHA256  # cheap TLS handshakes and signatures
+        extensions: list[x509.ExtensionType] = []
+        names = list(hosts)
+        if names:
+            extensions.append(x509.SubjectAlternativeName([_general_name(h) for h in names]))
+        return self._issue(name, SERVICE, _subject(name, SERVICE), extensions, **options)
 
     def _issue(
         self,
@@ -462,6 +484,14 @@ def _sign_params(key: SigningKey) -> tuple[hashes.SHA256 | None, padding.PSS | N
         pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.DIGEST_LENGTH)
         return hashes.SHA256(), pss
     return hashes.SHA256(), None
+
+
+def _general_name(host: str) -> x509.GeneralName:
+    """An IP address or a DNS name for a subjectAltName."""
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
 
 
 def _der_utf8(text: str) -> bytes:

@@ -39,6 +39,8 @@ from brokers.security.signing import (
 
 ON_BEHALF_OF_OID: Final = ObjectIdentifier("1.3.6.1.4.1.55555.1.1")
 SENDER, VENDOR, PROVIDER = "sender", "vendor", "provider"
+#: DP2's own services and the Kafka broker: a Kafka principal and, with issue 14, a signer.
+SERVICE: Final = "service"
 PROVIDER_ENCRYPTION: Final = "provider-encryption"
 CVR_PATTERN: Final = re.compile(r"[0-9]{8}")
 FINGERPRINT_PATTERN: Final = re.compile(r"[0-9a-f]{64}")

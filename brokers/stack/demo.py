@@ -22,6 +22,7 @@ from brokers.contacts.register import publish_contacts
 from brokers.runtime.settings import PROJECT_ROOT, Settings
 from brokers.security.pki import Identity, Pki, provider_identity_name
 from brokers.security.pseudonyms import Pseudonymizer, pseudonym_key
+from brokers.stack.access import REGISTER_IDENTITY
 from connectors.base import configured
 from connectors.sdk import Document, Dp2Client, Receipt, build_message
 from schemas.errors import Dp2Error
@@ -38,7 +39,7 @@ Say = Callable[[str], None]
 
 def ensure_development_pki(settings: Settings, say: Say) -> None:
     """Create the development CA and demo identities once (idempotent)."""
-    pki = Pki(settings.home / "pki")
+    pki = Pki(settings.pki_dir)
     if not (pki.root / "ca" / "cert.pem").exists():
         say(f"creating a development PKI in {pki.root} (not for production)")
         pki.init()
@@ -105,7 +106,8 @@ async def send_one(
 async def run_demo(settings: Settings, say: Say) -> list[str]:
     """Load the sample register and send three letters: digital, print, scheduled."""
     pseudonyms = Pseudonymizer(pseudonym_key(settings.home))
-    await publish_contacts(settings.kafka_bootstrap, read_contact_file(DEMO_CONTACTS, pseudonyms))
+    records = read_contact_file(DEMO_CONTACTS, pseudonyms)
+    await publish_contacts(settings.kafka_as(REGISTER_IDENTITY), records)
     await asyncio.sleep(0.5)  # let the router's register see the records
     letter = Document("brev.txt", "text/plain", "Kære borger, her er dit brev.".encode())
     today = datetime.now(UTC).date()

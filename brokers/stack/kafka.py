@@ -12,12 +12,20 @@ Layout under the cluster root (``$DP2_HOME/kafka/<n>-node`` by default)::
     cluster.json               cluster id (shared by every node) and base port, from
                                the first start; status and stop read the port here
     node-<id>/server.properties rendered from deploy/kafka/server.properties.template
+    node-<id>/keystore.pem     the node's key and certificate chain (0600), from the PKI
+    node-<id>/truststore.pem   the DP2 CA: the only issuer a client certificate may have
     node-<id>/data/            log.dirs: survives restarts
     node-<id>/logs/            server.log (log4j2) and console.log (JVM stdout/err)
     node-<id>/kafka.pid
 
 Ports: node *i* (1-based) listens on ``base + 100*(i-1)`` for clients and one
 above that for its controller: 9092/9093, 9192/9193, 9292/9293 by default.
+
+Security: every listener (clients and controllers) is TLS with client
+certificates from DP2's PKI (``ClusterSpec.pki_dir``); the runner issues the
+nodes' ``service:kafka-broker`` certificate and the ``service:dp2-admin``
+identity (both super users) if they are missing. Everyone else may do only what
+the ACLs say (brokers.stack.access, applied by ``dp2 up``).
 
 Every foreseeable failure (no JDK, no Maven, a port in use, a node that dies on
 start) raises :class:`KafkaRunnerError` with a sentence saying what to do.
@@ -45,8 +53,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 
+from brokers.runtime.kafka import new_admin
+from brokers.runtime.settings import KafkaAccess
+from brokers.security.pki import Pki
+from brokers.stack.access import ADMIN_IDENTITY, BROKER_IDENTITY
 from schemas.errors import Dp2Error
 
 #: Kafka's version is pinned in the pom; the runner reads it from there.
@@ -112,6 +124,8 @@ class ClusterSpec:
     heap_mb: int = 512
     libs: Path = Path("deploy/kafka/libs")
     deploy_dir: Path = Path("deploy/kafka")
+    #: DP2's PKI: issues the nodes' certificates and is the one CA the nodes trust.
+    pki_dir: Path = Path("var/pki")
 
     def __post_init__(self) -> None:
         if self.nodes not in (1, 3):
@@ -135,6 +149,11 @@ class ClusterSpec:
     @property
     def bootstrap(self) -> str:
         return ",".join(f"127.0.0.1:{n.broker_port}" for n in self.node_specs)
+
+    @property
+    def admin(self) -> KafkaAccess:
+        """Kafka access as the admin identity (a super user of this cluster)."""
+        return KafkaAccess(self.bootstrap, ADMIN_IDENTITY, self.pki_dir)
 
     @property
     def kafka_version(self) -> str:
@@ -303,6 +322,10 @@ class LocalKafka:
     def bootstrap(self) -> str:
         return self.spec.bootstrap
 
+    @property
+    def admin(self) -> KafkaAccess:
+        return self.spec.admin
+
     # --- status -----------------------------------------------------------
     def status(self) -> list[NodeStatus]:
         result = []
@@ -350,6 +373,7 @@ class LocalKafka:
                         hint="Stop that process (ss -ltnp | grep :PORT shows it), "
                         "or choose other ports with --port / DP2_KAFKA_PORT.",
                     )
+        self._ensure_identities()
         for node in to_start:
             self._render_config(node)
             self._format_storage(java, libs, node, cluster_id)
@@ -376,6 +400,30 @@ class LocalKafka:
         )
         return cluster_id
 
+    def _ensure_identities(self) -> None:
+        """The CA, the nodes' TLS certificate and the admin identity, issued once."""
+        pki = Pki(self.spec.pki_dir)
+        pki.init()
+        names = set(pki.names())
+        if BROKER_IDENTITY not in names:
+            pki.issue_service(BROKER_IDENTITY, hosts=["127.0.0.1", "localhost"], days=3650)
+        if ADMIN_IDENTITY not in names:
+            pki.issue_service(ADMIN_IDENTITY, days=3650)
+
+    def _write_stores(self, node: NodeSpec) -> tuple[Path, Path]:
+        """keystore.pem (key, certificate, CA) and truststore.pem (CA) for one node."""
+        identity = self.spec.pki_dir / "identities" / BROKER_IDENTITY
+        ca = (self.spec.pki_dir / "ca" / "cert.pem").read_bytes()
+        keystore, truststore = node.directory / "keystore.pem", node.directory / "truststore.pem"
+        fd = os.open(keystore, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write((identity / "key.pem").read_bytes())
+            handle.write((identity / "cert.pem").read_bytes())
+            handle.write(ca)
+        os.chmod(keystore, 0o600)
+        truststore.write_bytes(ca)
+        return keystore, truststore
+
     def _render_config(self, node: NodeSpec) -> None:
         template = Template((self.spec.deploy_dir / "server.properties.template").read_text())
         voters = ",".join(
@@ -384,6 +432,7 @@ class LocalKafka:
         replication = min(self.spec.nodes, 3)
         node.directory.mkdir(parents=True, exist_ok=True)
         node.logs_dir.mkdir(exist_ok=True)
+        keystore, truststore = self._write_stores(node)
         node.config_path.write_text(
             template.substitute(
                 node_id=node.node_id,
@@ -393,6 +442,8 @@ class LocalKafka:
                 data_dir=node.data_dir,
                 replication_factor=replication,
                 min_isr=2 if replication >= 3 else 1,
+                keystore=keystore,
+                truststore=truststore,
             )
         )
 
@@ -475,7 +526,7 @@ class LocalKafka:
                     )
             if all(port_is_listening(n.broker_port) for n in started):
                 try:
-                    asyncio.run(_probe_topic(self.bootstrap, self.spec.nodes))
+                    asyncio.run(_probe_topic(self.admin, self.spec.nodes))
                     return
                 except Exception as exc:  # any failure means "not ready yet"
                     last_error: Exception | None = exc
@@ -533,9 +584,38 @@ class LocalKafka:
         return True
 
 
-async def _probe_topic(bootstrap: str, replication: int) -> None:
+def write_client_properties(access: KafkaAccess, folder: Path) -> Path:
+    """A Java client configuration (for Kafka's own tools) that connects as ``access``.
+
+    Writes ``<identity>.keystore.pem`` (key and certificate, 0600) and
+    ``<identity>.properties`` into ``folder``; returns the properties file.
+    """
+    if access.pki_dir is None:
+        path = folder / "plaintext.properties"
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_text("security.protocol=PLAINTEXT\n")
+        return path
+    identity = access.pki_dir / "identities" / access.identity
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    keystore = folder / f"{access.identity}.keystore.pem"
+    fd = os.open(keystore, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write((identity / "key.pem").read_bytes())
+        handle.write((identity / "cert.pem").read_bytes())
+    path = folder / f"{access.identity}.properties"
+    path.write_text(
+        "security.protocol=SSL\n"
+        "ssl.keystore.type=PEM\n"
+        f"ssl.keystore.location={keystore}\n"
+        "ssl.truststore.type=PEM\n"
+        f"ssl.truststore.location={access.pki_dir / 'ca' / 'cert.pem'}\n"
+    )
+    return path
+
+
+async def _probe_topic(access: KafkaAccess, replication: int) -> None:
     """Create and delete a throwaway topic: the broker is ready when that works."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    admin = new_admin(access, request_timeout_ms=5000)
     await admin.start()
     try:
         name = f"{_READY_TOPIC_PREFIX}{uuid.uuid4().hex[:12]}"

@@ -21,6 +21,7 @@ from brokers.router import service as router_service
 from brokers.runtime.host import Service, ServiceContext, ServiceHost
 from brokers.runtime.metrics import ServiceMetrics
 from brokers.runtime.settings import Settings
+from brokers.stack.access import service_identity
 from brokers.validator import service as validator_service
 from connectors import mailbox
 from connectors.base import build_connector_service
@@ -61,7 +62,7 @@ async def build_service(
             )
         return await build_connector_service(
             connector, settings, port=port, group_suffix=group_suffix
-        )
+        )  # it connects as connector_identity (connectors.base)
     factory = SERVICES.get(kind)
     if factory is None:
         raise Dp2Error(
@@ -70,6 +71,8 @@ async def build_service(
             hint=f"Choose one of {', '.join(SERVICE_KINDS)}.",
         )
     registry = CollectorRegistry()
+    if not settings.kafka_identity:  # each service is its own Kafka principal
+        settings = settings.as_identity(service_identity(kind, provider))
     ctx = ServiceContext(
         kind,
         settings,

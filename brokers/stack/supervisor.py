@@ -39,6 +39,10 @@ from typing import Any
 
 from brokers.runtime.kafka import ensure_topics
 from brokers.runtime.settings import Settings
+from brokers.security.pki import Pki
+from brokers.stack.access import ADMIN_IDENTITY, acl_matrix, ensure_service_identities
+from brokers.stack.access import apply as apply_acls
+from connectors.base import read_config
 from schemas.errors import Dp2Error
 from schemas.vocabulary import TOPICS, provider_topic
 
@@ -114,7 +118,11 @@ def start_processes(
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                env={**os.environ, "DP2_LOG_FORMAT": "json"},
+                # Each service chooses its own Kafka identity (brokers.stack.access).
+                env={
+                    **{k: v for k, v in os.environ.items() if k != "DP2_KAFKA_IDENTITY"},
+                    "DP2_LOG_FORMAT": "json",
+                },
             )
         (run_dir(settings) / f"{spec.name}.json").write_text(
             json.dumps(
@@ -190,10 +198,28 @@ def health(url: str) -> str:
 
 
 async def prepare_topics(settings: Settings, providers: list[str]) -> list[str]:
+    """Create DP2's topics and the providers' delivery topics (as the admin identity)."""
     specs = [*TOPICS, *(provider_topic(p) for p in providers)]
-    return await ensure_topics(settings.kafka_bootstrap, specs)
+    return await ensure_topics(settings.kafka_as(ADMIN_IDENTITY), specs)
+
+
+async def prepare_kafka(settings: Settings, providers: list[str]) -> tuple[list[str], int, int]:
+    """Everything Kafka needs before the services start: DP2's service identities,
+    the topics, and the ACLs that follow from the PKI and connectors.toml.
+
+    Returns (topics created, ACLs added, ACLs removed). With DP2_KAFKA_TLS=0 (a
+    cluster outside DP2's PKI) the ACLs are that cluster's operators' business.
+    """
+    pki = Pki(settings.pki_dir)
+    ensure_service_identities(pki)
+    created = await prepare_topics(settings, providers)
+    if not settings.kafka_tls:
+        return created, 0, 0
+    wanted = acl_matrix(pki, read_config(settings))
+    added, removed = await apply_acls(settings.kafka_as(ADMIN_IDENTITY), wanted)
+    return created, added, removed
 
 
 def providers_in_pki(settings: Settings) -> list[str]:
-    root = settings.home / "pki" / "providers"
+    root = settings.pki_dir / "providers"
     return sorted(p.stem for p in root.glob("*.pem")) if root.exists() else []

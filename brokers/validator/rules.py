@@ -2,35 +2,57 @@
 
 Pure functions over the envelope's metadata (no Kafka, no store, no clock of their
 own), so connectors can hold the same limits before they send and the receiving
-side can re-check them. brokers.validator.service runs them for dp2.submitted.
+side can re-check them (connectors.delivery re-checks the UUID and the file names).
+brokers.validator.service runs them for dp2.submitted.
+
+Bounds that MeMo leaves open, chosen here (docs/connectors.md, section 3):
+
+- createdDateTime may be at most ``CLOCK_SKEW`` (15 minutes) ahead of the validator's
+  clock — senders' clocks drift, but a letter is never written in the future — and at
+  most ``MAX_CREATED_AGE`` (366 days) old: a new message is created now, and a date far
+  back (1900) is a default that would be printed as the letter's date.
+- replyByDateTime may not be before createdDateTime.
+- At most ``MAX_TECHNICAL_DOCUMENTS`` (10) technical documents, as for attachments
+  (MEMO.md: "at most 10 attachments"; the XSD leaves both unbounded), and at most
+  ``MAX_FILES_PER_DOCUMENT`` (10) files per document: a document's files are renderings
+  of one document (PDF, HTML, text, languages), never a folder of attachments.
+- doNotDeliverUntilDate at most 366 days ahead, for NemSMS as for letters.
 """
 
 from __future__ import annotations
 
-import re
-import unicodedata
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from brokers.security import sealing
 from schemas.errors import Dp2Error
 from schemas.models import (
+    AdditionalDocument,
     BlobContent,
     Envelope,
     File,
     IdType,
     InlineContent,
+    MainDocument,
+    MessageBody,
     MessageType,
+    TechnicalDocument,
 )
+from schemas.values import filename_problem, is_ascii_digits, is_message_uuid
 
 MAX_TEXT = 256
 MAX_NOTIFICATION = 160
 MAX_ATTACHMENTS = 10
+MAX_TECHNICAL_DOCUMENTS = 10
+MAX_FILES_PER_DOCUMENT = 10
 MAX_AUTHORITY_BYTES = 99_500_000
 MAX_CITIZEN_BYTES = 10_000_000
 # A citizen's message may be up to 10 MB unless the authority allows up to 60 MB. The
 # backbone holds the ceiling; the citizen connectors hold each authority's own limit.
 MAX_CITIZEN_BYTES_CEILING = 60_000_000
-_FILENAME_FORBIDDEN = re.compile(r'[<>:"/\\|?*\r\n\t]')
+MAX_SCHEDULE_AHEAD = timedelta(days=366)
+CLOCK_SKEW = timedelta(minutes=15)
+MAX_CREATED_AGE = timedelta(days=366)
 
 
 class Rejection(Dp2Error):
@@ -53,14 +75,14 @@ def _content_size(file: File) -> int:
 
 def _check_id(role: str, identifier: str, id_type: IdType) -> None:
     if id_type is IdType.CVR:
-        if len(identifier) != 8 or not identifier.isdigit():
+        if not is_ascii_digits(identifier, 8):
             raise reject(
                 "INVALID_CVR",
                 f"the {role}'s CVR number {identifier!r} is not 8 digits",
                 "Write CVR numbers as 8-digit strings, keeping leading zeros.",
             )
     elif id_type is IdType.CPR:
-        if identifier.isdigit():
+        if is_ascii_digits(identifier):
             raise reject(
                 "CPR_IN_CLEAR",
                 f"the {role}'s CPR number is in clear in the envelope",
@@ -79,8 +101,40 @@ def _check_id(role: str, identifier: str, id_type: IdType) -> None:
         )
 
 
+def check_message_uuid(message_uuid: str) -> None:
+    """The UUID must be a canonical version-4 UUID: it names folders, files and keys."""
+    if not is_message_uuid(message_uuid):
+        raise reject(
+            "INVALID_MESSAGE_UUID",
+            f"messageUUID {message_uuid[:60]!r} is not a version-4 UUID",
+            "Generate messageUUID with uuid4 (e.g. Python's uuid.uuid4()).",
+        )
+
+
+def check_filenames(files: Sequence[File]) -> None:
+    """Every file name is one a mailbox and a folder drop can store as it is."""
+    for file in files:
+        problem = filename_problem(file.filename)
+        if problem is not None:
+            raise reject(
+                problem.code,
+                problem.message,
+                "Name every file like brev.pdf: no empty or dot-only names, no "
+                '< > : " / \\ | ? *, line breaks, control characters or unusual spaces.',
+            )
+        if len(file.filename) > MAX_TEXT:
+            raise reject(
+                "TEXT_TOO_LONG",
+                f"a file name has {len(file.filename)} characters; MeMo allows {MAX_TEXT}",
+                "Shorten the file name to 256 characters or fewer.",
+            )
+
+
 def check_limits(envelope: Envelope, today: datetime) -> None:
-    """MeMo's rules that can be checked on the sealed envelope's metadata."""
+    """MeMo's rules that can be checked on the sealed envelope's metadata.
+
+    ``today`` is the validator's clock (an aware datetime), against which dates are held.
+    """
     header = envelope.header
     if header.messageType is MessageType.UNKNOWN:
         raise reject(
@@ -103,6 +157,13 @@ def check_limits(envelope: Envelope, today: datetime) -> None:
             f"the notification has {len(notification)} characters; the limit is 160",
             "Shorten the notification text to 160 characters (one SMS).",
         )
+    due = header.doNotDeliverUntilDate
+    if due is not None and due > (today + MAX_SCHEDULE_AHEAD).date():
+        raise reject(
+            "SCHEDULE_TOO_FAR",
+            f"doNotDeliverUntilDate {due.isoformat()} is more than a year ahead",
+            "Choose a delivery date within the next year.",
+        )
     if header.messageType is MessageType.NEMSMS:
         if envelope.body is not None or not notification.strip():
             raise reject(
@@ -111,26 +172,16 @@ def check_limits(envelope: Envelope, today: datetime) -> None:
                 "Send NemSMS with the text in notification (1-160 characters) and no body.",
             )
         return
-    if envelope.body is None:
+    body = envelope.body
+    if body is None:
         raise reject(
             "BODY_MISSING",
             "a DIGITALPOST message has no body",
             "Add a MessageBody with a MainDocument holding at least one File.",
         )
-    if not envelope.body.mainDocument.file:
-        raise reject(
-            "NO_DOCUMENT_FILE",
-            "the main document has no file",
-            "Attach the letter itself as a File of the MainDocument.",
-        )
-    attachments = len(envelope.body.additionalDocument)
-    if attachments > MAX_ATTACHMENTS:
-        raise reject(
-            "TOO_MANY_ATTACHMENTS",
-            f"the message has {attachments} attachments; at most {MAX_ATTACHMENTS} are allowed",
-            "Merge attachments or send them in more than one message.",
-        )
-    files = sealing.files_of(envelope.body)
+    check_dates(envelope, today)
+    check_documents(body)
+    files = sealing.files_of(body)
     limit = MAX_CITIZEN_BYTES_CEILING if header.sender.idType is IdType.CPR else MAX_AUTHORITY_BYTES
     size = sum(_content_size(f) for f in files)
     if size > limit:
@@ -139,28 +190,82 @@ def check_limits(envelope: Envelope, today: datetime) -> None:
             f"the documents total {size:,} bytes; the limit for this sender is {limit:,}",
             "Reduce the documents' size (compress scans, split the message).",
         )
-    for file in files:
-        name = file.filename
-        if _FILENAME_FORBIDDEN.search(name) or any(
-            unicodedata.category(c) in {"Zs", "Cc", "Cf"} and c != " " for c in name
-        ):
-            raise reject(
-                "INVALID_FILENAME",
-                f"the file name {name!r} contains a character MeMo forbids",
-                'Remove < > : " / \\ | ? *, line breaks and unusual spaces from file names.',
-            )
-        if len(name) > MAX_TEXT:
-            raise reject("TEXT_TOO_LONG", "a file name is over 256 characters", "Shorten it.")
+    check_filenames(files)
     if files and (envelope.encryption is None or any(f.nonce is None for f in files)):
         raise reject(
             "ENCRYPTION_MISSING",
             "the documents are not encrypted for the recipient's mailbox provider",
             "Send through the DP2 SDK, which encrypts documents before signing.",
         )
-    due = header.doNotDeliverUntilDate
-    if due is not None and due > (today + timedelta(days=366)).date():
+
+
+def check_dates(envelope: Envelope, now: datetime) -> None:
+    """createdDateTime within the clock skew of now and not older than a year;
+    replyByDateTime not before it (see the module docstring for the bounds)."""
+    body = envelope.body
+    if body is None:
+        return
+    created = body.createdDateTime
+    if created > now + CLOCK_SKEW:
         raise reject(
-            "SCHEDULE_TOO_FAR",
-            f"doNotDeliverUntilDate {due.isoformat()} is more than a year ahead",
-            "Choose a delivery date within the next year.",
+            "CREATED_IN_FUTURE",
+            f"createdDateTime {created.isoformat()} is in the future "
+            f"(more than {CLOCK_SKEW.seconds // 60} minutes ahead of DP2's clock)",
+            "Set createdDateTime to the time the letter was made, in UTC with a Z, "
+            "and check the sending system's clock.",
         )
+    if created < now - MAX_CREATED_AGE:
+        raise reject(
+            "CREATED_TOO_OLD",
+            f"createdDateTime {created.isoformat()} is more than {MAX_CREATED_AGE.days} days ago",
+            "Set createdDateTime to the time this message was made; a copy of an old "
+            "letter is a new message made now (say the original date in its text).",
+        )
+    reply_by = envelope.header.replyByDateTime
+    if reply_by is not None and reply_by < created:
+        raise reject(
+            "REPLY_BY_BEFORE_CREATED",
+            f"replyByDateTime {reply_by.isoformat()} is before createdDateTime "
+            f"{created.isoformat()}",
+            "Set replyByDateTime after the letter's createdDateTime, or leave it out.",
+        )
+
+
+def check_documents(body: MessageBody) -> None:
+    """MeMo's document structure and DP2's limits on how many documents and files."""
+    if not body.mainDocument.file:
+        raise reject(
+            "NO_DOCUMENT_FILE",
+            "the main document has no file",
+            "Attach the letter itself as a File of the MainDocument.",
+        )
+    attachments = len(body.additionalDocument)
+    if attachments > MAX_ATTACHMENTS:
+        raise reject(
+            "TOO_MANY_ATTACHMENTS",
+            f"the message has {attachments} attachments; at most {MAX_ATTACHMENTS} are allowed",
+            "Merge attachments or send them in more than one message.",
+        )
+    technical = len(body.technicalDocument)
+    if technical > MAX_TECHNICAL_DOCUMENTS:
+        raise reject(
+            "TOO_MANY_TECHNICAL_DOCUMENTS",
+            f"the message has {technical} technical documents; at most "
+            f"{MAX_TECHNICAL_DOCUMENTS} are allowed",
+            "Put the machine-readable data in fewer technical documents, or send it in "
+            "more than one message.",
+        )
+    documents: list[tuple[str, MainDocument | AdditionalDocument | TechnicalDocument]] = [
+        ("the main document", body.mainDocument),
+        *((f"attachment {n}", d) for n, d in enumerate(body.additionalDocument, 1)),
+        *((f"technical document {n}", d) for n, d in enumerate(body.technicalDocument, 1)),
+    ]
+    for where, document in documents:
+        if len(document.file) > MAX_FILES_PER_DOCUMENT:
+            raise reject(
+                "TOO_MANY_FILES",
+                f"{where} has {len(document.file)} files; at most "
+                f"{MAX_FILES_PER_DOCUMENT} are allowed per document",
+                "Give a document only its renderings (e.g. PDF and HTML) as files; make "
+                "each further file an attachment of its own.",
+            )

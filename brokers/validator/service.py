@@ -18,11 +18,21 @@ Checks, in order (the first failure decides):
 | UNKNOWN_MESSAGE_TYPE, NEMSMS_INVALID, BODY_MISSING, NO_DOCUMENT_FILE | MeMo structure |
 | LABEL_TOO_LONG, NOTIFICATION_TOO_LONG, TEXT_TOO_LONG | MeMo text limits (256 / 160) |
 | TOO_MANY_ATTACHMENTS | more than 10 additional documents |
+| TOO_MANY_TECHNICAL_DOCUMENTS, TOO_MANY_FILES | over 10 technical documents; 10 files a document |
 | MESSAGE_TOO_LARGE | over 99.5 MB from an authority, 60 MB from a citizen |
 | INVALID_CVR, CPR_IN_CLEAR, INVALID_ID | identifiers: CVR 8 digits; CPR only as pseudonym |
 | INVALID_FILENAME | a file name with ``< > : " / \\ | ? *``, control or odd space characters |
+| UNSAFE_FILENAME | an empty file name, or ``.``, ``..`` (a file system reads them as folders) |
 | ENCRYPTION_MISSING | documents not encrypted for a mailbox provider |
-| SCHEDULE_TOO_FAR | doNotDeliverUntilDate more than a year ahead |
+| SCHEDULE_TOO_FAR | doNotDeliverUntilDate more than a year ahead (NemSMS too) |
+| CREATED_IN_FUTURE, CREATED_TOO_OLD | createdDateTime over 15 minutes ahead, or over 366 days old |
+| REPLY_BY_BEFORE_CREATED | replyByDateTime before createdDateTime |
+
+A tombstone (a record without a value) is no message: it is dead-lettered as
+MALFORMED_RECORD and kept as a tombstone, so a re-drive sends a tombstone again.
+
+Message UUIDs are compared in lower case (schemas.models folds them when a record is
+decoded), so a resubmission in upper case is the same message: a DUPLICATE.
 
 Duplicates: the first submission of a UUID is recorded (SQLite, keyed by UUID,
 with the Kafka position it came from). A later submission of the same UUID from
@@ -33,7 +43,6 @@ redelivery: the outputs are recomputed and re-sent with the same event ids.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,14 +57,15 @@ from brokers.runtime.records import Output, lifecycle_output, rejection_output, 
 from brokers.runtime.tasks import AsyncResource
 from brokers.security import signing
 from brokers.security.trust import PROVIDER, TrustStore, kind_of
-from brokers.validator.rules import check_limits, reject
+from brokers.validator.rules import check_limits, check_message_uuid, reject
 from schemas import codec
-from schemas.errors import Dp2Error
+from schemas.errors import Dp2Error, MalformedRecordError
 from schemas.models import (
     Envelope,
     IdType,
     LifecycleState,
 )
+from schemas.values import canonical_uuid
 from schemas.vocabulary import ACCEPTED_TOPIC, SIGNER_CERT_HEADER, SUBMITTED_TOPIC
 
 
@@ -70,18 +80,26 @@ class SubmissionLog:
             " first_at TEXT NOT NULL)"
         )
         self._db.commit()
+        # A log from before UUIDs were folded: the first submission of each stands.
+        sqlite.migrate_once(
+            self._db,
+            "lowercase-message-uuids",
+            lambda: sqlite.lowercase_column(
+                self._db, "submissions", "message_uuid", keep_first="first_at, rowid"
+            ),
+        )
 
     def first(self, message_uuid: str) -> tuple[str, str, str | None, str] | None:
         row = self._db.execute(
             "SELECT source, outcome, reason_code, first_at FROM submissions WHERE message_uuid = ?",
-            (message_uuid,),
+            (canonical_uuid(message_uuid),),
         ).fetchone()
         return (row[0], row[1], row[2], row[3]) if row else None
 
     def record(self, message_uuid: str, source: str, outcome: str, reason: str | None) -> None:
         self._db.execute(
             "INSERT OR IGNORE INTO submissions VALUES (?, ?, ?, ?, ?)",
-            (message_uuid, source, outcome, reason, datetime.now(UTC).isoformat()),
+            (canonical_uuid(message_uuid), source, outcome, reason, datetime.now(UTC).isoformat()),
         )
         self._db.commit()
 
@@ -105,29 +123,23 @@ class Validator:
         self._clock = clock
 
     async def handle(self, record: ConsumerRecord[bytes, bytes]) -> Sequence[Output]:
-        envelope = codec.decode(record.value or b"", Envelope)
+        if record.value is None:
+            # The worker parks it as it came, a tombstone (brokers.runtime.worker).
+            raise MalformedRecordError(
+                "the record is a tombstone (it has no value), not a message",
+                hint="Publish the encoded, signed envelope to dp2.submitted; the topic is "
+                "not compacted, so a tombstone deletes nothing there.",
+            )
+        envelope = codec.decode(record.value, Envelope)
         header = envelope.header
-        message_uuid = header.messageUUID
+        message_uuid = header.messageUUID  # lower case: schemas.models folds it
         source = source_of(record)
         common: dict[str, Any] = {"sender_id": header.sender.senderID, "source": source}
         try:
-            parsed = uuid.UUID(message_uuid)
-        except ValueError:
-            parsed = None
-        if parsed is None or parsed.version != 4 or str(parsed) != message_uuid.lower():
+            check_message_uuid(message_uuid)
+        except Dp2Error as exc:
             # No UUID to de-duplicate on: reject under the given id without recording it.
-            return [
-                rejection_output(
-                    message_uuid,
-                    self.actor,
-                    reject(
-                        "INVALID_MESSAGE_UUID",
-                        f"messageUUID {message_uuid!r} is not a version-4 UUID",
-                        "Generate messageUUID with uuid4 (e.g. Python's uuid.uuid4()).",
-                    ),
-                    **common,
-                )
-            ]
+            return [rejection_output(message_uuid, self.actor, exc, **common)]
         first = self._submissions.first(message_uuid)
         if first is not None and first[0] != source:
             first_source, outcome, reason, first_at = first
@@ -158,7 +170,7 @@ class Validator:
         self._submissions.record(message_uuid, source, "ACCEPTED", None)
         forward_headers = [(k, v) for k, v in (record.headers or ()) if k != context.HEADER]
         return [
-            Output(ACCEPTED_TOPIC, record.value or b"", key=record.key, headers=forward_headers),
+            Output(ACCEPTED_TOPIC, record.value, key=record.key, headers=forward_headers),
             lifecycle_output(message_uuid, LifecycleState.ACCEPTED, self.actor, **common),
         ]
 
@@ -217,7 +229,7 @@ class ValidatorService(AsyncResource):
 
     def __init__(self, ctx: ServiceContext) -> None:
         self._submissions = SubmissionLog(ctx.data_dir / "validator.sqlite")
-        validator = Validator(TrustStore(ctx.settings.home / "pki"), self._submissions)
+        validator = Validator(TrustStore(ctx.settings.pki_dir), self._submissions)
         self.workers = [ctx.worker("validator", [SUBMITTED_TOPIC], validator.handle)]
 
     async def start(self) -> None:

@@ -9,7 +9,9 @@ integrations, so this connector stands where the national service stood:
   signs, encrypts and submits it with the SDK, and answers at once with a
   technical receipt echoing the message UUID. A resend of the same message is
   answered ``DUPLICATE`` with the first receipt; a UUID reused for other content
-  is a conflict.
+  is a conflict. The HTTP API answers only the authority itself: every route but
+  /openapi.json needs its access token (connectors.authorities; ``dp2 tokens
+  authority --cvr CVR``), 401 without one, 403 with another authority's.
 - **Business receipts.** Every lifecycle event of a message it sent (ACCEPTED,
   DELIVERED, PRINTED, READ, FAILED, ...) is queued durably and POSTed to the
   ESDH's ``receipts_url`` until the ESDH answers 2xx — an ESDH that is down gets
@@ -17,8 +19,10 @@ integrations, so this connector stands where the national service stood:
 - **Journaling.** As the mailbox provider ``provider`` of the authority's CVR, it
   receives replies and citizens' messages (verified and decrypted by
   connectors.delivery), and journals each into the ESDH — ``journal_url`` (HTTP)
-  or ``journal_dir`` (a folder drop) — on the case named by ContentData's CaseID,
-  else the case of the message it replies to. Then it emits JOURNALED. Until the
+  or ``journal_dir`` (a folder drop: ``<case>/<uuid>.xml``, the case id reduced to a
+  safe folder name, every path checked to stay inside the folder; connectors.folders)
+  — on the case named by ContentData's CaseID, else the case of the message it
+  replies to. Then it emits JOURNALED. Until the
   ESDH takes it, it stays pending: in ``GET /journal``, in /healthz (degraded) and
   in ``dp2_esdh_backlog``.
 
@@ -41,7 +45,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -64,19 +67,21 @@ from brokers.runtime.worker import KafkaWorker
 from brokers.security import signing
 from brokers.security.pki import Pki, provider_identity_name
 from brokers.security.pseudonyms import Pseudonymizer, pseudonym_key
+from connectors.authorities import AuthorityAuthError, AuthorityTokens
 from connectors.base import ConnectorContext, error_body
 from connectors.esdh.openapi import openapi_document
 from connectors.esdh.store import EsdhStore, JournalEntry
+from connectors.folders import UnsafePathError, folder_name, inside, uuid_file_name
 from connectors.sdk import Dp2Client
 from schemas import codec, memo
 from schemas.errors import ConfigError, Dp2Error, SchemaError
 from schemas.models import Envelope, IdType, LifecycleEvent, LifecycleState
+from schemas.values import is_ascii_digits
 from schemas.vocabulary import LIFECYCLE_TOPIC
 
 log = structlog.get_logger("dp2.esdh")
 
 XML_TYPES = {"application/xml", "text/xml", "application/memo+xml"}
-_SAFE_PATH = re.compile(r"[^A-Za-z0-9._-]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +99,7 @@ class EsdhConfig:
     @classmethod
     def from_context(cls, context: ConnectorContext) -> EsdhConfig:
         cvr = str(context.require("cvr"))
-        if len(cvr) != 8 or not cvr.isdigit():
+        if not is_ascii_digits(cvr, 8):
             raise ConfigError(
                 f"connector {context.name!r}: cvr must be 8 digits",
                 hint='Write the authority\'s CVR as a quoted string, e.g. cvr = "01234567".',
@@ -137,10 +142,11 @@ class EsdhConnector(AsyncResource):
         self.actor = f"connector:{context.name}"
         self._context = context
         self._store = EsdhStore(context.data_dir / "esdh.sqlite")
-        pki = Pki(context.settings.home / "pki")
+        pki = Pki(context.settings.pki_dir)
         self._provider_identity = pki.identity(provider_identity_name(config.provider))
         self._pseudonyms = Pseudonymizer(pseudonym_key(context.settings.home))
         self._client = Dp2Client.from_settings(context.settings, config.identity, actor=self.actor)
+        self._tokens = AuthorityTokens.from_home(context.settings.home)
         self._producer: AIOKafkaProducer | None = None
         self._session: aiohttp.ClientSession | None = None
         self._receipts_worker: KafkaWorker = context.worker(
@@ -165,7 +171,7 @@ class EsdhConnector(AsyncResource):
         if self._producer is not None:
             return
         await self._client.start()
-        self._producer = new_producer(self._context.settings.kafka_bootstrap)
+        self._producer = new_producer(self._context.settings.kafka)
         await self._producer.start()
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
         await self._receipts_worker.start()
@@ -213,12 +219,27 @@ class EsdhConnector(AsyncResource):
         }
 
     def routes(self) -> Iterable[web.AbstractRouteDef]:
+        authorised = self._authorised
         return [
-            web.post("/memo", self._post_memo),
-            web.get("/messages/{message_uuid}", self._get_message),
-            web.get("/journal", self._get_journal),
+            web.post("/memo", authorised(self._post_memo)),
+            web.get("/messages/{message_uuid}", authorised(self._get_message)),
+            web.get("/journal", authorised(self._get_journal)),
             web.get("/openapi.json", self._get_openapi),
         ]
+
+    def _authorised(
+        self, handler: Callable[[web.Request], Awaitable[web.Response]]
+    ) -> Callable[[web.Request], Awaitable[web.Response]]:
+        """Only a caller with this authority's access token (connectors.authorities)."""
+
+        async def guarded(request: web.Request) -> web.Response:
+            try:
+                self._tokens.authenticate(request.headers.get("Authorization"), self.config.cvr)
+            except AuthorityAuthError as exc:
+                return _json(exc.status, error_body(exc))
+            return await handler(request)
+
+        return guarded
 
     # --- sending ----------------------------------------------------------------
     async def submit_memo(self, xml: bytes) -> Answer:
@@ -468,11 +489,13 @@ class EsdhConnector(AsyncResource):
             )
         folder = self.config.journal_dir
         assert folder is not None  # noqa: S101 - from_context always sets one
-        case_dir = folder / _SAFE_PATH.sub("_", entry.case_id or "_unassigned")
-        try:
+        try:  # names from validated values only, inside journal_dir (connectors.folders)
+            case_dir = inside(folder, folder_name(entry.case_id or "_unassigned"))
             await asyncio.to_thread(_drop, case_dir, entry.message_uuid, entry.memo, meta)
+        except UnsafePathError as exc:
+            return str(exc)
         except OSError as exc:
-            return f"cannot write to {case_dir}: {exc.strerror}"
+            return f"cannot write to the journal folder: {exc.strerror}"
         return None
 
     async def _announce_journaled(self, entry: JournalEntry) -> None:
@@ -513,16 +536,12 @@ class EsdhConnector(AsyncResource):
 def _drop(case_dir: Path, message_uuid: str, xml: bytes, meta: dict[str, Any]) -> None:
     """Write the MeMo file and its metadata atomically (the ESDH sees whole files only)."""
     case_dir.mkdir(parents=True, exist_ok=True)
-    for name, data in (
-        (f"{message_uuid}.json", json.dumps(meta).encode()),
-        (
-            f"{message_uuid}.xml",
-            xml,
-        ),
-    ):
-        partial = case_dir / f".{name}.{uuid.uuid4().hex}.part"
+    for suffix, data in ((".json", json.dumps(meta).encode()), (".xml", xml)):
+        name = uuid_file_name(message_uuid, suffix)
+        target = inside(case_dir, name)
+        partial = inside(case_dir, f".{name}.{uuid.uuid4().hex}.part")
         partial.write_bytes(data)
-        partial.replace(case_dir / name)
+        partial.replace(target)
 
 
 def _json(status: int, body: dict[str, Any]) -> web.Response:

@@ -99,8 +99,21 @@ def _error(description: str) -> dict[str, Any]:
     return _json({"$ref": "#/components/schemas/Error"}, description)
 
 
+_SECURED = ("/memo", "/messages/{message_uuid}", "/journal")
+
+
 def openapi_document() -> dict[str, Any]:
     """The API description (a fresh dict each call)."""
+    document = _document()
+    for path in _SECURED:  # the authority's access token (connectors.authorities)
+        for operation in document["paths"][path].values():
+            operation["security"] = [{"authorityToken": []}]
+            operation["responses"]["401"] = _error("no, a damaged or an expired access token")
+            operation["responses"]["403"] = _error("the token is another authority's")
+    return document
+
+
+def _document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {
@@ -231,5 +244,15 @@ def openapi_document() -> dict[str, Any]:
                 }
             },
         },
-        "components": {"schemas": {"Error": _ERROR}},
+        "components": {
+            "schemas": {"Error": _ERROR},
+            "securitySchemes": {
+                "authorityToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "dp2 tokens authority --cvr CVR; SF1601's "
+                    "'Holder-of-key <token>' form is accepted too",
+                }
+            },
+        },
     }

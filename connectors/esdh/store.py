@@ -10,6 +10,8 @@ Tables: ``sent`` (message UUID → digest, case, receipt), ``receipts`` (lifecyc
 events of sent messages, each delivered to the ESDH callback until acknowledged),
 ``journal`` (received post, journaled into the ESDH until acknowledged).
 Nothing here holds a CPR number outside ``journal.memo`` (the authority's own copy).
+Message UUIDs are kept and looked up in lower case (schemas.values.canonical_uuid); a
+store from before that is folded once when opened, merging rows of one message.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from brokers.runtime import sqlite
+from schemas.values import canonical_uuid
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sent (
@@ -67,6 +70,20 @@ class EsdhStore:
         self._db = sqlite.connect(str(path))
         self._db.executescript(_SCHEMA)
         self._db.commit()
+        sqlite.migrate_once(self._db, "lowercase-message-uuids", self._lowercase_uuids)
+
+    def _lowercase_uuids(self) -> None:
+        """Fold the UUIDs of a store from before they were folded: one message, one row
+        (the first sent, and a journal entry already journaled, stay)."""
+        db = self._db
+        sqlite.lowercase_column(db, "sent", "message_uuid", keep_first="created_at, rowid")
+        sqlite.lowercase_column(db, "receipts", "message_uuid")
+        sqlite.lowercase_column(
+            db, "journal", "message_uuid", keep_first="journaled_at IS NULL, seq"
+        )
+        db.execute(
+            "UPDATE journal SET reply_to = lower(reply_to) WHERE reply_to != lower(reply_to)"
+        )
 
     def close(self) -> None:
         self._db.close()
@@ -77,6 +94,7 @@ class EsdhStore:
     ) -> tuple[Claim, dict[str, Any] | None]:
         """Reserve a UUID for sending: new, a duplicate of the same content (with the
         first receipt), or a conflict (the UUID was used for other content)."""
+        message_uuid = canonical_uuid(message_uuid)
         row = self._db.execute(
             "SELECT digest, receipt FROM sent WHERE message_uuid = ?", (message_uuid,)
         ).fetchone()
@@ -91,6 +109,7 @@ class EsdhStore:
         return "new", None
 
     def sent(self, message_uuid: str, receipt: dict[str, Any]) -> None:
+        message_uuid = canonical_uuid(message_uuid)
         self._db.execute(
             "UPDATE sent SET status = 'sent', receipt = ? WHERE message_uuid = ?",
             (json.dumps(receipt), message_uuid),
@@ -99,12 +118,14 @@ class EsdhStore:
 
     def release(self, message_uuid: str) -> None:
         """Forget a claim whose send failed, so that the resend is a first send."""
+        message_uuid = canonical_uuid(message_uuid)
         self._db.execute(
             "DELETE FROM sent WHERE message_uuid = ? AND status = 'sending'", (message_uuid,)
         )
         self._db.commit()
 
     def is_ours(self, message_uuid: str) -> bool:
+        message_uuid = canonical_uuid(message_uuid)
         return (
             self._db.execute(
                 "SELECT 1 FROM sent WHERE message_uuid = ?", (message_uuid,)
@@ -113,6 +134,7 @@ class EsdhStore:
         )
 
     def case_of(self, message_uuid: str) -> tuple[str | None, str | None] | None:
+        message_uuid = canonical_uuid(message_uuid)
         row = self._db.execute(
             "SELECT case_id, case_system FROM sent WHERE message_uuid = ?", (message_uuid,)
         ).fetchone()
@@ -120,6 +142,7 @@ class EsdhStore:
 
     def message(self, message_uuid: str) -> dict[str, Any] | None:
         """A sent message's receipt and its business receipts so far."""
+        message_uuid = canonical_uuid(message_uuid)
         row = self._db.execute(
             "SELECT case_id, case_system, status, receipt, created_at FROM sent"
             " WHERE message_uuid = ?",
@@ -146,6 +169,7 @@ class EsdhStore:
 
     # --- receipts -----------------------------------------------------------------
     def queue_receipt(self, event_id: str, message_uuid: str, payload: dict[str, Any]) -> bool:
+        message_uuid = canonical_uuid(message_uuid)
         cursor = self._db.execute(
             "INSERT OR IGNORE INTO receipts (event_id, message_uuid, payload) VALUES (?, ?, ?)",
             (event_id, message_uuid, json.dumps(payload)),
@@ -184,6 +208,7 @@ class EsdhStore:
         sender_ref: str,
         memo: bytes,
     ) -> bool:
+        message_uuid = canonical_uuid(message_uuid)
         cursor = self._db.execute(
             "INSERT OR IGNORE INTO journal (message_uuid, case_id, case_system, reply_to,"
             " sender_ref, memo, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",

@@ -158,7 +158,7 @@ class MailConnector(AsyncResource):
         self._data_dir = context.data_dir
         self._identities = identities or DevTokens.from_home(context.settings.home)
         self._pseudonyms = Pseudonymizer(pseudonym_key(context.settings.home))
-        self._contacts = ContactRegister(context.settings.kafka_bootstrap)
+        self._contacts = ContactRegister(context.settings.kafka)
         self._client = Dp2Client.from_settings(
             context.settings,
             config.identity,

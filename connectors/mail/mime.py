@@ -43,10 +43,11 @@ from typing import Literal
 from brokers.security.sealing import files_of
 from connectors.citizens import citizen_message
 from connectors.notify.templates import render
-from connectors.sdk import Document
+from connectors.sdk import UNNAMED_CASE_SYSTEM, Document
 from schemas.errors import Dp2Error
 from schemas.memo_rules import NOT_XML
 from schemas.models import CaseID, ContentData, Envelope, File, IdType, InlineContent, ReplyData
+from schemas.values import FILENAME_FORBIDDEN_CATEGORIES
 
 Mode = Literal["full", "notice", "off"]
 MODES: tuple[Mode, ...] = ("full", "notice", "off")
@@ -132,7 +133,9 @@ def citizen_envelope(
         label=mail.label,
         main=main,
         attachments=mail.attachments,
-        content_data=ContentData(caseID=CaseID(caseID=mail.case_id)) if mail.case_id else None,
+        content_data=ContentData(caseID=CaseID(caseID=mail.case_id, caseSystem=UNNAMED_CASE_SYSTEM))
+        if mail.case_id
+        else None,
         reply_data=[ReplyData(messageUUID=mail.reply_to)] if mail.reply_to else [],
         sender_label=CITIZEN_LABEL,
         message_uuid=message_uuid,
@@ -144,7 +147,8 @@ def safe_filename(name: str | None, fallback: str) -> str:
     """``name`` with what MeMo forbids replaced by ``_``; ``fallback`` when nothing is left."""
     cleaned = "".join(
         "_"
-        if char in _FORBIDDEN or (unicodedata.category(char) in {"Zs", "Cc", "Cf"} and char != " ")
+        if char in _FORBIDDEN
+        or (unicodedata.category(char) in FILENAME_FORBIDDEN_CATEGORIES and char != " ")
         else char
         for char in NOT_XML.sub("_", name or "")
     ).strip()

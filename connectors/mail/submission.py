@@ -65,6 +65,7 @@ from connectors.sdk import Receipt
 from schemas import memo
 from schemas.errors import Dp2Error
 from schemas.models import Envelope
+from schemas.values import is_ascii_digits
 
 log = structlog.get_logger("dp2.mail")
 
@@ -154,7 +155,7 @@ class SubmissionHandler:
                 f"550 5.7.1 Relaying denied: this server takes mail only for authorities "
                 f"at @{self.domain}"
             )
-        if len(local) != 8 or not local.isdigit() or not self._is_authority(local):
+        if not is_ascii_digits(local, 8) or not self._is_authority(local):
             self._outcomes.labels("unknown_authority").inc()
             return _reply(
                 f"550 5.1.1 <{address}>: no authority with that address on DP2; write to "

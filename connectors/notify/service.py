@@ -21,7 +21,7 @@ from brokers.runtime.records import Output
 from brokers.runtime.tasks import AsyncResource, PeriodicTask
 from connectors.notify.channels import EmailSender, HttpSmsProvider, SmsProvider, SmsRouter
 from connectors.notify.notifier import Notifier, NotifierConfig, NotifierMetrics, Outbox
-from schemas.vocabulary import LIFECYCLE_TOPIC
+from schemas.vocabulary import CONTACTS_TOPIC, LIFECYCLE_TOPIC
 
 
 class NotifierService(AsyncResource):
@@ -33,9 +33,10 @@ class NotifierService(AsyncResource):
         settings = ctx.settings
         self._settings = settings
         self._registry = ctx.registry
-        self._contacts = ContactRegister(settings.kafka_bootstrap)
+        # Notification channels are contact details, not directory entries.
+        self._contacts = ContactRegister(settings.kafka, topic=CONTACTS_TOPIC)
         self._outbox = Outbox(ctx.data_dir / "notifier.sqlite")
-        self._producer = new_producer(settings.kafka_bootstrap)
+        self._producer = new_producer(settings.kafka)
         self._session: aiohttp.ClientSession | None = None
         self._notifier: Notifier | None = None
         self._config = NotifierConfig(

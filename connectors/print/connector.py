@@ -22,9 +22,12 @@ exempt, unknown or not digital; its documents are encrypted for the print provid
 4. hand it to the print provider — ``drop_dir/<uuid>.pdf`` plus ``<uuid>.json``
    (metadata, no CPR number), each written atomically, or an HTTP POST of the PDF to
    ``upload_url`` (2xx = taken) — retried with capped back-off while the provider is
-   away (health says ``degraded``); then emit PRINTED signed by the print provider,
-   with attribute ``pages``. Its event id is fixed per message, so a repeat after a
-   crash re-emits the same event.
+   away (health says ``degraded``); file names come from the message UUID only
+   once it is a version-4 UUID (connectors.delivery re-checks it before anything is
+   rendered: ``INVALID_MESSAGE_UUID``) and must resolve inside ``drop_dir``
+   (``UNSAFE_PATH`` otherwise, and nothing is written); then emit PRINTED signed by
+   the print provider, with attribute ``pages``. Its event id is fixed per message,
+   so a repeat after a crash re-emits the same event.
 
 Configuration (``[connectors.print]`` in ``$DP2_HOME/connectors.toml``, all optional)::
 
@@ -66,6 +69,7 @@ from brokers.runtime.tasks import AsyncResource, PeriodicTask
 from brokers.security.pseudonyms import Pseudonymizer, pseudonym_key
 from connectors.base import ConnectorContext
 from connectors.delivery import DeliveryHandler
+from connectors.folders import UnsafePathError, inside, uuid_file_name
 from connectors.print import render
 from connectors.print.store import Job, PrintStore
 from schemas import codec
@@ -81,7 +85,7 @@ from schemas.models import (
     MainDocument,
     TechnicalDocument,
 )
-from schemas.vocabulary import PRINT_PROVIDER, PRINT_TOPIC
+from schemas.vocabulary import CONTACTS_TOPIC, PRINT_PROVIDER, PRINT_TOPIC
 
 log = structlog.get_logger("dp2.print")
 COPENHAGEN = ZoneInfo("Europe/Copenhagen")  # the letter's date is the Danish date
@@ -236,8 +240,9 @@ class PrintConnector(AsyncResource):
         self._delivery = DeliveryHandler.for_provider(
             settings, config.provider, _not_a_mailbox, actor=self.actor
         )
-        self._bootstrap = settings.kafka_bootstrap
-        self._contacts = ContactRegister(settings.kafka_bootstrap)
+        self._kafka = settings.kafka
+        # Remote print needs the postal address: the contact details, not the directory.
+        self._contacts = ContactRegister(settings.kafka, topic=CONTACTS_TOPIC)
         self._store = PrintStore(context.data_dir / "print.sqlite")
         self._worker = context.worker("print", [PRINT_TOPIC], self._on_record)
         self._producer: AIOKafkaProducer | None = None
@@ -257,7 +262,7 @@ class PrintConnector(AsyncResource):
         if self._producer is not None:
             return
         await self._contacts.start()
-        self._producer = new_producer(self._bootstrap)
+        self._producer = new_producer(self._kafka)
         await self._producer.start()
         if self.config.upload_url:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120))
@@ -399,6 +404,8 @@ class PrintConnector(AsyncResource):
                 await asyncio.to_thread(_drop, self.config.drop_dir, job, pdf)
             except OSError as exc:
                 return f"cannot write to {self.config.drop_dir}: {exc.strerror}"
+            except UnsafePathError as exc:  # waits, visible in /healthz: never written
+                return str(exc)
             return None
         assert self._session is not None  # noqa: S101 - started with an upload_url
         headers = {
@@ -452,13 +459,17 @@ def _drop(folder: Path, job: Job, pdf: bytes) -> None:
     """Write ``<uuid>.json`` then ``<uuid>.pdf``, each whole (temporary name, fsync, rename).
 
     The PDF comes last, so a provider that picks up ``*.pdf`` always finds its metadata.
+    The names come from the job's UUID only once it is a version-4 UUID, and each path
+    is checked to stay inside ``folder`` (connectors.folders) before it is written.
     """
     folder.mkdir(parents=True, exist_ok=True)
     meta = json.dumps(job.meta, indent=2).encode()
-    for name, data in ((f"{job.message_uuid}.json", meta), (f"{job.message_uuid}.pdf", pdf)):
-        partial = folder / f".{name}.{uuid.uuid4().hex}.part"
+    for suffix, data in ((".json", meta), (".pdf", pdf)):
+        name = uuid_file_name(job.message_uuid, suffix)
+        target = inside(folder, name)
+        partial = inside(folder, f".{name}.{uuid.uuid4().hex}.part")
         with partial.open("wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        partial.replace(folder / name)
+        partial.replace(target)

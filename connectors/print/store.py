@@ -11,6 +11,7 @@ has it; PRINTED not yet on Kafka) → ``printed``; or it is ``failed`` (never pr
 with its reason, kept so a redelivered message re-emits the same FAILED). The PDF is
 deleted as soon as the provider has it. Nothing here holds a CPR number: recipients
 are pseudonyms, and the metadata is what the print provider gets beside the PDF.
+Message UUIDs are kept in lower case; a queue from before that is folded once.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from brokers.runtime import sqlite
+from schemas.values import canonical_uuid
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -68,6 +70,18 @@ class PrintStore:
         self._db.execute("PRAGMA synchronous=FULL")  # see the module docstring
         self._db.executescript(_SCHEMA)
         self._db.commit()
+        # Two spellings of one UUID are one letter: the one furthest along stays.
+        sqlite.migrate_once(
+            self._db,
+            "lowercase-message-uuids",
+            lambda: sqlite.lowercase_column(
+                self._db,
+                "jobs",
+                "message_uuid",
+                keep_first="CASE state WHEN 'printed' THEN 0 WHEN 'handed' THEN 1"
+                " WHEN 'queued' THEN 2 ELSE 3 END, seq",
+            ),
+        )
 
     def close(self) -> None:
         self._db.close()
@@ -75,7 +89,7 @@ class PrintStore:
     def known(self, message_uuid: str) -> Known | None:
         row = self._db.execute(
             "SELECT state, reason_code, reason_text FROM jobs WHERE message_uuid = ?",
-            (message_uuid,),
+            (canonical_uuid(message_uuid),),
         ).fetchone()
         return None if row is None else Known(row[0], row[1], row[2])
 
@@ -93,7 +107,15 @@ class PrintStore:
         self._db.execute(
             "INSERT OR IGNORE INTO jobs (message_uuid, state, sender_id, recipient_ref, pages,"
             " pdf, meta, created_at) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?)",
-            (message_uuid, sender_id, recipient_ref, pages, pdf, json.dumps(meta), _now()),
+            (
+                canonical_uuid(message_uuid),
+                sender_id,
+                recipient_ref,
+                pages,
+                pdf,
+                json.dumps(meta),
+                _now(),
+            ),
         )
         self._db.commit()
 
@@ -104,7 +126,7 @@ class PrintStore:
             "INSERT OR IGNORE INTO jobs (message_uuid, state, sender_id, recipient_ref,"
             " reason_code, reason_text, created_at, done_at)"
             " VALUES (?, 'failed', ?, ?, ?, ?, ?, ?)",
-            (message_uuid, sender_id, recipient_ref, code, text, _now(), _now()),
+            (canonical_uuid(message_uuid), sender_id, recipient_ref, code, text, _now(), _now()),
         )
         self._db.commit()
 
@@ -120,7 +142,7 @@ class PrintStore:
 
     def pdf(self, message_uuid: str) -> bytes:
         row = self._db.execute(
-            "SELECT pdf FROM jobs WHERE message_uuid = ?", (message_uuid,)
+            "SELECT pdf FROM jobs WHERE message_uuid = ?", (canonical_uuid(message_uuid),)
         ).fetchone()
         return bytes(row[0]) if row and row[0] is not None else b""
 
@@ -128,7 +150,7 @@ class PrintStore:
         self._db.execute(
             "UPDATE jobs SET attempts = attempts + 1, next_at = ?, last_error = ?"
             " WHERE message_uuid = ?",
-            (next_at, error, message_uuid),
+            (next_at, error, canonical_uuid(message_uuid)),
         )
         self._db.commit()
 
@@ -136,14 +158,14 @@ class PrintStore:
         """The provider has the letter: the PDF (the plaintext) is no longer kept."""
         self._db.execute(
             "UPDATE jobs SET state = 'handed', pdf = NULL, next_at = 0 WHERE message_uuid = ?",
-            (message_uuid,),
+            (canonical_uuid(message_uuid),),
         )
         self._db.commit()
 
     def printed(self, message_uuid: str) -> None:
         self._db.execute(
             "UPDATE jobs SET state = 'printed', done_at = ? WHERE message_uuid = ?",
-            (_now(), message_uuid),
+            (_now(), canonical_uuid(message_uuid)),
         )
         self._db.commit()
 

@@ -25,14 +25,17 @@ from brokers.contacts.records import read_contact_file
 from brokers.contacts.register import ContactRegister, publish_contacts
 from brokers.runtime.blobstore import FileBlobStore
 from brokers.runtime.host import ServiceHost
-from brokers.runtime.settings import Settings
+from brokers.runtime.settings import KafkaAccess, Settings
 from brokers.security.pki import Pki
 from brokers.security.pseudonyms import Pseudonymizer, pseudonym_key
 from brokers.security.trust import TrustStore
+from brokers.stack.access import REGISTER_IDENTITY
 from brokers.stack.registry import build_service
-from brokers.stack.supervisor import prepare_topics
+from brokers.stack.supervisor import prepare_kafka
+from connectors.authorities import AuthorityTokens
 from connectors.mailbox import MailboxStore
 from connectors.sdk import Dp2Client
+from tracing.access import Users
 
 SENDER = "aarhus"
 SENDER_CVR = "55133018"
@@ -55,6 +58,7 @@ class Clock:
 @dataclass
 class Stack:
     settings: Settings
+    admin: KafkaAccess
     pki: Pki
     pseudonyms: Pseudonymizer
     contacts: ContactRegister
@@ -71,9 +75,17 @@ class Stack:
         """A reader of the mailbox's SQLite store (its own connection)."""
         return MailboxStore(self.settings.home / "data" / f"mailbox-{PROVIDER}.sqlite")
 
+    def kafka(self, identity: str) -> KafkaAccess:
+        """Kafka access as one of the deployment's identities."""
+        return self.settings.kafka_as(identity)
+
+    async def apply_acls(self) -> None:
+        """Re-derive and apply the ACLs after a test added identities or connectors."""
+        await prepare_kafka(self.settings, [PROVIDER])
+
     def client(self, identity: str = SENDER, **kwargs: Any) -> Dp2Client:
         return Dp2Client(
-            bootstrap=self.settings.kafka_bootstrap,
+            kafka=self.kafka(identity),
             identity=self.pki.identity(identity),
             trust=TrustStore(self.pki.root),
             pseudonyms=self.pseudonyms,
@@ -82,11 +94,17 @@ class Stack:
             **kwargs,
         )
 
+    def operator_token(self) -> str:
+        """A trace API token as this deployment's operator (what dp2 trace uses)."""
+        return Users(self.settings.home).local_token()
+
     def trace(self, message_uuid: str) -> dict[str, Any] | None:
+        request = urllib.request.Request(  # noqa: S310 - our own service on 127.0.0.1
+            f"{self.tracing_url}/messages/{message_uuid}",
+            headers={"Authorization": f"Bearer {self.operator_token()}"},
+        )
         try:
-            with urllib.request.urlopen(  # noqa: S310 - our own service on 127.0.0.1
-                f"{self.tracing_url}/messages/{message_uuid}", timeout=5
-            ) as response:
+            with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
                 doc: dict[str, Any] = json.loads(response.read())
                 return doc
         except urllib.error.HTTPError as exc:
@@ -130,26 +148,38 @@ CONTACTS = [
 
 @pytest.fixture(scope="session")
 async def stack(
-    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+    kafka_bootstrap: str,
+    kafka_pki: Path,
+    kafka_admin: KafkaAccess,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Stack]:
-    """PKI, contact register and tracing, validator, router and one mailbox, running."""
+    """PKI, register and tracing, validator, router and one mailbox, running, each as
+    its own Kafka principal with the ACLs dp2 up would apply."""
     home = tmp_path_factory.mktemp("dp2home")
-    settings = Settings.from_env({"DP2_HOME": str(home), "DP2_KAFKA_BOOTSTRAP": kafka_bootstrap})
-    pki = Pki(home / "pki")
+    settings = Settings.from_env(
+        {
+            "DP2_HOME": str(home),
+            "DP2_KAFKA_BOOTSTRAP": kafka_bootstrap,
+            "DP2_PKI": str(kafka_pki),
+            "DP2_KAFKA_TLS": "1" if kafka_admin.tls else "0",
+        }
+    )
+    pki = Pki(settings.pki_dir)
     pki.init()
     pki.issue_sender(SENDER_CVR, SENDER)
     pki.issue_provider(PROVIDER)
     pki.issue_provider("print")
     pseudonyms = Pseudonymizer(pseudonym_key(home))
-    await prepare_topics(settings, [PROVIDER])
+    await prepare_kafka(settings, [PROVIDER])
     contacts_file = Path(home / "contacts.json")
     contacts_file.write_text(json.dumps(CONTACTS))
-    await publish_contacts(kafka_bootstrap, read_contact_file(contacts_file, pseudonyms))
-    contacts = ContactRegister(kafka_bootstrap)
+    register = settings.kafka_as(REGISTER_IDENTITY)
+    await publish_contacts(register, read_contact_file(contacts_file, pseudonyms))
+    contacts = ContactRegister(settings.kafka_as(SENDER))
     await contacts.start()
     clock = Clock()
     suffix = f".{uuid.uuid4().hex[:8]}"
-    stack = Stack(settings, pki, pseudonyms, contacts, clock)
+    stack = Stack(settings, kafka_admin, pki, pseudonyms, contacts, clock)
     for kind, extra in (
         ("tracing", {}),
         ("validator", {}),
@@ -227,14 +257,21 @@ class Esdh:
         assert self.host.url is not None
         return self.host.url
 
-    async def post(self, xml: bytes, content_type: str = "application/xml") -> tuple[int, Any]:
-        async with self.session.post(
-            f"{self.url}/memo", data=xml, headers={"Content-Type": content_type}
-        ) as response:
+    def token(self, cvr: str = AUTHORITY_CVR) -> str:
+        """An access token of the authority (``dp2 tokens authority --cvr``)."""
+        return AuthorityTokens.from_home(self.stack.settings.home).issue(cvr)
+
+    async def post(
+        self, xml: bytes, content_type: str = "application/xml", *, token: str | None = None
+    ) -> tuple[int, Any]:
+        headers = {"Content-Type": content_type}
+        headers["Authorization"] = f"Bearer {token if token is not None else self.token()}"
+        async with self.session.post(f"{self.url}/memo", data=xml, headers=headers) as response:
             return response.status, await response.json()
 
-    async def get(self, path: str) -> tuple[int, Any]:
-        async with self.session.get(f"{self.url}{path}") as response:
+    async def get(self, path: str, *, token: str | None = None) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {token if token is not None else self.token()}"}
+        async with self.session.get(f"{self.url}{path}", headers=headers) as response:
             return response.status, await response.json()
 
 
@@ -270,7 +307,7 @@ async def esdh(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> AsyncI
         )
     )
     await publish_contacts(
-        stack.settings.kafka_bootstrap, read_contact_file(register, stack.pseudonyms)
+        stack.kafka(REGISTER_IDENTITY), read_contact_file(register, stack.pseudonyms)
     )
     peer = EsdhPeer()
     await peer.start()
@@ -281,6 +318,7 @@ async def esdh(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> AsyncI
         f'receipts_url = "{peer.url}/receipts"\njournal_url = "{peer.url}/journal"\n'
         f'inbox_dir = "{inbox}"\npoll_s = 0.2\nretry_max_s = 1.0\n'
     )
+    await stack.apply_acls()  # the new identities and connector get their rights
     host = await build_service(
         "connector", stack.settings, connector="esdh", group_suffix=f".{uuid.uuid4().hex[:8]}"
     )

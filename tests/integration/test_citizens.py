@@ -27,6 +27,7 @@ import pytest
 from brokers.contacts.records import read_contact_file
 from brokers.contacts.register import publish_contacts
 from brokers.runtime.host import ServiceHost
+from brokers.stack.access import REGISTER_IDENTITY
 from brokers.stack.registry import build_service
 from connectors.citizen_openapi import apps_openapi, forms_openapi
 from connectors.citizens import DevTokens
@@ -127,7 +128,7 @@ async def citizens(
         )
     )
     await publish_contacts(
-        stack.settings.kafka_bootstrap, read_contact_file(register, stack.pseudonyms)
+        stack.kafka(REGISTER_IDENTITY), read_contact_file(register, stack.pseudonyms)
     )
     _append_config(
         stack.settings.home,
@@ -160,7 +161,7 @@ SUBMISSION = {
     "label": "Ansøgning om parkeringstilladelse",
     "text": "Jeg søger om en beboerparkeringstilladelse.",
     "formData": {"taskKey": "FORM-PARK-01", "version": "2", "label": "Beboerparkering"},
-    "kle": {"subjectKey": "05.13.08", "label": "Parkering"},
+    "kle": {"subjectKey": "05.13.08", "version": "2.0", "label": "Parkering"},
     "caseID": "SAG-FORM-0001",
     "fields": {"Nummerplade": "AB 12 345", "Adresse": "Vestergade 1"},
 }
@@ -299,7 +300,9 @@ async def test_bad_submissions_get_their_error_and_nothing_reaches_kafka(
     await citizens.stack.wait_trace(body["messageUUID"], "JOURNALED")
     ref = citizens.stack.pseudonyms.ref("CPR", cpr)
     async with citizens.session.get(
-        f"{citizens.stack.tracing_url}/messages", params={"sender": ref}
+        f"{citizens.stack.tracing_url}/messages",
+        params={"sender": ref},
+        headers={"Authorization": f"Bearer {citizens.stack.operator_token()}"},
     ) as response:
         sent = (await response.json())["items"]
     assert [m["messageUUID"] for m in sent] == [body["messageUUID"]], "only the good one went"

@@ -149,8 +149,8 @@ async def test_an_authority_user_cannot_see_another_authoritys_messages(
     assert all(p["sender"] == OTHER_CVR for p in (await api.json())["periods"])
 
 
-async def test_a_dead_letter_is_redriven_and_then_delivered(stack: Stack, browser: Browser) -> None:
-    """A message parked by a failing service is inspected, re-driven, and gets DELIVERED."""
+async def _park(stack: Stack) -> tuple[str, str]:
+    """A letter parked on dp2.deadletter as a failing validator parks it: (source, uuid)."""
     async with stack.client() as client:
         signed, ref = client.seal_and_sign(
             build_message(
@@ -165,7 +165,7 @@ async def test_a_dead_letter_is_redriven_and_then_delivered(stack: Stack, browse
     message_uuid = signed.header.messageUUID
     # Exactly what brokers.runtime.worker parks when a handler fails on a record of dp2.submitted.
     source = f"dp2.submitted/0/{uuid.uuid4().int % 10**9}"
-    producer = new_producer(stack.settings.kafka_bootstrap)
+    producer = new_producer(stack.admin)  # what a DP2 service parks
     await producer.start()
     try:
         await producer.send_and_wait(
@@ -183,7 +183,77 @@ async def test_a_dead_letter_is_redriven_and_then_delivered(stack: Stack, browse
         )
     finally:
         await producer.stop()
+    return source, message_uuid
 
+
+async def _until_listed(page: Page, stack: Stack, source: str) -> None:
+    for _ in range(50):
+        await page.goto(f"{stack.tracing_url}/dashboard/deadletters")
+        if source in await page.locator("#deadletters").inner_text():
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{source} never listed")
+
+
+async def test_a_redrive_without_the_csrf_token_is_refused(stack: Stack, browser: Browser) -> None:
+    """A POST that carries the session cookie but not the page's CSRF token changes nothing."""
+    source, message_uuid = await _park(stack)
+    page = await _login(browser, stack, "ops")
+    await _until_listed(page, stack, source)
+    url = f"{stack.tracing_url}/dashboard/deadletters/redrive"
+    for form in ({"source": source}, {"source": source, "csrf": "0" * 64}):
+        response = await page.request.post(url, form=form, max_redirects=0)
+        assert response.status == 403
+        assert (await response.json())["reasonCode"] == "CSRF_TOKEN_INVALID"
+    await page.goto(f"{stack.tracing_url}/dashboard/deadletters")
+    row = page.locator("#deadletters tr", has_text=source)
+    assert "re-driven" not in await row.inner_text()
+    assert await asyncio.to_thread(stack.trace, message_uuid) is None  # nothing was sent
+    await page.close()
+
+
+async def test_logout_really_ends_the_session(stack: Stack, browser: Browser) -> None:
+    """A session cookie kept from before logging out no longer opens anything."""
+    page = await _login(browser, stack, "ops")
+    cookies = await page.context.cookies()
+    await page.click("header button")  # Log out
+    await page.wait_for_url("**/dashboard/login")
+    replay = await browser.new_context()
+    await replay.add_cookies(cookies)  # type: ignore[arg-type]
+    stolen = await replay.new_page()
+    await stolen.goto(f"{stack.tracing_url}/dashboard/")
+    assert stolen.url.endswith("/dashboard/login")
+    api = await replay.request.get(f"{stack.tracing_url}/dashboard/api/throughput")
+    assert api.status == 401
+    messages = await replay.request.get(f"{stack.tracing_url}/messages")
+    assert messages.status == 401
+    await replay.close()
+    await page.close()
+
+
+async def test_password_guessing_is_throttled_per_user(stack: Stack, browser: Browser) -> None:
+    """After five wrong passwords for a user even the right one waits: 429 with Retry-After."""
+    users = Users(stack.settings.home)
+    users.add("guessed", PASSWORD, "operator")
+    context = await browser.new_context()
+    url = f"{stack.tracing_url}/dashboard/login"
+    for attempt in range(5):
+        wrong = await context.request.post(
+            url, form={"user": "guessed", "password": f"guess-{attempt}"}, max_redirects=0
+        )
+        assert wrong.status == 401
+    right = await context.request.post(
+        url, form={"user": "guessed", "password": PASSWORD}, max_redirects=0
+    )
+    assert right.status == 429
+    assert (await right.json())["reasonCode"] == "LOGIN_THROTTLED"
+    assert int(right.headers["retry-after"]) > 0
+    await context.close()
+
+
+async def test_a_dead_letter_is_redriven_and_then_delivered(stack: Stack, browser: Browser) -> None:
+    """A message parked by a failing service is inspected, re-driven, and gets DELIVERED."""
+    source, message_uuid = await _park(stack)
     page = await _login(browser, stack, "ops")
     for _ in range(50):
         await page.goto(f"{stack.tracing_url}/dashboard/deadletters")

@@ -78,7 +78,9 @@ def _citizen_message(*, case_id: str | None = None, reply_to: str | None = None)
             label="Spørgsmål til min sag",
             sender=Sender(senderID=REGISTERED_CPR, idType=IdType.CPR, label="Karen Jensen"),
             recipient=Recipient(recipientID=AUTHORITY_CVR, idType=IdType.CVR),
-            contentData=ContentData(caseID=CaseID(caseID=case_id)) if case_id else None,
+            contentData=ContentData(caseID=CaseID(caseID=case_id, caseSystem="SBSYS"))
+            if case_id
+            else None,
             replyData=[ReplyData(messageUUID=reply_to)] if reply_to else [],
         ),
         body=MessageBody(
@@ -254,6 +256,28 @@ async def test_an_esdh_that_is_down_gets_receipts_and_journal_when_back(esdh: Es
     assert question.header.messageUUID in [e["messageUUID"] for e in journaled["entries"]]
 
 
+async def test_the_api_answers_only_the_authority_it_serves(esdh: Esdh) -> None:
+    """No token is 401, another authority's token 403, a forged one 401; nothing is sent."""
+    xml = _letter(label="Uden adgang")
+    forged = esdh.token()[:-4] + "AAAA"
+    for token, status, code in (
+        ("", 401, "AUTHORITY_TOKEN_MISSING"),
+        (forged, 401, "AUTHORITY_TOKEN_INVALID"),
+        (esdh.token("11111111"), 403, "AUTHORITY_TOKEN_WRONG_CVR"),
+    ):
+        for answer in (
+            await esdh.post(xml, token=token),
+            await esdh.get("/journal", token=token),
+        ):
+            assert answer[0] == status, answer
+            assert answer[1]["reasonCode"] == code
+    sent = memo.parse(xml).header.messageUUID
+    assert await asyncio.to_thread(esdh.stack.trace, sent) is None
+    holder_of_key = {"Authorization": f"Holder-of-key {esdh.token()}"}
+    async with esdh.session.get(f"{esdh.url}/journal", headers=holder_of_key) as response:
+        assert response.status == 200  # SF1601's form of the header
+
+
 async def test_openapi_describes_exactly_the_routes_served(esdh: Esdh) -> None:
     """Every route the connector serves is in /openapi.json, and nothing else is."""
     status, served_doc = await esdh.get("/openapi.json")
@@ -287,6 +311,8 @@ async def test_schemathesis_finds_no_server_error(esdh: Esdh, tmp_path: Path) ->
         "40",
         "--seed",
         "2026",
+        "--header",
+        f"Authorization: Bearer {esdh.token()}",
         "--workers",
         "1",
         stdout=asyncio.subprocess.PIPE,

@@ -12,9 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 
+from brokers.runtime.kafka import new_admin, new_consumer, new_producer
+from brokers.runtime.settings import KafkaAccess
+from brokers.stack.access import ADMIN_IDENTITY
 from brokers.stack.kafka import free_base_port
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -33,14 +35,19 @@ def dp2(home: Path, *args: str, timeout: float = 180) -> subprocess.CompletedPro
     )
 
 
-async def _produce_one(bootstrap: str, topic: str, replication: int = 1) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+def _admin(home: Path, bootstrap: str) -> KafkaAccess:
+    """The admin identity ``dp2 kafka start`` issued into the home's PKI."""
+    return KafkaAccess(bootstrap, ADMIN_IDENTITY, home / "pki")
+
+
+async def _produce_one(access: KafkaAccess, topic: str, replication: int = 1) -> None:
+    admin = new_admin(access)
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, 1, replication)])
     finally:
         await admin.close()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all")
+    producer = new_producer(access)
     await producer.start()
     try:
         await producer.send_and_wait(topic, b"kept across restarts", key=b"k")
@@ -48,10 +55,8 @@ async def _produce_one(bootstrap: str, topic: str, replication: int = 1) -> None
         await producer.stop()
 
 
-async def _consume_all(bootstrap: str, topic: str) -> list[bytes]:
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
-    )
+async def _consume_all(access: KafkaAccess, topic: str) -> list[bytes]:
+    consumer = new_consumer(access, topic, auto_offset_reset="earliest", group_id=None)
     await consumer.start()
     try:
         batch = await consumer.getmany(timeout_ms=10_000)
@@ -83,7 +88,7 @@ def test_start_status_stop_and_data_survives_restart(tmp_path: Path) -> None:
         again = dp2(tmp_path, "kafka", "start", "--port", port)
         assert again.returncode == 0 and "already running" in again.stderr
 
-        asyncio.run(_produce_one(bootstrap, "restart-check"))
+        asyncio.run(_produce_one(_admin(tmp_path, bootstrap), "restart-check"))
         stopped = dp2(tmp_path, "kafka", "stop", "--port", port)
         assert stopped.returncode == 0, stopped.stderr
         down = dp2(tmp_path, "kafka", "status", "--port", port)
@@ -92,7 +97,8 @@ def test_start_status_stop_and_data_survives_restart(tmp_path: Path) -> None:
         restarted = dp2(tmp_path, "kafka", "start", "--port", port)
         assert restarted.returncode == 0, restarted.stderr
         assert "formatting" not in restarted.stderr
-        assert asyncio.run(_consume_all(bootstrap, "restart-check")) == [b"kept across restarts"]
+        kept = asyncio.run(_consume_all(_admin(tmp_path, bootstrap), "restart-check"))
+        assert kept == [b"kept across restarts"]
     finally:
         final = dp2(tmp_path, "kafka", "stop", "--port", port)
     assert final.returncode == 0
@@ -132,8 +138,9 @@ def test_three_node_cluster_replicates(tmp_path: Path) -> None:
         assert started.returncode == 0, started.stderr
         bootstrap = started.stdout.strip()
         assert bootstrap.count(",") == 2
-        asyncio.run(_produce_one(bootstrap, "replicated", replication=3))
-        assert asyncio.run(_consume_all(bootstrap, "replicated")) == [b"kept across restarts"]
+        asyncio.run(_produce_one(_admin(tmp_path, bootstrap), "replicated", replication=3))
+        kept = asyncio.run(_consume_all(_admin(tmp_path, bootstrap), "replicated"))
+        assert kept == [b"kept across restarts"]
         status = json.loads(dp2(tmp_path, "kafka", "status", "--port", str(port), "--json").stdout)
         assert [n["running"] for n in status[0]["nodes"]] == [True, True, True]
     finally:

@@ -32,6 +32,7 @@ from aiosmtpd.controller import Controller
 from brokers.contacts.records import read_contact_file
 from brokers.contacts.register import publish_contacts
 from brokers.runtime.host import ServiceHost
+from brokers.stack.access import REGISTER_IDENTITY
 from brokers.stack.registry import build_service
 from connectors.citizens import DevTokens
 from connectors.mail.mime import citizen_envelope, read_mail, safe_filename
@@ -225,7 +226,7 @@ async def gateway(
         )
     )
     await publish_contacts(
-        stack.settings.kafka_bootstrap, read_contact_file(register, stack.pseudonyms)
+        stack.kafka(REGISTER_IDENTITY), read_contact_file(register, stack.pseudonyms)
     )
     relay = Relay()
     relay_port = _free_port()
@@ -378,7 +379,9 @@ async def test_refused_mail_gets_its_reply_code_and_nothing_reaches_kafka(
     async def sent_by_refused() -> list[dict[str, Any]]:
         pseudonym = gateway.stack.pseudonyms.ref("CPR", REFUSED_CPR)
         async with gateway.session.get(
-            f"{gateway.stack.tracing_url}/messages", params={"sender": pseudonym}
+            f"{gateway.stack.tracing_url}/messages",
+            params={"sender": pseudonym},
+            headers={"Authorization": f"Bearer {gateway.stack.operator_token()}"},
         ) as response:
             items: list[dict[str, Any]] = (await response.json())["items"]
             return items

@@ -19,14 +19,14 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer
 from aiosmtpd.controller import Controller
 
 from brokers.contacts.records import read_contact_file
 from brokers.contacts.register import publish_contacts
 from brokers.runtime.host import ServiceHost
-from brokers.runtime.kafka import read_from_start
-from brokers.runtime.settings import Settings
+from brokers.runtime.kafka import new_consumer, read_from_start
+from brokers.runtime.settings import KafkaAccess, Settings
+from brokers.stack.access import REGISTER_IDENTITY
 from brokers.stack.kafka import free_base_port
 from brokers.stack.registry import build_service
 from connectors.sdk import Document, build_message
@@ -146,6 +146,7 @@ async def notifier(stack: Stack, peers: Peers) -> AsyncIterator[ServiceHost]:
         {
             "DP2_HOME": str(stack.settings.home),
             "DP2_KAFKA_BOOTSTRAP": stack.settings.kafka_bootstrap,
+            "DP2_PKI": str(stack.settings.pki_dir),
             "DP2_DIGEST_WINDOW_S": "2",
             **peers.env(),
         }
@@ -190,7 +191,7 @@ async def new_recipient(stack: Stack, language: str = "da", sms: bool = True) ->
         )
     )
     await publish_contacts(
-        stack.settings.kafka_bootstrap, read_contact_file(path, stack.pseudonyms)
+        stack.kafka(REGISTER_IDENTITY), read_contact_file(path, stack.pseudonyms)
     )
     ref = stack.pseudonyms.ref("CPR", cpr)
     async with asyncio.timeout(10):
@@ -331,6 +332,7 @@ def _notifier_process(stack: Stack, peers: Peers, home: Path) -> subprocess.Pope
         **os.environ,
         "DP2_HOME": str(home),
         "DP2_KAFKA_BOOTSTRAP": stack.settings.kafka_bootstrap,
+        "DP2_PKI": str(stack.settings.pki_dir),
         "DP2_DIGEST_WINDOW_S": "0",
         "DP2_LOG_FORMAT": "json",
         **peers.env(),
@@ -345,11 +347,11 @@ def _notifier_process(stack: Stack, peers: Peers, home: Path) -> subprocess.Pope
         )
 
 
-async def _start_group_at_end(bootstrap: str, group: str, topic: str) -> None:
+async def _start_group_at_end(kafka: KafkaAccess, group: str, topic: str) -> None:
     """Commit the group's offsets at the topic's end: the process starts from now on,
     not with the notifications of every earlier test in the session."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+    consumer = new_consumer(
+        kafka,
         group_id=group,
         enable_auto_commit=False,
         auto_offset_reset="latest",
@@ -373,7 +375,7 @@ async def test_sigkill_mid_run_sends_nothing_twice_and_loses_nothing(
 ) -> None:
     """A notifier SIGKILLed while sending and restarted: every letter notified exactly once."""
     recipient = await new_recipient(stack)
-    await _start_group_at_end(stack.settings.kafka_bootstrap, "dp2.notifier", "dp2.lifecycle")
+    await _start_group_at_end(stack.admin, "dp2.notifier", "dp2.lifecycle")
     process = _notifier_process(stack, other_peers, process_home)
     try:
         uuids = await send_letters(stack, recipient, 20)

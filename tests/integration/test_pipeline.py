@@ -10,9 +10,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer
 
-from brokers.runtime.kafka import behind, read_from_start
+from brokers.runtime.kafka import behind, new_consumer, read_from_start
 from brokers.security import signing
 from brokers.security.pki import Pki
 from brokers.stack.registry import build_service
@@ -31,6 +30,7 @@ from tests.integration.conftest import (
     EXEMPT_CPR,
     PROVIDER,
     REGISTERED_CPR,
+    SENDER,
     SENDER_CVR,
     UNKNOWN_CPR,
     Stack,
@@ -112,6 +112,7 @@ async def test_each_fault_is_rejected_with_its_own_reason(stack: Stack, tmp_path
     pki.issue_sender(SENDER_CVR, "revoked")
     pki.revoke("revoked")
     pki.issue_vendor("vendor-elsewhere", on_behalf_of=["11111111"])
+    await stack.apply_acls()
 
     async with stack.client() as client:
         codes: dict[str, str] = {}
@@ -154,8 +155,10 @@ async def test_each_fault_is_rejected_with_its_own_reason(stack: Stack, tmp_path
         )
 
         for name, identity_pki in (("impostor", other_ca), ("expired", pki), ("revoked", pki)):
+            # Signed by a key DP2 must not trust, carried over a connection that may
+            # write (such a certificate could not connect to Kafka itself).
             async with Dp2Client(
-                bootstrap=stack.settings.kafka_bootstrap,
+                kafka=stack.kafka(SENDER),
                 identity=identity_pki.identity(name),
                 trust=client._trust,
                 pseudonyms=stack.pseudonyms,
@@ -284,8 +287,8 @@ async def test_replayed_uuid_is_a_duplicate_and_delivered_once(stack: Stack) -> 
 
 
 async def _print_topic_keys(stack: Stack) -> list[bytes]:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=stack.settings.kafka_bootstrap,
+    consumer = new_consumer(
+        stack.admin,
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -388,8 +391,8 @@ async def test_no_plaintext_or_cpr_in_any_topic(stack: Stack) -> None:
     async with stack.client() as client:
         receipt = await client.send(letter(data=marker + PLAINTEXT))
         await client.wait_for(receipt.message_uuid, {"DELIVERED"})
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=stack.settings.kafka_bootstrap,
+    consumer = new_consumer(
+        stack.admin,
         group_id=None,
         enable_auto_commit=False,
         fetch_max_bytes=64 * 1024 * 1024,
@@ -431,8 +434,8 @@ async def test_mailbox_restarted_before_commit_delivers_once(stack: Stack) -> No
     await mailbox.stop()
     # As if the mailbox died after storing and emitting, before committing: rewind.
     topic = f"dp2.deliver.{PROVIDER}"
-    rewind = AIOKafkaConsumer(
-        bootstrap_servers=stack.settings.kafka_bootstrap,
+    rewind = new_consumer(
+        stack.admin,
         group_id=group,
         enable_auto_commit=False,
         auto_offset_reset="earliest",

@@ -37,6 +37,7 @@ from brokers.runtime.host import ServiceHost
 from brokers.runtime.kafka import new_producer
 from brokers.security import signing
 from brokers.security.pki import provider_identity_name
+from brokers.stack.access import REGISTER_IDENTITY
 from brokers.stack.registry import build_service
 from connectors.base import discover
 from connectors.sdk import Document, build_message
@@ -100,6 +101,7 @@ async def print_connector(stack: Stack, **config: Any) -> AsyncIterator[ServiceH
         path.write_text(f"{text}\n\n{new_table}" if text else new_table)
 
     write(table)
+    await stack.apply_acls()  # as dp2 up does after connectors.toml changed
     host = await build_service("connector", stack.settings, connector="print", group_suffix=GROUP)
     await host.start()
     try:
@@ -146,7 +148,7 @@ async def printer(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Asy
         )
     )
     await publish_contacts(
-        stack.settings.kafka_bootstrap, read_contact_file(register, stack.pseudonyms)
+        stack.kafka(REGISTER_IDENTITY), read_contact_file(register, stack.pseudonyms)
     )
     await until(
         lambda: all(
@@ -209,7 +211,7 @@ class TestFolderDrop:
         tampered = dataclasses.replace(
             sealed, header=dataclasses.replace(sealed.header, label="Ændret efter signering")
         )
-        producer = new_producer(stack.settings.kafka_bootstrap)
+        producer = new_producer(stack.admin)  # as if the router were compromised
         await producer.start()
         try:
             await producer.send_and_wait(

@@ -6,6 +6,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from hypothesis import HealthCheck, given, settings
 
+from brokers.runtime.settings import KafkaAccess
 from schemas import codec
 from tests.conftest import TopicFactory
 from tests.strategies import records
@@ -32,7 +33,7 @@ def _generate(count: int) -> list[object]:
 
 
 async def test_records_of_every_schema_round_trip_through_kafka(
-    kafka_bootstrap: str, new_topic: TopicFactory, group_id: str
+    kafka_admin: KafkaAccess, new_topic: TopicFactory, group_id: str
 ) -> None:
     """encode -> produce -> consume -> decode gives back the very record, for all schemas."""
     sent = _generate(150)
@@ -45,7 +46,7 @@ async def test_records_of_every_schema_round_trip_through_kafka(
     }
     topic = await new_topic("roundtrip", partitions=1)
     producer = AIOKafkaProducer(
-        bootstrap_servers=kafka_bootstrap,
+        **kafka_admin.client_options(),
         enable_idempotence=True,
         acks="all",
         max_request_size=8 * 1024 * 1024,
@@ -61,7 +62,7 @@ async def test_records_of_every_schema_round_trip_through_kafka(
 
     consumer = AIOKafkaConsumer(
         topic,
-        bootstrap_servers=kafka_bootstrap,
+        **kafka_admin.client_options(),
         group_id=group_id,
         auto_offset_reset="earliest",
         enable_auto_commit=False,

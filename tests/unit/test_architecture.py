@@ -128,7 +128,15 @@ def _topic_constants() -> set[str]:
 
 
 _PRODUCE_CALLS = {"Output", "send", "send_and_wait"}
-_CONSUME_CALLS = {"worker", "KafkaWorker", "AIOKafkaConsumer", "read_from_start", "subscribe"}
+_CONSUME_CALLS = {
+    "worker",
+    "KafkaWorker",
+    "AIOKafkaConsumer",
+    "new_consumer",
+    "read_from_start",
+    "subscribe",
+    "ContactRegister",
+}
 
 
 def _aliases(tree: ast.AST, constants: set[str]) -> dict[str, set[str]]:

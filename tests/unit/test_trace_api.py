@@ -8,6 +8,7 @@ import json
 import socket
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from structlog.testing import capture_logs
 from brokers.cli import build_parser
 from brokers.runtime.settings import Settings
 from schemas.models import LifecycleEvent, LifecycleState
+from tracing.access import Users
 from tracing.api import TraceService, make_app
 from tracing.client import (
     TraceUnreachableError,
@@ -67,9 +69,22 @@ def service() -> Iterator[TraceService]:
 
 
 @pytest.fixture
-async def client(service: TraceService) -> AsyncIterator[Client]:
-    """An HTTP client for the service's app, served on a free port of 127.0.0.1."""
-    async with TestClient(TestServer(make_app(service), host="127.0.0.1")) as opened:
+def users(tmp_path: Path) -> Users:
+    """The deployment's dashboard users and key, in a folder of this test's own."""
+    return Users(tmp_path)
+
+
+@pytest.fixture
+def token(users: Users) -> str:
+    """An operator's bearer token for the trace API."""
+    return users.local_token()
+
+
+@pytest.fixture
+async def client(service: TraceService, users: Users, token: str) -> AsyncIterator[Client]:
+    """An operator's HTTP client for the service's app, on a free port of 127.0.0.1."""
+    server = TestServer(make_app(service, users), host="127.0.0.1")
+    async with TestClient(server, headers={"Authorization": f"Bearer {token}"}) as opened:
         yield opened
 
 
@@ -214,14 +229,14 @@ async def test_healthz_and_metrics_count_stored_events(
 
 
 async def test_a_host_can_put_its_own_health_and_metrics_routes_first(
-    service: TraceService,
+    service: TraceService, tmp_path: Path
 ) -> None:
     """Routes a host adds after make_app (like ServiceHost's /healthz) are served, not ours."""
 
     async def host_health(_: web.Request) -> web.Response:
         return web.json_response({"service": "tracing", "status": "ok", "workers": []})
 
-    app = make_app(service)
+    app = make_app(service, Users(tmp_path))
     app.router.add_get("/healthz", host_health)
     async with TestClient(TestServer(app, host="127.0.0.1")) as host_client:
         assert (await (await host_client.get("/healthz")).json())["service"] == "tracing"
@@ -240,10 +255,10 @@ def test_ingest_logs_one_line_per_event_with_message_id(service: TraceService) -
     ]
 
 
-async def test_fetch_and_render_timeline(client: Client, service: TraceService) -> None:
+async def test_fetch_and_render_timeline(client: Client, service: TraceService, token: str) -> None:
     """fetch_timeline returns the API document; render_timeline shows time, state, actor, reason."""
     ingest_delivery(service)
-    doc = await fetch_timeline(base_url(client), MESSAGE)
+    doc = await fetch_timeline(base_url(client), MESSAGE, token)
     assert doc == await (await client.get(f"/messages/{MESSAGE}")).json()
     lines = render_timeline(doc).splitlines()
     assert MESSAGE in lines[0]
@@ -260,10 +275,12 @@ async def test_fetch_and_render_timeline(client: Client, service: TraceService) 
     ]
 
 
-async def test_fetch_timeline_translates_unknown_and_unreachable(client: Client) -> None:
+async def test_fetch_timeline_translates_unknown_and_unreachable(
+    client: Client, token: str
+) -> None:
     """An unknown message and a dead service become typed Dp2Errors; only the latter retriable."""
     with pytest.raises(UnknownMessageError) as unknown:
-        await fetch_timeline(base_url(client), "no-such-message")
+        await fetch_timeline(base_url(client), "no-such-message", token)
     assert unknown.value.reason_code == "UNKNOWN_MESSAGE"
     assert not unknown.value.retriable
     with pytest.raises(TraceUnreachableError) as unreachable:
@@ -272,13 +289,13 @@ async def test_fetch_timeline_translates_unknown_and_unreachable(client: Client)
 
 
 async def test_follow_yields_each_new_event_and_stops_at_a_final_state(
-    client: Client, service: TraceService
+    client: Client, service: TraceService, token: str
 ) -> None:
     """follow waits for the message, yields every event once (late ones too), ends when final."""
     seen: list[str] = []
 
     async def consume() -> None:
-        async for event in follow(base_url(client), MESSAGE, interval=0.02):
+        async for event in follow(base_url(client), MESSAGE, interval=0.02, token=token):
             seen.append(event["state"])
             if event["state"] == "SUBMITTED":
                 service.ingest(ev(S.ACCEPTED, 1))
@@ -293,10 +310,12 @@ async def test_follow_yields_each_new_event_and_stops_at_a_final_state(
     assert seen == ["SUBMITTED", "ACCEPTED", "DUPLICATE", "REJECTED"]
 
 
-async def test_follow_gives_up_on_a_message_that_never_appears(client: Client) -> None:
+async def test_follow_gives_up_on_a_message_that_never_appears(client: Client, token: str) -> None:
     """An unknown message ends follow with UnknownMessageError after appear_within."""
     with pytest.raises(UnknownMessageError):
-        async for _ in follow(base_url(client), "never", interval=0.01, appear_within=0.05):
+        async for _ in follow(
+            base_url(client), "never", interval=0.01, appear_within=0.05, token=token
+        ):
             pass
 
 
@@ -311,7 +330,11 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 async def test_trace_command_prints_table_json_and_follows(
-    client: Client, service: TraceService, capsys: pytest.CaptureFixture[str]
+    client: Client,
+    service: TraceService,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    token: str,
 ) -> None:
     """`dp2 trace UUID` prints the table, --json the document, --follow the events until final."""
     ingest_delivery(service)
@@ -319,35 +342,124 @@ async def test_trace_command_prints_table_json_and_follows(
     url = base_url(client)
 
     # Without --url the command asks the settings where dp2 up runs tracing.
-    settings = Settings.from_env({"DP2_PORT_BASE": url.rsplit(":", 1)[1]})
+    settings = Settings.from_env(
+        {"DP2_PORT_BASE": url.rsplit(":", 1)[1], "DP2_HOME": str(tmp_path)}
+    )
     without_url = _trace_args(MESSAGE)
     assert without_url.url is None
     assert await asyncio.to_thread(without_url.func, settings, without_url) == 0
     assert "EXPIRED" in capsys.readouterr().out
-    assert await _run(_trace_args(MESSAGE, "--url", url)) == 0
+    auth = ("--token", token)
+    assert await _run(_trace_args(MESSAGE, "--url", url, *auth)) == 0
     out = capsys.readouterr().out
     assert "EXPIRED" in out
     assert "MAILBOX_TIMEOUT" in out
 
-    assert await _run(_trace_args(MESSAGE, "--json", "--url", url)) == 0
+    assert await _run(_trace_args(MESSAGE, "--json", "--url", url, *auth)) == 0
     doc: dict[str, Any] = json.loads(capsys.readouterr().out)
     assert doc["state"] == "EXPIRED"
 
-    assert await _run(_trace_args(MESSAGE, "--follow", "--json", "--url", url)) == 0
+    assert await _run(_trace_args(MESSAGE, "--follow", "--json", "--url", url, *auth)) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [json.loads(line)["state"] for line in lines] == [e["state"] for e in doc["timeline"]]
 
-    assert await _run(_trace_args(MESSAGE, "--follow", "--url", url)) == 0
+    assert await _run(_trace_args(MESSAGE, "--follow", "--url", url, *auth)) == 0
     assert capsys.readouterr().out.splitlines()[-1].split()[1] == "EXPIRED"
 
 
 async def test_trace_command_exits_1_when_unknown_or_unreachable(
-    client: Client, capsys: pytest.CaptureFixture[str]
+    client: Client, capsys: pytest.CaptureFixture[str], token: str
 ) -> None:
     """An unknown message or an unreachable service is exit code 1 with a two-line reason."""
-    assert await _run(_trace_args("no-such-message", "--url", base_url(client))) == 1
+    url = base_url(client)
+    assert await _run(_trace_args("no-such-message", "--url", url, "--token", token)) == 1
     err = capsys.readouterr().err
     assert "UNKNOWN_MESSAGE" in err
     assert "how to fix" in err
     assert await _run(_trace_args(MESSAGE, "--url", closed_port_url())) == 1
     assert "TRACE_UNREACHABLE" in capsys.readouterr().err
+
+
+# --- who may ask (issue 13) -------------------------------------------------------------
+async def _status(
+    service: TraceService, users: Users, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any]]:
+    async with TestClient(TestServer(make_app(service, users), host="127.0.0.1")) as anonymous:
+        response = await anonymous.get(path, headers=headers or {})
+        return response.status, await response.json()
+
+
+@pytest.mark.parametrize("path", [f"/messages/{MESSAGE}", "/messages", "/messages?sender=1"])
+async def test_every_api_route_answers_401_without_credentials(
+    service: TraceService, users: Users, path: str
+) -> None:
+    """No session and no token: 401 LOGIN_REQUIRED, with how to get a token."""
+    ingest_delivery(service)
+    status, body = await _status(service, users, path)
+    assert status == 401
+    assert body["error"]["reasonCode"] == "LOGIN_REQUIRED"
+    assert "dp2 dashboard token" in body["error"]["hint"]
+
+
+async def test_a_forged_expired_or_foreign_token_is_401(
+    service: TraceService, users: Users, tmp_path: Path
+) -> None:
+    """A token with a wrong MAC, past its expiry, or from another deployment's key is refused."""
+    ingest_delivery(service)
+    users.add("ops", "long enough password", "operator")
+    good = users.token("ops")
+    kind, payload, mac = good.split(".")
+    forged = f"{kind}.{payload}.{mac[:-2]}AA"
+    expired = users.token("ops", days=-1)
+    foreign = Users(tmp_path / "elsewhere")
+    foreign.add("ops", "long enough password", "operator")
+    for token in (forged, expired, foreign.token("ops")):
+        status, _ = await _status(
+            service, users, f"/messages/{MESSAGE}", {"Authorization": f"Bearer {token}"}
+        )
+        assert status == 401
+    status, _ = await _status(
+        service, users, f"/messages/{MESSAGE}", {"Authorization": f"Bearer {good}"}
+    )
+    assert status == 200
+
+
+async def test_an_authority_sees_only_its_own_cvr_on_every_route(
+    service: TraceService, users: Users
+) -> None:
+    """Another authority's message is 404 like a missing one; searching its CVR is 404."""
+    ingest_delivery(service)  # sent by 29189846
+    other = "7c2f0d7e-0000-4000-8000-000000000001"
+    service.ingest(ev(S.SUBMITTED, 0, message=other, sender="55133018"))
+    users.add("aarhus", "long enough password", "authority", cvr="55133018")
+    auth = {"Authorization": f"Bearer {users.token('aarhus')}"}
+    status, body = await _status(service, users, f"/messages/{MESSAGE}", auth)
+    assert (status, body["error"]["reasonCode"]) == (404, "UNKNOWN_MESSAGE")
+    status, _ = await _status(service, users, f"/messages/{other}", auth)
+    assert status == 200
+    status, body = await _status(service, users, "/messages?sender=29189846", auth)
+    assert (status, body["error"]["reasonCode"]) == (404, "UNKNOWN_SENDER")
+    status, body = await _status(service, users, "/messages", auth)
+    assert status == 200
+    assert [m["messageUUID"] for m in body["items"]] == [other]
+
+
+async def test_a_deleted_users_token_ends_with_it(service: TraceService, users: Users) -> None:
+    """Tokens name a user; once the user is gone from the users file, its tokens are refused."""
+    ingest_delivery(service)
+    users.add("temp", "long enough password", "operator")
+    token = users.token("temp")
+    path = users._path
+    path.write_text("{}")
+    status, _ = await _status(
+        service, users, f"/messages/{MESSAGE}", {"Authorization": f"Bearer {token}"}
+    )
+    assert status == 401
+
+
+async def test_dp2_trace_without_any_credential_says_how_to_get_one(
+    client: Client, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Pointed at a trace service it has no key for, dp2 trace exits 1 with LOGIN_REQUIRED."""
+    assert await _run(_trace_args(MESSAGE, "--url", base_url(client))) == 1
+    assert "LOGIN_REQUIRED" in capsys.readouterr().err

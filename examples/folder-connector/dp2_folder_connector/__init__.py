@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from connectors.base import ConnectorContext
+from connectors.folders import inside, uuid_file_name
 from connectors.sdk import Document, Dp2Client, build_message
 from schemas.errors import Dp2Error
 from schemas.models import Envelope, IdType
@@ -147,9 +148,11 @@ class ReceivingFolderConnector(FolderConnector):
             "label": header.label,
             "documents": documents,
         }
-        partial = self._inbox / f".{header.messageUUID}.part"
+        # File names from a checked UUID only, and never outside the inbox.
+        name = uuid_file_name(header.messageUUID, ".json")
+        partial = inside(self._inbox, f".{name}.part")
         partial.write_text(json.dumps(letter, indent=2, ensure_ascii=False), encoding="utf-8")
-        partial.replace(self._inbox / f"{header.messageUUID}.json")
+        partial.replace(inside(self._inbox, name))
 
 
 def create(context: ConnectorContext) -> FolderConnector:

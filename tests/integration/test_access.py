@@ -1,0 +1,280 @@
+"""Who may connect and who may do what, on the real broker with mTLS and ACLs (issue 13).
+
+Every attack here was tried on the old, open broker first: there each one wrote or
+read what it wanted. Each test asserts the refusal *and* that nothing changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAuthorizationFailedError
+from prometheus_client import CollectorRegistry
+
+from brokers.contacts.register import ContactRegister
+from brokers.runtime.kafka import (
+    KafkaRefusal,
+    describe_acls,
+    new_consumer,
+    new_producer,
+    refusal,
+)
+from brokers.runtime.metrics import ServiceMetrics
+from brokers.runtime.settings import KafkaAccess
+from brokers.runtime.worker import KafkaWorker
+from brokers.security.pki import Pki
+from brokers.stack.access import acl_matrix
+from connectors.base import read_config
+from connectors.sdk import Document, Dp2Client, build_message
+from schemas.errors import Dp2Error
+from schemas.vocabulary import (
+    ACCEPTED_TOPIC,
+    CONTACTS_TOPIC,
+    DEADLETTER_TOPIC,
+    DIRECTORY_TOPIC,
+    PRINT_TOPIC,
+    SUBMITTED_TOPIC,
+    provider_topic,
+)
+from tests.integration.conftest import PROVIDER, REGISTERED_CPR, SENDER, SENDER_CVR, Stack
+
+pytestmark = pytest.mark.kafka
+
+OTHER_PROVIDER = "andenpost"
+
+
+def _letter() -> object:
+    return build_message(
+        sender_cvr=SENDER_CVR,
+        sender_label="Aarhus Kommune",
+        recipient_id=REGISTERED_CPR,
+        label="Afgørelse",
+        documents=[Document("brev.txt", "text/plain", b"Hej")],
+    )
+
+
+def _ports(bootstrap: str) -> list[tuple[str, int]]:
+    """The client port and, one above it, the controller port (brokers.stack.kafka)."""
+    _host, _, port = bootstrap.split(",", maxsplit=1)[0].rpartition(":")
+    return [("client", int(port)), ("controller", int(port) + 1)]
+
+
+async def _end_offsets(admin: KafkaAccess, topic: str) -> dict[TopicPartition, int]:
+    consumer = new_consumer(admin, group_id=None)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
+        if not partitions:
+            await consumer.topics()
+            partitions = [
+                TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []
+            ]
+        return dict(await consumer.end_offsets(partitions))
+    finally:
+        await consumer.stop()
+
+
+@pytest.mark.parametrize("listener", ["client", "controller"])
+async def test_a_plaintext_client_is_refused_on_every_listener(
+    kafka_bootstrap: str, listener: str
+) -> None:
+    """No listener speaks Kafka to a client that does not do TLS."""
+    port = dict(_ports(kafka_bootstrap))[listener]
+    admin = AIOKafkaAdminClient(bootstrap_servers=f"127.0.0.1:{port}", request_timeout_ms=3000)
+    with pytest.raises(KafkaConnectionError):
+        await admin.start()
+    await admin.close()
+
+
+@pytest.mark.parametrize("listener", ["client", "controller"])
+def test_tls_without_a_client_certificate_is_refused_on_every_listener(
+    kafka_bootstrap: str, kafka_pki: Path, listener: str
+) -> None:
+    """The broker's TLS is available to anyone, but without a DP2 certificate it ends there."""
+    port = dict(_ports(kafka_bootstrap))[listener]
+    context = ssl.create_default_context(cafile=str(kafka_pki / "ca" / "cert.pem"))
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        pytest.raises((ssl.SSLError, ConnectionError, OSError)),
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        # TLS 1.3 reports a refused client certificate on the first read.
+        tls.sendall(b"\x00\x00\x00\x00")
+        if tls.recv(1) == b"":
+            raise ConnectionError("closed without an answer")
+
+
+async def test_a_certificate_from_another_ca_is_refused(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """A client certificate DP2's CA did not issue cannot connect at all."""
+    other = Pki(tmp_path / "other")
+    other.init()
+    other.issue_service("dp2-admin")
+    access = KafkaAccess(kafka_bootstrap, "dp2-admin", tmp_path / "other")
+    producer = AIOKafkaProducer(**access.client_options(), request_timeout_ms=3000)
+    with pytest.raises(KafkaError):
+        await producer.start()
+    await producer.stop()
+
+
+@pytest.mark.parametrize(
+    "topic",
+    [
+        ACCEPTED_TOPIC,
+        provider_topic(PROVIDER).name,
+        PRINT_TOPIC,
+        DIRECTORY_TOPIC,
+        CONTACTS_TOPIC,
+        DEADLETTER_TOPIC,
+    ],
+)
+async def test_a_connector_may_not_write_past_the_validator(stack: Stack, topic: str) -> None:
+    """A sender's connector writing past dp2.submitted is refused; the topic is unchanged."""
+    before = await _end_offsets(stack.admin, topic)
+    producer = new_producer(stack.kafka(SENDER))
+    await producer.start()
+    try:
+        with pytest.raises(TopicAuthorizationFailedError) as refused:
+            await producer.send_and_wait(topic, b"forged", key=b"psn-x")
+    finally:
+        await producer.stop()
+    error = refusal(refused.value, stack.kafka(SENDER), f"writing to {topic}")
+    assert error.reason_code == "KAFKA_NOT_AUTHORISED"
+    assert "dp2 kafka acls" in error.hint
+    assert await _end_offsets(stack.admin, topic) == before
+
+
+async def _can_read(access: KafkaAccess, topic: str) -> bool:
+    """Whether ``access`` gets at the records of ``topic`` (partition 0, from the start)."""
+    consumer = new_consumer(access, group_id=None, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        if topic not in await consumer.topics():
+            return False  # Kafka hides a topic from a principal that may not describe it
+        consumer.assign([TopicPartition(topic, 0)])
+        try:
+            for _ in range(8):
+                await consumer.getmany(timeout_ms=250)
+        except TopicAuthorizationFailedError:
+            return False
+        return True
+    finally:
+        await consumer.stop()
+
+
+async def test_a_provider_may_not_read_another_providers_post(stack: Stack) -> None:
+    """Provider andenpost reading dp2.deliver.mitpost is refused."""
+    if f"provider-{OTHER_PROVIDER}" not in stack.pki.names():
+        stack.pki.issue_provider(OTHER_PROVIDER)
+        await stack.apply_acls()
+    topic = provider_topic(PROVIDER).name
+    assert await _can_read(stack.kafka(f"provider-{PROVIDER}"), topic)
+    assert not await _can_read(stack.kafka(f"provider-{OTHER_PROVIDER}"), topic)
+
+
+@pytest.mark.parametrize("topic", [CONTACTS_TOPIC, SUBMITTED_TOPIC, DEADLETTER_TOPIC])
+async def test_a_connector_may_not_read_contact_details_or_others_post(
+    stack: Stack, topic: str
+) -> None:
+    """A sender's connector reading citizens' contact details or raw submissions is refused."""
+    assert await _can_read(stack.admin, topic)
+    assert not await _can_read(stack.kafka(SENDER), topic)
+
+
+async def test_a_connector_reads_the_directory_it_routes_by(stack: Stack) -> None:
+    """The same connector does read the routing directory (so the refusals are not blanket)."""
+    assert await _can_read(stack.kafka(SENDER), DIRECTORY_TOPIC)
+
+
+async def test_a_connector_cannot_follow_contact_details_and_is_told_why(stack: Stack) -> None:
+    """The register cache refuses to start on dp2.contacts for a connector, naming the ACLs."""
+    register = ContactRegister(stack.kafka(SENDER), topic=CONTACTS_TOPIC)
+    with pytest.raises(Dp2Error) as refused:
+        await register.start(timeout=3)
+    assert "dp2 kafka acls" in refused.value.hint
+
+
+async def test_the_sdk_turns_a_refusal_into_a_clear_error_and_sends_nothing(
+    stack: Stack,
+) -> None:
+    """A client whose Kafka principal may not submit gets KAFKA_NOT_AUTHORISED; no trace."""
+    before = await _end_offsets(stack.admin, SUBMITTED_TOPIC)
+    client = Dp2Client(
+        kafka=stack.kafka("dp2-notifier"),  # a principal without WRITE on dp2.submitted
+        identity=stack.pki.identity(SENDER),
+        trust=stack.client()._trust,
+        pseudonyms=stack.pseudonyms,
+        blob_store=stack.client()._blobs,
+        contacts=stack.contacts,
+    )
+    async with client:
+        message = _letter()
+        with pytest.raises(KafkaRefusal) as refused:
+            await client.send(message)  # type: ignore[arg-type]
+    assert refused.value.reason_code == "KAFKA_NOT_AUTHORISED"
+    assert "service:dp2-notifier" in str(refused.value) or "dp2-notifier" in str(refused.value)
+    assert await _end_offsets(stack.admin, SUBMITTED_TOPIC) == before
+    uuid = message.header.messageUUID  # type: ignore[attr-defined]
+    assert await asyncio.to_thread(stack.trace, uuid) is None
+
+
+def _worker(access: KafkaAccess, topic: str, group: str, seen: list[object]) -> KafkaWorker:
+    async def handler(record: object) -> list[object]:
+        seen.append(record)
+        return []
+
+    return KafkaWorker(
+        "intruder",
+        access,
+        [topic],
+        group_id=group,
+        handler=handler,  # type: ignore[arg-type]
+        metrics=ServiceMetrics(CollectorRegistry()),
+    )
+
+
+async def test_a_worker_without_its_group_fails_to_start_with_a_clear_error(
+    stack: Stack,
+) -> None:
+    """Joining a consumer group the principal has no right to is KAFKA_NOT_AUTHORISED."""
+    worker = _worker(stack.kafka(SENDER), ACCEPTED_TOPIC, "dp2.router.stolen", [])
+    with pytest.raises(KafkaRefusal) as refused:
+        await worker.start()
+    assert "dp2.router.stolen" in str(refused.value)
+    await worker.stop()  # safe after a failed start
+
+
+async def test_a_worker_refused_its_topic_stays_up_and_says_why(stack: Stack) -> None:
+    """A provider's worker on dp2.submitted keeps running, reports the refusal, reads nothing."""
+    seen: list[object] = []
+    worker = _worker(
+        stack.kafka(f"provider-{PROVIDER}"), SUBMITTED_TOPIC, f"dp2.mailbox-{PROVIDER}.x", seen
+    )
+    await worker.start()
+    try:
+        for _ in range(80):
+            if worker.last_error:
+                break
+            await asyncio.sleep(0.25)
+        assert worker.health()["running"] is True
+        assert "Kafka refused read" in (worker.last_error or ""), worker.last_error
+        assert seen == []
+    finally:
+        await worker.stop()
+
+
+async def test_the_acls_on_the_broker_are_exactly_the_deployments(stack: Stack) -> None:
+    """What dp2 up applied is what acl_matrix derives from the PKI and connectors.toml."""
+    await stack.apply_acls()
+    wanted = acl_matrix(stack.pki, read_config(stack.settings))
+    live = await describe_acls(stack.admin)
+    assert set(live) == set(wanted)
+    senders = {b.resource_name for b in wanted if b.principal == f"User:sender:{SENDER}"}
+    assert SUBMITTED_TOPIC in senders and ACCEPTED_TOPIC not in senders
