@@ -48,6 +48,7 @@ from prometheus_client import CollectorRegistry
 from brokers.runtime.host import ServiceHost
 from brokers.runtime.kafka import ensure_topics
 from brokers.runtime.metrics import ServiceMetrics
+from brokers.runtime.private import private_dir
 from brokers.runtime.records import Handler
 from brokers.runtime.settings import Settings
 from brokers.runtime.worker import KafkaWorker
@@ -103,10 +104,8 @@ class ConnectorContext:
 
     @property
     def data_dir(self) -> Path:
-        """A directory of the connector's own for its state (created on first use)."""
-        path = self.settings.home / "data" / "connectors" / self.name
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        """A directory of the connector's own for its state (created on first use, 0700)."""
+        return private_dir(self.settings.home / "data" / "connectors" / self.name)
 
     def require(self, key: str) -> Any:
         """A configuration value that must be present."""

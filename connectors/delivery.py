@@ -8,7 +8,9 @@ trusting it, and it must not be re-implemented (and got wrong) per vendor. A
 1. verifies the sender's signature and certificate (chain, validity, revocation)
    again — end-to-end authenticity: the backbone is not trusted with integrity;
 2. decrypts the documents with the provider's X25519 key and restores the sealed
-   personal data (CPR numbers) — the plaintext exists only from here on — and
+   personal data (CPR numbers, and the names, addresses, e-mail and phone of
+   brokers.security.personal) field for field, as the sender built the envelope —
+   the plaintext exists only from here on — and
    re-checks what a store or a folder drop builds names from: the message UUID
    (``INVALID_MESSAGE_UUID``) and every file name (``INVALID_FILENAME``,
    ``UNSAFE_FILENAME``, ``TEXT_TOO_LONG``), with the validator's own rules, since a

@@ -28,7 +28,7 @@ from brokers.runtime.tasks import AsyncResource
 from connectors.delivery import DeliveryHandler
 from schemas import codec
 from schemas.errors import ConfigError
-from schemas.models import Envelope, MessageType
+from schemas.models import Envelope, IdType, MessageType
 from schemas.values import canonical_uuid
 from schemas.vocabulary import provider_topic
 
@@ -100,13 +100,14 @@ class MailboxStore:
 def notification_facts(plain: Envelope, provider_id: str) -> dict[str, str]:
     """What the notifier may say about a delivered message, and nothing more.
 
-    The sender's name always; the label only when the sender marked it
-    non-sensitive; a NemSMS's own text (it *is* the notification). Never document
-    content, never an identifier of the recipient.
+    The sender's name when the sender is an authority (a citizen's name would reach
+    dp2.lifecycle in clear); the label only when the sender marked it non-sensitive;
+    a NemSMS's own text (it *is* the notification). Never document content, never an
+    identifier of the recipient.
     """
     header = plain.header
     facts = {"provider": provider_id, "messageType": header.messageType.value}
-    if header.sender.label:
+    if header.sender.label and header.sender.idType is IdType.CVR:
         facts["senderLabel"] = header.sender.label
     if not header.labelIsSensitive:
         facts["label"] = header.label

@@ -12,7 +12,8 @@ Kafka's delivery semantics to send post safely. Three steps::
 
 ``send`` checks what only the plaintext shows (CPR is 10 digits, CVR 8), looks the
 recipient up in the contact register, encrypts the documents for the recipient's
-mailbox provider (or the print provider), moves CPR numbers into the sealed part,
+mailbox provider (or the print provider), moves CPR numbers and every other
+personal value of the header (brokers.security.personal) into the sealed part,
 signs the canonical envelope, and publishes it idempotently (``acks=all``). The
 receipt carries the message UUID and the Kafka position; the business receipts
 (ACCEPTED, ROUTED, DELIVERED, ...) arrive as lifecycle events the client follows.

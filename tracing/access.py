@@ -42,8 +42,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from brokers.runtime.private import create_private, private_dir
 from brokers.security.tokens import read_claims, secret_key_file, sign_claims
 from schemas.errors import Dp2Error
+from schemas.values import is_ascii_digits
 
 USERS_FILE = "dashboard-users.json"
 KEY_FILE = "dashboard.key"
@@ -177,7 +179,7 @@ class Users:
                 reason_code="BAD_ROLE",
                 hint="Use --role operator or --role authority.",
             )
-        if role == "authority" and (cvr is None or len(cvr) != 8 or not cvr.isdigit()):
+        if role == "authority" and (cvr is None or not is_ascii_digits(cvr, 8)):
             raise Dp2Error(
                 "an authority's user needs its CVR",
                 reason_code="INVALID_CVR",
@@ -292,9 +294,9 @@ class Users:
 
 def _write_private(path: Path, text: str) -> None:
     """Write a file readable by its owner only, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     partial = path.with_suffix(".tmp")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = create_private(partial, replace=True)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
     partial.replace(path)

@@ -29,6 +29,7 @@ from aiokafka import AIOKafkaProducer
 
 from schemas.errors import Dp2Error
 from schemas.models import LifecycleState
+from schemas.values import parse_ascii_int
 from tracing import stats
 from tracing.access import (
     SESSION_COOKIE,
@@ -275,7 +276,10 @@ refresh(); setInterval(refresh, 3000);
         return frame(user, f"Message {uuid}", body)
 
     async def _throughput(self, request: web.Request, user: User) -> web.StreamResponse:
-        minutes = min(max(int(request.query.get("minutes", "15") or 15), 1), 120)
+        asked = parse_ascii_int(request.query.get("minutes", "15") or "15")
+        if asked is None:
+            raise BadQueryError("minutes must be a whole number in ASCII digits, e.g. 15")
+        minutes = min(max(asked, 1), 120)
         now = datetime.now(UTC)
         first = int(now.timestamp() // 60) - minutes + 1
         rows = self._store.throughput(

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from brokers.runtime import sqlite
+from brokers.runtime.private import private_dir
 from schemas import codec
 from schemas.errors import Dp2Error
 from schemas.models import LifecycleEvent, LifecycleState
@@ -141,7 +142,7 @@ class SqliteTraceStore:
 
     def __init__(self, path: Path | str) -> None:
         if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            private_dir(Path(path).parent)
         self._db: sqlite3.Connection | None = sqlite.connect(path)
         self._db.executescript(_SCHEMA)
         self._add_summary_columns(self._db)

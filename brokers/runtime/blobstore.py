@@ -11,6 +11,9 @@ The seam is the small :class:`BlobStore` protocol. :class:`FileBlobStore` is the
 default (a folder, shared by the services of one deployment);
 :class:`MemoryBlobStore` keeps blobs in a dict for tests and single-process tools.
 
+Blobs are ciphertext, yet they are kept like the stores: files 0600 in folders made
+0700 (brokers.runtime.private), so other local users cannot even list them.
+
 References are content addresses, ``sha256:<64 lowercase hex>`` of the stored
 bytes, so ``put`` is idempotent and two services agree on a name without talking.
 """
@@ -24,6 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Final, Protocol
 
+from brokers.runtime.private import FILE_MODE, private_dir
 from schemas.errors import Dp2Error
 
 _REF = re.compile(r"sha256:([0-9a-f]{64})")
@@ -93,11 +97,12 @@ class FileBlobStore:
                 return ref  # same address and size: the same bytes are already there
         except FileNotFoundError:
             pass
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as handle:
+                os.fchmod(handle.fileno(), FILE_MODE)  # mkstemp's 0600, whatever the umask
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())

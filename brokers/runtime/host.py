@@ -36,6 +36,7 @@ from prometheus_client import (
 )
 
 from brokers.runtime.metrics import ServiceMetrics
+from brokers.runtime.private import private_dir
 from brokers.runtime.records import Handler
 from brokers.runtime.settings import Settings
 from brokers.runtime.worker import KafkaWorker
@@ -78,10 +79,8 @@ class ServiceContext:
 
     @property
     def data_dir(self) -> Path:
-        """Where the service's stores live (created on first use)."""
-        path = self.settings.home / "data"
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        """Where the service's stores live (created on first use, 0700)."""
+        return private_dir(self.settings.home / "data")
 
     def worker(self, name: str, topics: list[str], handler: Handler, **kw: Any) -> KafkaWorker:
         """A worker in consumer group ``dp2.<name>`` (one group per role, shared by instances)."""

@@ -7,6 +7,10 @@ crash or power loss can drop the last few commits — which replaying the topic
 restores. ``FULL`` would fsync every commit, and measured six fsyncs per message
 through the pipeline; that cost belongs to Kafka (acks=all), not to projections.
 
+A new store file is created 0600 before SQLite opens it (brokers.runtime.private):
+stores hold personal data, and SQLite gives its -wal and -shm files the mode of the
+database file.
+
 Stores written before message UUIDs were folded to lower case are migrated when
 opened (``migrate_once`` with ``lowercase_column``), merging rows that turn out to
 be the same message.
@@ -14,13 +18,20 @@ be the same message.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
+from brokers.runtime.private import touch_private
+
 
 def connect(path: Path | str) -> sqlite3.Connection:
     """A connection for one store, used from one asyncio task."""
+    if str(path) not in {"", ":memory:"}:
+        # No such folder: sqlite3.connect says so below, in its own words.
+        with contextlib.suppress(FileNotFoundError):
+            touch_private(Path(path))
     db = sqlite3.connect(str(path))
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")

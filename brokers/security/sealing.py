@@ -11,12 +11,16 @@ clear. Wire choices (changing any of them is a new algorithm name, not an edit):
   for another party, or in another slot. Files above the claim-check threshold go
   to the blob store as ciphertext (``BlobContent``: ref, SHA-256 and size of the
   ciphertext).
-- Personal identifiers move into ``sealedPersonalData`` = nonce (12) || AES-GCM of
-  a small JSON object (``recipientID``; ``senderID`` unless the sender is a CVR;
-  ``cprData``), under the same content key and the same header binding. In the
-  clear header every identifier but a CVR number (public) is replaced by its
-  keyed pseudonym (brokers.security.pseudonyms). An identifier of unknown type is
-  treated as personal.
+- Personal data moves into ``sealedPersonalData`` = nonce (12) || AES-GCM of a
+  small JSON object, under the same content key and the same header binding:
+  ``recipientID``; ``senderID`` unless the sender is a CVR; ``cprData``; and
+  ``fields``, every other personal value of the header (names, addresses, e-mail,
+  phone, representatives, reply and forward parties: brokers.security.personal)
+  by its dotted path. In the clear header every identifier but a CVR number
+  (public) is replaced by its keyed pseudonym (brokers.security.pseudonyms), every
+  contact detail by ``personal.SEALED``. An identifier of unknown type is treated
+  as personal. ``fields`` is left out when there is none, and a header from an
+  older sealer without it opens as before.
 - Header texts (label, notification) stay in clear whatever ``labelIsSensitive``
   says: the backbone and the notifier need them. Document bytes never do.
 - The content key is wrapped for the provider's X25519 key: ephemeral ECDH,
@@ -51,6 +55,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
 from brokers.runtime.blobstore import BlobStore
+from brokers.security import personal as personal_fields
 from brokers.security.pseudonyms import Pseudonymizer
 from brokers.security.signing import SecurityError
 from schemas.models import (
@@ -244,6 +249,9 @@ def _pseudonymise(
         pseudonym = pseudonymizer.ref(IdType.CPR.value, cpr.cprNumber)
         content = dataclasses.replace(content, cprData=CPRdata(cprNumber=pseudonym))
     clear = dataclasses.replace(header, recipient=recipient, sender=sender, contentData=content)
+    clear, originals = personal_fields.seal(clear, pseudonymizer)
+    if originals:
+        personal["fields"] = originals
     return clear, personal
 
 
@@ -251,7 +259,7 @@ def _restore(
     header: MessageHeader, personal: bytes, pseudonymizer: Pseudonymizer | None
 ) -> MessageHeader:
     """The header with the identifiers from the sealed personal data put back."""
-    recipient_id, sender_id, cpr_data = _parse_personal(personal)
+    recipient_id, sender_id, cpr_data, originals = _parse_personal(personal)
     recipient, sender, content = header.recipient, header.sender, header.contentData
     clear_cpr = content.cprData if content is not None else None
     if (sender_id is None) != (sender.idType is IdType.CVR) or (cpr_data is None) != (
@@ -275,16 +283,26 @@ def _restore(
             pseudonym = pseudonymizer.ref(id_type.value, original)
             consistent = hmac.compare_digest(pseudonym.encode(), clear.encode())
         if not consistent:
-            raise SecurityError(
-                "an identifier in the sealed personal data does not match the clear header",
-                reason_code="PSEUDONYM_MISMATCH",
-                hint="Seal with sealing.seal_envelope and this deployment's pseudonym key.",
-            )
-    return dataclasses.replace(header, recipient=recipient, sender=sender, contentData=content)
+            raise _mismatch()
+    header = dataclasses.replace(header, recipient=recipient, sender=sender, contentData=content)
+    try:
+        return personal_fields.restore(header, originals, pseudonymizer)
+    except personal_fields.Mismatch:
+        raise _mismatch() from None
+    except personal_fields.NotFitting as exc:
+        raise _undecryptable(str(exc)) from None
 
 
-def _parse_personal(personal: bytes) -> tuple[str, str | None, CPRdata | None]:
-    """(recipientID, senderID, cprData) of the decrypted personal data, types checked."""
+def _mismatch() -> SecurityError:
+    return SecurityError(
+        "an identifier in the sealed personal data does not match the clear header",
+        reason_code="PSEUDONYM_MISMATCH",
+        hint="Seal with sealing.seal_envelope and this deployment's pseudonym key.",
+    )
+
+
+def _parse_personal(personal: bytes) -> tuple[str, str | None, CPRdata | None, dict[str, str]]:
+    """(recipientID, senderID, cprData, fields) of the decrypted personal data, types checked."""
 
     def text(value: object, *, optional: bool = False) -> Any:
         if isinstance(value, str) or (optional and value is None):
@@ -301,11 +319,15 @@ def _parse_personal(personal: bytes) -> tuple[str, str | None, CPRdata | None]:
             if cpr is None
             else CPRdata(cprNumber=text(cpr["cprNumber"]), name=text(cpr["name"], optional=True))
         )
+        originals = data.get("fields", {})
+        if not isinstance(originals, dict):
+            raise TypeError("the sealed fields are not an object")
+        originals = {text(name): text(value) for name, value in originals.items()}
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise _undecryptable(
             f"the sealed personal data is malformed ({type(exc).__name__})"
         ) from None
-    return recipient_id, sender_id, cpr_data
+    return recipient_id, sender_id, cpr_data, originals
 
 
 def _binding(header: MessageHeader) -> bytes:

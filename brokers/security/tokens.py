@@ -17,17 +17,20 @@ import os
 from pathlib import Path
 from typing import Any
 
+from brokers.runtime.private import create_private, private_dir
+
 
 @functools.lru_cache(maxsize=4096)  # the same few signers sign every message
 def secret_key_file(path: Path, size: int = 32) -> bytes:
-    """A deployment's secret kept in ``path``: made once (random bytes, mode 0600), then read.
+    """A deployment's secret kept in ``path``: made once (random bytes, mode 0600 in a
+    folder made 0700, whatever the umask), then read.
 
     Two processes starting together both end up with the one that was written first.
     """
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = create_private(path)
         except FileExistsError:  # another process made it first
             pass
         else:

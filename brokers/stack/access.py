@@ -19,6 +19,7 @@ into the exact set of ACLs that lets each principal do its job and nothing else.
 | provider:P | submitted (citizens' post), lifecycle | deliver.P, directory, lifecycle |
 | provider:print | lifecycle | print, contacts, directory |
 | a connector in connectors.toml | as its identity's kind | plus deliver.<its provider> |
+| ... with ``contact_details = true`` | | plus contacts (e.g. mail forwarding) |
 
 ``service:kafka-broker`` (the nodes) and ``service:dp2-admin`` (topics and ACLs)
 are super users. Consumer groups are per principal: ``dp2.<service>``,
@@ -217,6 +218,8 @@ def acl_matrix(pki: Pki, connectors: Mapping[str, Mapping[str, Any]]) -> list[Ac
         if rules_or_none is None:
             continue  # not issued yet (or revoked): nothing to allow
         rules_or_none.groups(f"dp2.connector.{connector}.")
+        if table.get("contact_details") is True:  # the operator's explicit grant
+            rules_or_none.topic(CONTACTS_TOPIC, _R)
         receives = connector_provider(connector, table)
         if receives and provider_of_identity.get(connector_identity(connector, table)) != receives:
             _receiving_rules(rules_or_none, receives)

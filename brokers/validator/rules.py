@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from brokers.security import sealing
+from brokers.security import personal, sealing
 from schemas.errors import Dp2Error
 from schemas.models import (
     AdditionalDocument,
@@ -78,7 +78,7 @@ def _check_id(role: str, identifier: str, id_type: IdType) -> None:
         if not is_ascii_digits(identifier, 8):
             raise reject(
                 "INVALID_CVR",
-                f"the {role}'s CVR number {identifier!r} is not 8 digits",
+                f"the {role}'s CVR number is not 8 digits",
                 "Write CVR numbers as 8-digit strings, keeping leading zeros.",
             )
     elif id_type is IdType.CPR:
@@ -144,6 +144,7 @@ def check_limits(envelope: Envelope, today: datetime) -> None:
         )
     _check_id("sender", header.sender.senderID, header.sender.idType)
     _check_id("recipient", header.recipient.recipientID, header.recipient.idType)
+    check_sealed_fields(envelope)
     if len(header.label) > MAX_TEXT:
         raise reject(
             "LABEL_TOO_LONG",
@@ -196,6 +197,22 @@ def check_limits(envelope: Envelope, today: datetime) -> None:
             "ENCRYPTION_MISSING",
             "the documents are not encrypted for the recipient's mailbox provider",
             "Send through the DP2 SDK, which encrypts documents before signing.",
+        )
+
+
+def check_sealed_fields(envelope: Envelope) -> None:
+    """No personal value of the header (brokers.security.personal) is in clear.
+
+    The reason names the field, never its value: it goes to dp2.lifecycle.
+    """
+    in_clear = personal.in_clear(envelope.header)
+    if in_clear:
+        more = f" (and {len(in_clear) - 1} more)" if len(in_clear) > 1 else ""
+        raise reject(
+            "PERSONAL_DATA_IN_CLEAR",
+            f"the header's {in_clear[0]}{more} holds personal data in clear",
+            "Seal the envelope with the DP2 SDK: it moves names, addresses, e-mail, phone "
+            "and CPR numbers into the encrypted part and leaves pseudonyms in the header.",
         )
 
 

@@ -65,7 +65,7 @@ from schemas.models import (
     IdType,
     LifecycleState,
 )
-from schemas.values import canonical_uuid
+from schemas.values import canonical_uuid, is_ascii_digits
 from schemas.vocabulary import ACCEPTED_TOPIC, SIGNER_CERT_HEADER, SUBMITTED_TOPIC
 
 
@@ -203,9 +203,12 @@ class Validator:
         if sender.idType is IdType.CVR and not self._trust.may_send_as(
             certificate, sender.senderID
         ):
+            # An authority's CVR is public, but a malformed one may be anything (a CPR).
+            cvr = sender.senderID
+            who = f"CVR {cvr}" if is_ascii_digits(cvr, 8) else "the senderID (not 8 digits)"
             raise reject(
                 "SENDER_NOT_AUTHORISED",
-                f"the signing certificate may not send on behalf of CVR {sender.senderID}",
+                f"the signing certificate may not send on behalf of {who}",
                 "Sign with that authority's certificate, or have your vendor certificate "
                 "issued with this CVR among those it sends for.",
             )

@@ -22,6 +22,7 @@ Configuration (``[connectors.mail]`` in ``$DP2_HOME/connectors.toml``)::
     tls_cert = "/etc/dp2/mail.crt"   # and tls_key; without them a self-signed
     tls_key = "/etc/dp2/mail.key"    #   development certificate is made in data_dir
     provider = "mailgw"              # optional: forward post of citizens registered here
+    contact_details = true           # with provider: the operator lets it read e-mail addresses
     relay_host = "smtp.example.dk"   # the SMTP relay that forwarding sends through
     relay_port = 25
     relay_starttls = false           # and relay_username / relay_password if it wants them
@@ -63,6 +64,7 @@ from connectors.sdk import Dp2Client
 from schemas import codec
 from schemas.errors import ConfigError, Dp2Error
 from schemas.models import ContactStatus, Envelope, NotificationChannel
+from schemas.vocabulary import CONTACTS_TOPIC
 
 log = structlog.get_logger("dp2.mail")
 
@@ -115,6 +117,13 @@ class MailConfig:
             raise ConfigError(
                 f"{where}: forwarding post (provider = {provider!r}) needs relay_host",
                 hint="Add relay_host (and relay_port) of the SMTP relay to forward through.",
+            )
+        if provider is not None and context.option("contact_details") is not True:
+            raise ConfigError(
+                f"{where}: forwarding post reads the citizens' e-mail addresses "
+                "(dp2.contacts), which only a connector granted contact_details may",
+                hint="Add contact_details = true to the table (the operator's grant; "
+                "dp2 kafka acls then shows the right), or remove provider.",
             )
         return cls(
             domain=domain,
@@ -236,6 +245,8 @@ class ForwardingMailConnector(MailConnector):
         assert config.provider is not None  # noqa: S101 - create() picks this class for it
         self.provider_id = config.provider
         self._store = MailStore(context.data_dir / "mail.sqlite")
+        # The e-mail address to forward to is a contact detail, not a directory entry.
+        self._contact_details = ContactRegister(context.settings.kafka, topic=CONTACTS_TOPIC)
         self._forwarding = PeriodicTask(
             "mail-forward", self._forward_due, config.poll_s, metrics=context.metrics
         )
@@ -247,10 +258,12 @@ class ForwardingMailConnector(MailConnector):
 
     async def start(self) -> None:
         await super().start()
+        await self._contact_details.start()
         await self._forwarding.start()
 
     async def stop(self) -> None:
         await self._forwarding.stop()
+        await self._contact_details.stop()
         self._store.close()
         await super().stop()
 
@@ -285,7 +298,7 @@ class ForwardingMailConnector(MailConnector):
         if mode == "off":
             self._store.finish(item.seq, "kept", mode=mode)
             return True
-        record = self._contacts.get(item.citizen_ref)
+        record = self._contact_details.get(item.citizen_ref)
         if record is None:  # routed here by a record this cache has not read yet
             self._store.retry_later(item.seq, "no contact record yet", self._retry_at(item))
             return True
@@ -395,7 +408,7 @@ class ForwardingMailConnector(MailConnector):
 
     def _mode_body(self, citizen: Citizen) -> dict[str, Any]:
         ref = self._pseudonyms.ref("CPR", citizen.cpr)
-        record = self._contacts.get(ref)
+        record = self._contact_details.get(ref)  # channels are contact details
         mode: Mode = self._store.mode(ref)
         return {
             "mode": mode,

@@ -14,13 +14,16 @@ errors (aiohttp, aiosmtplib) are translated here with ``raise ... from exc``.
 SMS goes through an ``SmsRouter``: providers in order of preference, each behind a
 token bucket and an error-rate health check. A temporary or technical error fails over
 to the next provider; a permanent one (a bad number) does not, since no provider can
-deliver it. Error messages name the provider and status, never the number or the text.
+deliver it. Error messages name the provider and status, never the number or the text:
+a provider's own error text is quoted with e-mail addresses and long digit runs
+(phone and CPR numbers) masked, since it may echo what it was sent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -167,7 +170,8 @@ class HttpSmsProvider:
         raise self._error_for(status, error)
 
     def _error_for(self, status: int, error: str) -> NotificationError:
-        said = f"SMS provider {self.name!r} answered {status}" + (f" ({error})" if error else "")
+        quoted = f" ({_masked(error)})" if error else ""
+        said = f"SMS provider {self.name!r} answered {status}{quoted}"
         if status in _PERMANENT_STATUSES:
             if "invalid number" in error.lower() or "invalid_number" in error.lower():
                 return NotificationError(
@@ -197,6 +201,15 @@ class HttpSmsProvider:
             reason_code="SMS_PROVIDER_ERROR",
             hint="Check the provider's URL and credentials in DP2_SMS_PROVIDERS.",
         )
+
+
+_EMAIL = re.compile(r"[^\s@]+@[^\s@]+")
+_LONG_NUMBER = re.compile(r"\+?\d[\d ().-]{4,}\d")
+
+
+def _masked(text: str) -> str:
+    """``text`` without anything that may be an e-mail address, phone or CPR number."""
+    return _LONG_NUMBER.sub("<number>", _EMAIL.sub("<address>", text))
 
 
 async def _error_field(response: aiohttp.ClientResponse) -> str:

@@ -234,6 +234,7 @@ async def test_too_many_technical_documents_or_files_are_refused(stack: Stack) -
     )
     fifty = dataclasses.replace(
         base,
+        header=dataclasses.replace(base.header, messageUUID=str(uuid.uuid4())),  # its own timeline
         body=dataclasses.replace(
             base.body,
             mainDocument=dataclasses.replace(
@@ -278,7 +279,8 @@ def connector_table(stack: Stack, name: str, body: str) -> Iterator[None]:
     """``[connectors.<name>]`` in connectors.toml for the block, then taken out again, so
     the other modules' fixtures find the file as they left it."""
     path = stack.settings.home / "connectors.toml"
-    pattern = rf"(?ms)^\[connectors\.{re.escape(name)}\]\n.*?(?=^\[|\Z)"
+    # The table and its sub-tables ([connectors.NAME.authorities."..."] and the like).
+    pattern = rf"(?ms)^\[connectors\.{re.escape(name)}(?:\.[^\]\n]*)?\]\n.*?(?=^\[|\Z)"
 
     def write(table: str) -> None:
         text = re.sub(pattern, "", path.read_text() if path.exists() else "").rstrip("\n")
@@ -317,7 +319,7 @@ async def forms(stack: Stack, esdh: Esdh) -> AsyncIterator[Forms]:
 SUBMISSION: dict[str, Any] = {
     "label": "Ansøgning om parkeringstilladelse",
     "text": "Jeg søger om en beboerparkeringstilladelse.",
-    "formData": {"taskKey": "FORM-PARK-01"},
+    "formData": {"taskKey": "FORM-PARK-01", "version": "2", "label": "Beboerparkering"},
 }
 
 

@@ -136,6 +136,7 @@ async def citizens(
         f'[connectors.forms.authorities."{AUTHORITY_CVR}"]\nmax_bytes = 20000000\n'
         f'[connectors.apps]\nmailbox = "{PROVIDER}"\n',
     )
+    await stack.apply_acls()  # the new provider and connectors get their rights, as in dp2 up
     suffix = f".{uuid.uuid4().hex[:8]}"
     forms = await build_service("connector", stack.settings, connector="forms", group_suffix=suffix)
     apps = await build_service("connector", stack.settings, connector="apps", group_suffix=suffix)

@@ -115,7 +115,9 @@ class Gateway:
             documents=[Document("afgoerelse.txt", "text/plain", text.encode())],
         )
         header = replace(
-            message.header, contentData=ContentData(caseID=CaseID(caseID=case_id)), reply=True
+            message.header,
+            contentData=ContentData(caseID=CaseID(caseID=case_id, caseSystem="SBSYS")),
+            reply=True,
         )
         status, body = await self.esdh.post(memo.to_xml(replace(message, header=header)))
         assert status == 202, body
@@ -237,9 +239,10 @@ async def gateway(
     config.write_text(
         config.read_text() + "\n[connectors.mail]\n"
         f'domain = "{DOMAIN}"\nidentity = "provider-{MAIL_PROVIDER}"\n'
-        f'provider = "{MAIL_PROVIDER}"\nmax_bytes = {MAX_BYTES}\n'
+        f'provider = "{MAIL_PROVIDER}"\ncontact_details = true\nmax_bytes = {MAX_BYTES}\n'
         f'relay_host = "127.0.0.1"\nrelay_port = {relay_port}\npoll_s = 0.2\nretry_max_s = 1.0\n'
     )
+    await stack.apply_acls()  # the mail provider and connector get their rights, as in dp2 up
     host = await build_service(
         "connector", stack.settings, connector="mail", group_suffix=f".{uuid.uuid4().hex[:8]}"
     )

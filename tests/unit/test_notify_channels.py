@@ -133,6 +133,19 @@ async def test_provider_invalid_number_is_permanent(
     assert "+4500000000" not in str(caught.value)
 
 
+async def test_provider_error_text_is_quoted_without_number_or_address(
+    start_peer: PeerFactory, session: aiohttp.ClientSession
+) -> None:
+    """A provider's error text that echoes the number or an e-mail is quoted with them masked."""
+    peer = await start_peer()
+    peer.status, peer.error = 400, "number +45 12 34 56 78 of karen@privat.example is barred"
+    with pytest.raises(NotificationError) as caught:
+        await HttpSmsProvider("a", peer.url, session).send("+4512345678", "Hej", "k")
+    message = caught.value.message
+    assert "is barred" in message and "<number>" in message and "<address>" in message
+    assert "12 34 56 78" not in message and "karen@privat.example" not in message
+
+
 @pytest.mark.parametrize("status", [400, 404, 422])
 async def test_provider_other_rejections_are_permanent(
     start_peer: PeerFactory, session: aiohttp.ClientSession, status: int
