@@ -326,4 +326,17 @@ async def sync_acls(access: KafkaAccess, wanted: Sequence[AclBinding]) -> tuple[
     missing = sorted(target - current)
     await create_acls(access, missing)
     await delete_acls(access, extra)
+    if missing or extra:
+        await _until_acls_are(access, target)
     return len(missing), len(extra)
+
+
+async def _until_acls_are(access: KafkaAccess, target: set[AclBinding], wait_s: float = 15) -> None:
+    """Return once the broker's authorizer answers with exactly ``target``.
+
+    CreateAcls returns when the controller has the change; the brokers apply it a
+    moment later, and a client that uses its new right at once may still be refused.
+    """
+    async with asyncio.timeout(wait_s):
+        while set(await describe_acls(access)) != target:
+            await asyncio.sleep(0.1)
