@@ -15,7 +15,9 @@ ESDH connector journals it on the case.
       multipart/form-data:  a "submission" part with that JSON, plus file parts
 
 Limits: 10 MB per submission (MeMo's citizen-to-authority limit); an authority may
-allow up to 60 MB (``[connectors.forms.authorities."<cvr>"] max_bytes``). Nothing
+allow up to 60 MB (``[connectors.forms.authorities."<cvr>"] max_bytes``), refused with
+413 ``SUBMISSION_TOO_LARGE`` at once when Content-Length says so, else as soon as the
+bytes read pass it (the body is read a piece at a time, never whole first). Nothing
 reaches Kafka unless the whole submission is valid. Attachments' ``content`` is strict
 base64 (``INVALID_BASE64``); file names follow the validator's rule
 (``INVALID_FILENAME``, ``UNSAFE_FILENAME``); ``caseID`` must be a case id a journal
@@ -24,6 +26,7 @@ folder can be named after (``INVALID_CASE_ID``: not ``..``, no control character
 
 from __future__ import annotations
 
+import io
 import json
 import unicodedata
 from collections.abc import Iterable, Mapping
@@ -239,21 +242,21 @@ class FormsConnector(AsyncResource):
 
 
 async def _read_limited(stream: StreamReader | BodyPartReader, limit: int) -> bytes:
-    """At most ``limit`` bytes of a request body or part (SubmissionError beyond)."""
-    chunks: list[bytes] = []
-    size = 0
+    """At most ``limit`` bytes of a request body or part (SubmissionError beyond), read
+    a piece at a time into one buffer: refused as soon as the count passes the limit,
+    and held once (not as pieces and their join)."""
+    body = io.BytesIO()
     while True:
         if isinstance(stream, BodyPartReader):
-            chunk = await stream.read_chunk(64 * 1024)
+            chunk = await stream.read_chunk(256 * 1024)
         else:
-            chunk = await stream.readany()
+            chunk = await stream.read(256 * 1024)
         if not chunk:
             break
-        size += len(chunk)
-        if size > limit:
+        if body.tell() + len(chunk) > limit:
             raise _too_large(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
+        body.write(chunk)
+    return body.getvalue()
 
 
 def _too_large(limit: int) -> SubmissionError:

@@ -41,7 +41,7 @@ from brokers.runtime.kafka import (
     read_from_start,
     refusal,
 )
-from brokers.runtime.records import lifecycle_output
+from brokers.runtime.records import CLAIMED_UUID_ATTRIBUTE, lifecycle_output
 from brokers.runtime.settings import KafkaAccess, Settings
 from brokers.runtime.tasks import cancel_and_wait
 from brokers.security import sealing, signing
@@ -225,6 +225,7 @@ class Dp2Client:
         self._threshold = blob_threshold
         self._producer: AIOKafkaProducer | None = None
         self._events: dict[str, list[LifecycleEvent]] = {}
+        self._submitted: set[str] = set()
         self._changed = asyncio.Condition()
         self._follower: AIOKafkaConsumer | None = None
         self._follow_task: asyncio.Task[None] | None = None
@@ -294,12 +295,24 @@ class Dp2Client:
     async def send(self, message: Envelope) -> Receipt:
         """Seal, sign and publish; returns once Kafka has the message (acks=all)."""
         signed, ref = self.seal_and_sign(message)
-        return await self.submit(codec.encode(signed), signed.header.messageUUID, ref)
+        return await self.submit(
+            codec.encode(signed),
+            signed.header.messageUUID,
+            ref,
+            sender_id=signed.header.sender.senderID,
+        )
 
-    async def submit(self, raw: bytes, message_uuid: str, key: str) -> Receipt:
-        """Publish already encoded bytes (``send`` does this; tests use it for bad input)."""
+    async def submit(
+        self, raw: bytes, message_uuid: str, key: str, *, sender_id: str | None = None
+    ) -> Receipt:
+        """Publish already encoded bytes (``send`` does this; tests use it for bad input).
+
+        The SUBMITTED event is signed by this client's identity and names ``sender_id``:
+        the authority table (brokers.security.authority) believes it only if that
+        identity may send as that sender."""
         message_uuid = canonical_uuid(message_uuid)
         producer = self._require_producer()
+        self._submitted.add(message_uuid)
         traceparent = context.new_traceparent()
         headers = [
             (context.HEADER, traceparent.encode()),
@@ -312,10 +325,17 @@ class Dp2Client:
             delivery = await producer.send(SUBMITTED_TOPIC, raw, key=key.encode(), headers=headers)
         except AUTHORIZATION_ERRORS as exc:  # nothing was sent: not even SUBMITTED
             raise refusal(exc, self._kafka, f"writing to {SUBMITTED_TOPIC}") from exc
-        submitted = lifecycle_output(message_uuid, LifecycleState.SUBMITTED, self.actor)
+        submitted = lifecycle_output(
+            message_uuid, LifecycleState.SUBMITTED, self.actor, sender_id=sender_id
+        )
+        event = signing.sign_event(
+            codec.decode(submitted.value, LifecycleEvent),
+            self.identity.private_key,
+            self.identity.fingerprint,
+        )
         event_delivery = await producer.send(
             submitted.topic,
-            submitted.value,
+            codec.encode(event),
             key=submitted.key,
             headers=[(context.HEADER, context.child_of(traceparent).encode())],
         )
@@ -379,6 +399,11 @@ class Dp2Client:
                         except SchemaError:
                             continue
                         self._events.setdefault(event.messageUUID, []).append(event)
+                        # A record of ours the validator could not vouch for is REJECTED on
+                        # its own timeline, naming the UUID it claimed (records.py).
+                        claimed = event.attributes.get(CLAIMED_UUID_ATTRIBUTE)
+                        if claimed in self._submitted:
+                            self._events.setdefault(claimed, []).append(event)
                 self._changed.notify_all()
 
     def events(self, message_uuid: str) -> list[LifecycleEvent]:

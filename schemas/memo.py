@@ -21,8 +21,15 @@ still-encrypted files.
     validate(envelope, now=) -> [Violation]   XSD and business rules on the model
     parse_and_validate(xml, now=)         both; MemoError lists every violation
     to_xml(envelope) -> bytes             XSD-valid MeMo, else MemoError (MEMO_NOT_PLAIN ...)
+    to_xml_chunks(envelope) -> Iterator[bytes]   the same bytes, a piece at a time
     check(xml) -> [Violation]             the XSD problems of any MeMo XML
     equivalent(a, b) -> bool              the round-trip contract, see below
+
+Big messages: `parse` and `parse_and_validate` read bytes or a binary file (read in
+1 MiB pieces), and decode each file's base64 as the parser delivers it
+(schemas.memo_base64), so a 99.5 MB letter is held once, as its decoded bytes, never
+also as its 133 MB of text; `to_xml_chunks` writes it back without building that text,
+and `validate` checks file content without encoding it (bytes are always valid base64).
 
 Round trip: for XML that `parse` accepts, `equivalent(xml, to_xml(parse(xml)))` holds
 (an empty element where MeMo allows none, such as <personID/>, reads as absent), and
@@ -53,18 +60,18 @@ in code meets exactly the rules a case system's XML meets, with the same paths.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import xml.etree.ElementTree as ET
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, date, datetime
 from enum import Enum
-from typing import Any, NoReturn
+from typing import IO, Any, NoReturn
 from xml.parsers import expat
 
 from schemas import memo_structure as xsd
 from schemas.errors import Dp2Error
+from schemas.memo_base64 import Builder, encode_chunks
 from schemas.memo_rules import (
     ABSENT,
     ENUM_CODES,
@@ -76,7 +83,7 @@ from schemas.memo_rules import (
     slots,
     violation,
 )
-from schemas.models import BlobContent, Envelope, File, InlineContent
+from schemas.models import Envelope, File, InlineContent
 
 __all__ = [
     "NS",
@@ -88,6 +95,7 @@ __all__ = [
     "parse",
     "parse_and_validate",
     "to_xml",
+    "to_xml_chunks",
     "validate",
 ]
 
@@ -117,7 +125,12 @@ class MemoError(Dp2Error):
             )
 
 
-def parse(xml: bytes) -> Envelope:
+Source = bytes | IO[bytes]
+"""MeMo XML as bytes, or a binary file positioned at its start."""
+_READ_SIZE = 1024 * 1024
+
+
+def parse(xml: Source) -> Envelope:
     """The Envelope in MeMo `xml`; MemoError lists every way it departs from the XSD."""
     envelope, found = _read(xml)
     if envelope is None or found:
@@ -125,7 +138,7 @@ def parse(xml: bytes) -> Envelope:
     return envelope
 
 
-def parse_and_validate(xml: bytes, *, now: datetime) -> Envelope:
+def parse_and_validate(xml: Source, *, now: datetime) -> Envelope:
     """The Envelope in `xml` if it breaks no MeMo rule at `now`; else MemoError with all."""
     envelope, found = _read(xml)
     if envelope is not None:
@@ -147,8 +160,15 @@ def check(xml: bytes) -> list[Violation]:
 
 def to_xml(envelope: Envelope) -> bytes:
     """MeMo XML (UTF-8) of a plaintext envelope; MemoError if the XSDs would refuse it."""
-    root = _tree(envelope, plain=True)
-    found = xsd.check(root)
+    return b"".join(to_xml_chunks(envelope))
+
+
+def to_xml_chunks(envelope: Envelope) -> Iterator[bytes]:
+    """The bytes of ``to_xml(envelope)`` in pieces, file content base64-encoded as it is
+    written (hash or send a big message without holding its text); MemoError first."""
+    contents: list[tuple[ET.Element, bytes]] = []
+    root = _tree(envelope, plain=True, contents=contents)
+    found = xsd.check(root)  # content is checked empty: bytes are always valid base64
     if found:
         raise MemoError(found)
     used = set()
@@ -162,10 +182,20 @@ def to_xml(envelope: Envelope) -> bytes:
         if uri in used:
             root.set(f"xmlns:{prefix}", uri)
     root.attrib.update(attributes)
+    # A NUL marks where each file's base64 goes: the check above refused any in the text.
+    for number, (elem, data) in enumerate(contents):
+        if data:
+            elem.text = f"\0{number}\0"
     ET.indent(root)
     # ET writes CR as is and a parser would read it as LF; a character reference keeps it.
     text = ET.tostring(root, encoding="unicode").replace("\r", "&#13;")
-    return f'<?xml version="1.0" encoding="UTF-8"?>\n{text}\n'.encode()
+    yield b'<?xml version="1.0" encoding="UTF-8"?>\n'
+    for index, part in enumerate(text.split("\0")):
+        if index % 2:
+            yield from encode_chunks(contents[int(part)][1])
+        else:
+            yield part.encode()
+    yield b"\n"
 
 
 def equivalent(a: bytes, b: bytes) -> bool:
@@ -190,25 +220,25 @@ def _refuse(*_: object) -> NoReturn:
     raise _Refused
 
 
-def _qualified(name: str) -> str:
-    uri, _, local = name.rpartition(" ")
-    return f"{{{uri}}}{local}" if uri else local
-
-
-def _read_tree(xml: bytes) -> ET.Element:
-    """The element tree of `xml`, refusing DOCTYPEs before any entity could expand."""
-    builder = ET.TreeBuilder()
+def _read_tree(xml: Source, decoded: dict[ET.Element, bytes] | None = None) -> ET.Element:
+    """The element tree of `xml`, refusing DOCTYPEs before any entity could expand
+    (file content decoded into `decoded` when given, see memo_base64.Builder)."""
+    builder = Builder(decoded)
     parser = expat.ParserCreate(namespace_separator=" ")
     parser.StartDoctypeDeclHandler = _refuse
     parser.EntityDeclHandler = _refuse
-    parser.StartElementHandler = lambda name, attributes: builder.start(
-        _qualified(name), {_qualified(k): v for k, v in attributes.items()}
-    )
-    parser.EndElementHandler = lambda name: builder.end(_qualified(name))
+    parser.StartElementHandler = builder.start
+    parser.EndElementHandler = builder.end
     parser.CharacterDataHandler = builder.data
     parser.buffer_text = True
+    parser.buffer_size = 64 * 1024  # fewer, larger pieces of a file's base64
     try:
-        parser.Parse(xml, True)
+        if isinstance(xml, bytes | bytearray | memoryview):
+            parser.Parse(xml, True)
+        else:
+            while piece := xml.read(_READ_SIZE):
+                parser.Parse(piece, False)
+            parser.Parse(b"", True)
     except _Refused:
         message = f"the document declares a DOCTYPE or entity at line {parser.CurrentLineNumber}"
         raise MemoError([violation("MEMO_DOCTYPE_FORBIDDEN", "Message", message)]) from None
@@ -216,17 +246,18 @@ def _read_tree(xml: bytes) -> ET.Element:
         where = f"line {exc.lineno}, column {exc.offset + 1}"
         message = f"the XML is not well-formed: {expat.ErrorString(exc.code)} at {where}"
         raise MemoError([violation("MEMO_MALFORMED_XML", "Message", message)]) from exc
-    return builder.close()
+    return builder.tree.close()
 
 
-def _read(xml: bytes) -> tuple[Envelope | None, list[Violation]]:
+def _read(xml: Source) -> tuple[Envelope | None, list[Violation]]:
     """The model of `xml` (None if its problems leave none) and every XSD problem found."""
-    root = _read_tree(xml)
+    decoded: dict[ET.Element, bytes] = {}
+    root = _read_tree(xml, decoded)
     found = xsd.check(root)
     if root.tag != xsd.MESSAGE:
         return None, found
     version = xsd.version_of(root.get("memoVersion") or "")
-    reader = _Reader(version or xsd.LATEST)
+    reader = _Reader(version or xsd.LATEST, decoded)
     given = {
         "memoVersion": version or (root.get("memoVersion") or "").strip(),
         "memoSchVersion": root.get("memoSchVersion"),
@@ -245,9 +276,10 @@ class _Reader:
     record None; an enumeration NgDP narrows (idType, actionCode) is reported here.
     """
 
-    def __init__(self, version: str) -> None:
+    def __init__(self, version: str, decoded: dict[ET.Element, bytes]) -> None:
         self.version = version
         self.violations: list[Violation] = []
+        self._decoded = decoded  # file content, decoded while parsing
 
     def record(
         self,
@@ -291,6 +323,8 @@ class _Reader:
 
     def leaf(self, slot: Slot, elem: ET.Element, tag: str, where: str) -> object | None:
         """The value of simple element `elem`, or None if the model cannot hold it."""
+        if slot.kind is bytes and elem in self._decoded:
+            return InlineContent(data=self._decoded[elem])
         text = elem.text or xsd.DEFAULTS.get(tag, "")
         kind = xsd.leaf_type(tag)
         if slot.kind is str:
@@ -333,16 +367,32 @@ def _child_tag(version: str, parent: str, name: str) -> str:
 # --- writing ---------------------------------------------------------------------------
 
 
-def _tree(envelope: Envelope, *, plain: bool) -> ET.Element:
-    """The MeMo tree of `envelope` in the XSD's order; `plain` refuses encrypted files."""
+def _tree(
+    envelope: Envelope,
+    *,
+    plain: bool,
+    contents: list[tuple[ET.Element, bytes]] | None = None,
+) -> ET.Element:
+    """The MeMo tree of `envelope` in the XSD's order; `plain` refuses encrypted files.
+
+    File content is left empty in the tree (the check needs no base64 of bytes); with
+    `contents`, each content element and its bytes are listed there, in order.
+    """
     root = ET.Element(xsd.MESSAGE, {"memoVersion": envelope.memoVersion})
     if envelope.memoSchVersion is not None:
         root.set("memoSchVersion", envelope.memoSchVersion)
-    _write(root, envelope, xsd.MESSAGE, "", plain)
+    _write(root, envelope, xsd.MESSAGE, "", plain, [] if contents is None else contents)
     return root
 
 
-def _write(parent: ET.Element, record: object, tag: str, path: str, plain: bool) -> None:
+def _write(  # noqa: PLR0917 - one recursion, its place and what it collects
+    parent: ET.Element,
+    record: object,
+    tag: str,
+    path: str,
+    plain: bool,
+    contents: list[tuple[ET.Element, bytes]],
+) -> None:
     if plain and isinstance(record, File) and not _is_plain(record):
         raise Dp2Error(
             f"{path} is encrypted or in the blob store; only plaintext maps to MeMo",
@@ -360,7 +410,10 @@ def _write(parent: ET.Element, record: object, tag: str, path: str, plain: bool)
                 child = ET.SubElement(parent, name)
                 where = join(path, slot.element, index if slot.many else None)
                 if slot.is_record:
-                    _write(child, item, name, where, plain)
+                    _write(child, item, name, where, plain, contents)
+                elif slot.kind is bytes:
+                    if isinstance(item, InlineContent):
+                        contents.append((child, item.data))
                 else:
                     child.text = _format(slot.kind, item)
 
@@ -389,8 +442,6 @@ def _format(kind: type[Any], value: Any) -> str:
         return utc.isoformat(timespec="microseconds" if utc.microsecond else "seconds") + "Z"
     if kind is date:
         return str(value.isoformat())
-    if kind is bytes:  # a blob reference (only while validating) is checked as empty
-        return "" if isinstance(value, BlobContent) else base64.b64encode(value.data).decode()
     return str(value)
 
 

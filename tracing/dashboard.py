@@ -55,6 +55,7 @@ from tracing.pages import (
 )
 from tracing.pages import escape as _e
 from tracing.pages import query_string as _qs
+from tracing.quarantine import QuarantineStore
 from tracing.store import BadQueryError, SqliteTraceStore
 
 Handler = Callable[[web.Request, User], Awaitable[web.StreamResponse]]
@@ -72,8 +73,10 @@ class Dashboard:
         run_dir: Path,
         producer: AIOKafkaProducer | None = None,
         prices: stats.Prices | None = None,
+        quarantine: QuarantineStore | None = None,
     ) -> None:
         self._store = store
+        self._quarantine = quarantine
         self._deadletters = deadletters
         self._users = users
         self._throttle = LoginThrottle()
@@ -96,6 +99,7 @@ class Dashboard:
             web.get("/dashboard/deadletters", page(self._deadletter_list, operator=True)),
             web.get("/dashboard/deadletters/inspect", page(self._deadletter, operator=True)),
             web.post("/dashboard/deadletters/redrive", page(self._redrive, operator=True)),
+            web.get("/dashboard/quarantine", page(self._quarantine_list, operator=True)),
             web.get("/dashboard/stats", page(self._stats)),
             web.get("/dashboard/stats.json", page(self._stats_json)),
             web.get("/dashboard/stats.csv", page(self._stats_csv)),
@@ -299,6 +303,20 @@ refresh(); setInterval(refresh, 3000);
                 *(_probe(session, info) for info in _run_files(self._run_dir))
             )
         return web.json_response({"services": sorted(found, key=lambda s: str(s["name"]))})
+
+    async def _quarantine_list(self, request: web.Request, user: User) -> web.StreamResponse:
+        events = self._quarantine.recent() if self._quarantine is not None else []
+        rows = "".join(
+            f"<tr><td>{_e(q.quarantined_at[:19])}</td><td>{_e(q.message_uuid)}</td>"
+            f"<td>{_e(q.state)}</td><td>{_e(q.signer or '(none)')}</td><td>{_e(q.actor)}</td>"
+            f"<td>{_e(q.reason_code)}</td><td>{_e(q.reason)}</td><td>{_e(q.source)}</td></tr>"
+            for q in events
+        )
+        body = f"""<p>Lifecycle events the authority table refused: they changed no trace,
+sent no notification and no receipt.</p><table id=quarantine><tr><th>when (UTC)</th>
+<th>message</th><th>state</th><th>signed by</th><th>claimed actor</th><th>reason</th>
+<th>why</th><th>read from</th></tr>{rows}</table>"""
+        return frame(user, f"Quarantined events — {len(events)}", body)
 
     async def _deadletter_list(self, request: web.Request, user: User) -> web.StreamResponse:
         letters = self._deadletters.list()

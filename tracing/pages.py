@@ -116,7 +116,12 @@ def search_form(user: User, query: Any = None) -> str:
 def frame(user: User | None, title: str, body: str, status: int = 200) -> web.Response:
     nav = ""
     if user is not None:
-        operator = "<a href='/dashboard/deadletters'>Dead letters</a>" if user.is_operator else ""
+        operator = (
+            "<a href='/dashboard/deadletters'>Dead letters</a>"
+            "<a href='/dashboard/quarantine'>Quarantine</a>"
+            if user.is_operator
+            else ""
+        )
         who = f"{escape(user.name)} ({user.role}{', CVR ' + escape(user.cvr) if user.cvr else ''})"
         nav = f"""<a href='/dashboard/'>Overview</a><a href='/dashboard/search'>Search</a>
 <a href='/dashboard/stats'>Statistics</a>{operator}<span class=who>{who}

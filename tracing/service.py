@@ -2,7 +2,9 @@
 
 Why one service: the trace is a projection of ``dp2.lifecycle`` (and the parked
 records of ``dp2.deadletter``), and the API and dashboard read that projection, so
-they live in the process that keeps it. brokers.stack.registry names
+they live in the process that keeps it. Only events the authority table accepts
+(brokers.security.authority) enter the trace; the others are quarantined
+(tracing.quarantine) with their reason. brokers.stack.registry names
 :func:`create` as the factory of ``dp2 run tracing``.
 """
 
@@ -10,13 +12,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
 from aiohttp import web
 from aiokafka import ConsumerRecord
+from prometheus_client import Counter
 
 from brokers.runtime.host import ServiceContext
 from brokers.runtime.kafka import new_producer
-from brokers.runtime.records import Output
+from brokers.runtime.records import Output, source_of
 from brokers.runtime.tasks import AsyncResource
+from brokers.security.authority import EventJudge, RouteBook
+from brokers.security.trust import TrustStore
 from schemas import codec
 from schemas.models import LifecycleEvent
 from schemas.vocabulary import DEADLETTER_TOPIC, LIFECYCLE_TOPIC
@@ -24,7 +30,10 @@ from tracing.access import Users
 from tracing.api import TraceService, make_app
 from tracing.dashboard import Dashboard
 from tracing.deadletters import DeadLetterStore
+from tracing.quarantine import QuarantineStore
 from tracing.store import SqliteTraceStore
+
+log = structlog.get_logger("dp2.tracing")
 
 
 class TracingService(AsyncResource):
@@ -37,6 +46,15 @@ class TracingService(AsyncResource):
         self.store = SqliteTraceStore(ctx.data_dir / "trace.sqlite")
         self.trace = TraceService(self.store, ctx.registry)
         self.deadletters = DeadLetterStore(ctx.data_dir / "deadletters.sqlite")
+        self.quarantine = QuarantineStore(ctx.data_dir / "quarantine.sqlite")
+        self._routes = RouteBook(ctx.data_dir / "tracing-routes.sqlite")
+        self._judge = EventJudge(TrustStore(settings.pki_dir), self._routes)
+        self._quarantined = Counter(
+            "dp2_quarantined_events",
+            "Lifecycle events refused by the authority table, by reason",
+            ["reason"],
+            registry=ctx.registry,
+        )
         self._producer = new_producer(settings.kafka)  # re-drives dead letters
         self._users = Users(settings.home)
         self._dashboard = Dashboard(
@@ -45,6 +63,7 @@ class TracingService(AsyncResource):
             self._users,
             run_dir=settings.home / "run",
             producer=self._producer,
+            quarantine=self.quarantine,
         )
         self.workers = [
             ctx.worker("tracing", [LIFECYCLE_TOPIC], self._ingest, producer=self._producer),
@@ -66,12 +85,26 @@ class TracingService(AsyncResource):
         await self._producer.stop()
         self.store.close()
         self.deadletters.close()
+        self.quarantine.close()
+        self._routes.close()
 
     def health(self) -> dict[str, Any]:
         return {"status": "ok"}
 
     async def _ingest(self, record: ConsumerRecord[bytes, bytes]) -> list[Output]:
-        self.trace.ingest(codec.decode(record.value or b"", LifecycleEvent))
+        event = codec.decode(record.value or b"", LifecycleEvent)
+        verdict = self._judge.judge(event)
+        if verdict.ok:
+            self.trace.ingest(event)
+        elif self.quarantine.add(event, verdict, source_of(record)):
+            self._quarantined.labels(verdict.reason_code or "").inc()
+            log.warning(
+                "event_quarantined",
+                message_id=event.messageUUID,
+                state=event.state.value,
+                reason_code=verdict.reason_code,
+                signer=verdict.signer,
+            )
         return []
 
     async def _park(self, record: ConsumerRecord[bytes, bytes]) -> list[Output]:

@@ -55,6 +55,9 @@ class Config:
     progress: bool
     keep_home: bool
     notify_concurrency: int = 16
+    #: ``--big-document-mb``: instead of the load phases, one document of this size
+    #: (brokers.bench.big).
+    big_document_mb: float | None = None
 
     @property
     def total(self) -> int:

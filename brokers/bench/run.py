@@ -28,6 +28,11 @@ What a run does:
    one-core verify rate of the signature algorithm in use (brokers.bench.crypto).
 5. Writes ``bench/results/bench-<UTC>.json`` and ``.png`` and prints the report.
 
+``--big-document-mb N`` replaces steps 2-5 with one letter of an N MB document
+(brokers.bench.big): seal time, the Kafka record's size, time to DELIVERED (or to
+REJECTED MESSAGE_TOO_LARGE above 99.5 MB), and every process's peak RSS growth;
+written to ``bench-<UTC>-big.json``.
+
 How to read the report:
 
 * ``msg/s`` of a stage: messages that reached it ÷ (the last one's event - the first
@@ -63,7 +68,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from brokers.bench import report
+from brokers.bench import big, report
 from brokers.bench.ceilings import kafka_ceilings, verify_ceiling
 from brokers.bench.config import BenchError, Config, Phase, say
 from brokers.bench.figures import phase_figures, run_series, sample_series
@@ -146,6 +151,7 @@ def config_from_args(settings: Settings, args: argparse.Namespace) -> Config:
         bootstrap=bootstrap,
         progress=not args.no_progress,
         keep_home=args.keep_home,
+        big_document_mb=args.big_document_mb,
     )
 
 
@@ -288,6 +294,12 @@ def run_bench(settings: Settings, config: Config) -> int:
             if info:
                 pids[spec.name] = int(info["pid"])
         pids |= {"bench": os.getpid(), "peers": peers.pid}
+        if config.big_document_mb:
+            figures = asyncio.run(big.big_document(bench_settings, config, pids))
+            big.write(figures, config.results_dir, report.result_stem(started_at))
+            failed = False
+            print(big.render(figures), flush=True)
+            return 0 if figures["as_expected"] else 1
         sampler = Sampler(pids, {s.name: f"http://127.0.0.1:{s.port}" for s in specs})
         sampler.start()
         cleanup.callback(sampler.stop)
@@ -412,6 +424,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--drain-timeout", type=float, help="seconds to wait for stragglers; default 300")
     add("--no-progress", action="store_true", help="no progress bars")
     add("--keep-home", action="store_true", help="keep the temporary DP2_HOME (logs, stores)")
+    add(
+        "--big-document-mb",
+        type=float,
+        metavar="N",
+        help="instead of the load phases: one N MB document through the SDK and the blob "
+        "store, with each process's peak RSS (1000 for the 1 GB run)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -121,21 +121,34 @@ class Router:
             expected_key_id, _ = self._trust.provider_key(provider or PRINT_PROVIDER)
         except Dp2Error as exc:
             return [self._failed(header.messageUUID, exc.reason_code, exc.message, common)]
+        chose_paper = False
         if key_id is not None and key_id != expected_key_id:
-            return [
-                self._failed(
-                    header.messageUUID,
-                    "ENCRYPTED_FOR_OTHER_PROVIDER",
-                    f"the documents are encrypted for key {key_id[:12]}…, not for "
-                    f"{provider!r} (key {expected_key_id[:12]}…), where the recipient receives "
-                    "post now. Look the recipient up again and send the message anew",
-                    common,
-                )
-            ]
+            # Sealed for print although the recipient is registered: the sender chose
+            # paper (SF1601's Fysisk Post), and the key id is under its signature.
+            chose_paper = digital and self._is_print_key(key_id)
+            if not chose_paper:
+                return [
+                    self._failed(
+                        header.messageUUID,
+                        "ENCRYPTED_FOR_OTHER_PROVIDER",
+                        f"the documents are encrypted for key {key_id[:12]}…, not for "
+                        f"{provider!r} (key {expected_key_id[:12]}…), where the recipient "
+                        "receives post now. Look the recipient up again and send the message "
+                        "anew",
+                        common,
+                    )
+                ]
+            digital, provider, topic = False, PRINT_PROVIDER, PRINT_TOPIC
         if digital:
             self.provider_topics.add(topic)
         channel = "digital" if digital else "print"
-        reason = None if digital else f"recipient {contact.status.value if contact else 'UNKNOWN'}"
+        reason = (
+            None
+            if digital
+            else "the sender sealed it for print"
+            if chose_paper
+            else f"recipient {contact.status.value if contact else 'UNKNOWN'}"
+        )
         return [
             Output(topic, raw, key=ref.encode(), headers=headers or []),
             lifecycle_output(
@@ -148,6 +161,13 @@ class Router:
                 **common,
             ),
         ]
+
+    def _is_print_key(self, key_id: str) -> bool:
+        try:
+            print_key_id, _ = self._trust.provider_key(PRINT_PROVIDER)
+        except Dp2Error:
+            return False
+        return key_id == print_key_id
 
     def _failed(self, message_uuid: str, code: str, text: str, common: dict[str, Any]) -> Output:
         return lifecycle_output(

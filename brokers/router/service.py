@@ -7,6 +7,8 @@ the validator lets each scale and fail on its own.
 * REGISTERED recipient → ``dp2.deliver.<provider>`` and ROUTED (channel digital);
 * EXEMPT or UNKNOWN recipient, or none in the register → ``dp2.print`` and ROUTED
   (channel print);
+* an envelope sealed for the print provider → ``dp2.print`` even for a REGISTERED
+  recipient: the sender chose paper (SF1601's Fysisk Post; the key id is signed);
 * ``doNotDeliverUntilDate`` in the future → held in a durable schedule (SQLite, and
   the envelope on ``dp2.scheduled``) with SCHEDULED; released on the date (ROUTED
   then follows) unless its sender recalls it first (RECALLED; it is never
@@ -14,7 +16,8 @@ the validator lets each scale and fail on its own.
 
 The envelope must be encrypted for the provider it is routed to; one encrypted for
 another provider (the register changed after the sender looked) is FAILED with
-``ENCRYPTED_FOR_OTHER_PROVIDER`` so the sender re-sends, never misdelivered.
+``ENCRYPTED_FOR_OTHER_PROVIDER`` so the sender re-sends, never misdelivered; so a
+letter sealed for a mailbox can never fall back to paper on its own.
 """
 
 from __future__ import annotations

@@ -16,6 +16,12 @@ Blobs are ciphertext, yet they are kept like the stores: files 0600 in folders m
 
 References are content addresses, ``sha256:<64 lowercase hex>`` of the stored
 bytes, so ``put`` is idempotent and two services agree on a name without talking.
+
+Large blobs stream: ``put_chunks`` stores an iterable of pieces (the sealer encrypts
+a chunk at a time straight into it), ``size`` is what the store holds without reading
+it, and ``chunks`` reads a blob in pieces of ``READ_SIZE``; :func:`held` measures a
+blob's size and SHA-256 that way. Nothing here reads a whole blob into memory but
+``get``, which is for small blobs and tools.
 """
 
 from __future__ import annotations
@@ -24,14 +30,17 @@ import hashlib
 import os
 import re
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Final, Protocol
+from typing import BinaryIO, Final, Protocol
 
 from brokers.runtime.private import FILE_MODE, private_dir
 from schemas.errors import Dp2Error
 
 _REF = re.compile(r"sha256:([0-9a-f]{64})")
 REF_PREFIX: Final = "sha256:"
+#: How many bytes ``chunks`` reads at a time (a few per MB of blob, little memory).
+READ_SIZE: Final = 1024 * 1024
 
 
 class BlobMissingError(Dp2Error):
@@ -69,6 +78,28 @@ class BlobStore(Protocol):
     def get(self, ref: str) -> bytes:
         """The bytes stored under `ref`; raises BlobMissingError (BLOB_MISSING)."""
         ...
+
+    def put_chunks(self, chunks: Iterable[bytes]) -> str:
+        """Store the concatenation of `chunks` (idempotent) without joining them; its ref."""
+        ...
+
+    def size(self, ref: str) -> int:
+        """How many bytes are stored under `ref`, without reading them (BLOB_MISSING)."""
+        ...
+
+    def chunks(self, ref: str) -> Iterator[bytes]:
+        """The bytes under `ref` in pieces of at most READ_SIZE; BLOB_MISSING raised at once."""
+        ...
+
+
+def held(store: BlobStore, ref: str) -> tuple[int, bytes]:
+    """(size, SHA-256 digest) of what `store` holds under `ref`, read a piece at a time."""
+    digest = hashlib.sha256()
+    size = 0
+    for piece in store.chunks(ref):
+        digest.update(piece)
+        size += len(piece)
+    return size, digest.digest()
 
 
 class FileBlobStore:
@@ -119,6 +150,43 @@ class FileBlobStore:
         except FileNotFoundError:
             raise BlobMissingError(f"no blob {ref} in {self.root}") from None
 
+    def put_chunks(self, chunks: Iterable[bytes]) -> str:
+        """Written to a temporary file while hashed, then renamed to its address."""
+        private_dir(self.root)
+        fd, tmp_name = tempfile.mkstemp(prefix=".incoming.", suffix=".tmp", dir=self.root)
+        tmp = Path(tmp_name)
+        digest = hashlib.sha256()
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                os.fchmod(handle.fileno(), FILE_MODE)
+                for piece in chunks:
+                    digest.update(piece)
+                    handle.write(piece)
+                handle.flush()
+                os.fsync(handle.fileno())
+            ref = REF_PREFIX + digest.hexdigest()
+            path = self.path_of(ref)
+            private_dir(path.parent)
+            os.replace(tmp, path)  # the same address holds the same bytes: replacing is safe
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(path.parent)
+        return ref
+
+    def size(self, ref: str) -> int:
+        try:
+            return self.path_of(ref).stat().st_size
+        except FileNotFoundError:
+            raise BlobMissingError(f"no blob {ref} in {self.root}") from None
+
+    def chunks(self, ref: str) -> Iterator[bytes]:
+        try:
+            handle = self.path_of(ref).open("rb")
+        except FileNotFoundError:
+            raise BlobMissingError(f"no blob {ref} in {self.root}") from None
+        return _read_pieces(handle)
+
 
 class MemoryBlobStore:
     """Blobs in a dict: for tests and tools that seal and open in one process."""
@@ -137,6 +205,22 @@ class MemoryBlobStore:
             return self._blobs[ref]
         except KeyError:
             raise BlobMissingError(f"no blob {ref} in this in-memory store") from None
+
+    def put_chunks(self, chunks: Iterable[bytes]) -> str:
+        return self.put(b"".join(chunks))
+
+    def size(self, ref: str) -> int:
+        return len(self.get(ref))
+
+    def chunks(self, ref: str) -> Iterator[bytes]:
+        data = memoryview(self.get(ref))
+        return (bytes(data[i : i + READ_SIZE]) for i in range(0, max(len(data), 1), READ_SIZE))
+
+
+def _read_pieces(handle: BinaryIO) -> Iterator[bytes]:
+    with handle:
+        while piece := handle.read(READ_SIZE):
+            yield piece
 
 
 def _fsync_dir(path: Path) -> None:

@@ -5,6 +5,11 @@ Why one place: every service and the SDK must produce with the same guarantees
 PKI identity, brokers.runtime.settings.KafkaAccess), read a topic from its start
 the same way, and turn Kafka's refusals into a Dp2Error that says what to do.
 
+Every lifecycle event a DP2 producer sends is signed by the identity it connects
+as (:class:`SigningProducer`): the certificate that is a party's Kafka principal
+also signs what it asserts on dp2.lifecycle, which brokers.security.authority
+checks. An event signed already (a provider's DELIVERED) is sent as it is.
+
 ACLs: aiokafka's admin client has no ACL calls, so :func:`create_acls`,
 :func:`describe_acls` and :func:`delete_acls` send Kafka's CreateAcls (v1),
 DescribeAcls (v1) and DeleteAcls (v1) requests through its protocol layer.
@@ -35,8 +40,11 @@ from aiokafka.protocol.admin import (
 from aiokafka.protocol.api import Request
 
 from brokers.runtime.settings import KafkaAccess
+from brokers.security.pki import EventSigner
+from schemas import codec
 from schemas.errors import Dp2Error
-from schemas.vocabulary import TopicSpec
+from schemas.models import LifecycleEvent
+from schemas.vocabulary import LIFECYCLE_TOPIC, TopicSpec
 
 #: Kafka's refusals of a request the principal has no ACL for.
 AUTHORIZATION_ERRORS = (
@@ -123,8 +131,33 @@ async def behind(consumer: AIOKafkaConsumer, end: dict[TopicPartition, int]) -> 
     return False
 
 
+class SigningProducer(AIOKafkaProducer):  # type: ignore[misc] # aiokafka is untyped here
+    """A producer that signs every unsigned lifecycle event with its identity's key."""
+
+    def __init__(self, signer: EventSigner, **settings: Any) -> None:
+        super().__init__(**settings)
+        self._signer = signer
+
+    async def send(  # noqa: PLR0917 - the signature of AIOKafkaProducer.send
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> Any:
+        if topic == LIFECYCLE_TOPIC and value:
+            event = codec.decode(value, LifecycleEvent)
+            signed = self._signer.sign(event)
+            if signed is not event:
+                value = codec.encode(signed)
+        return await super().send(topic, value, key, partition, timestamp_ms, headers)
+
+
 def new_producer(access: KafkaAccess, **overrides: Any) -> AIOKafkaProducer:
-    """The one producer configuration DP2 uses: idempotent, acks=all, batched, mTLS."""
+    """The one producer configuration DP2 uses: idempotent, acks=all, batched, mTLS,
+    and (with an identity) lifecycle events signed by that identity."""
     settings: dict[str, Any] = {
         **access.client_options(),
         "enable_idempotence": True,
@@ -134,6 +167,8 @@ def new_producer(access: KafkaAccess, **overrides: Any) -> AIOKafkaProducer:
         "compression_type": None,
     }
     settings.update(overrides)
+    if access.pki_dir is not None and access.identity:
+        return SigningProducer(EventSigner.from_pki(access.pki_dir, access.identity), **settings)
     return AIOKafkaProducer(**settings)
 
 

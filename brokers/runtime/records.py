@@ -117,6 +117,38 @@ def rejection_output(message_uuid: str, actor: str, error: Dp2Error, **kwargs: A
     return dataclasses.replace(output, rejection=error.reason_code)
 
 
+_POSITION_NAMESPACE = uuid.UUID("5b1f0e4c-3c1b-4d0e-9b59-2f1d5f3b7a10")  # as before
+
+#: The attribute of a REJECTED on a record's own timeline: the UUID the record claimed.
+CLAIMED_UUID_ATTRIBUTE = "claimedMessageUUID"
+
+
+def position_uuid(record: ConsumerRecord[bytes, bytes]) -> str:
+    """A message UUID of a record's own, derived from where it was read."""
+    return position_uuid_of(source_of(record))
+
+
+def position_uuid_of(source: str) -> str:
+    """The timeline of the record at ``topic/partition/offset``."""
+    return str(uuid.uuid5(_POSITION_NAMESPACE, source))
+
+
+def unverified_rejection(
+    record: ConsumerRecord[bytes, bytes], actor: str, error: Dp2Error, claimed: str | None
+) -> Output:
+    """REJECTED for a record whose bytes nobody vouches for (undecodable, or its
+    signature does not hold), on a timeline derived from its position — never on
+    the message it names, which a forger could choose (DESIGN.md). The UUID it
+    claimed is kept as an attribute, which the sender's SDK watches."""
+    source = source_of(record)
+    attributes = {"deadLetter": source}
+    if claimed:
+        attributes[CLAIMED_UUID_ATTRIBUTE] = claimed
+    return rejection_output(
+        position_uuid(record), actor, error, attributes=attributes, source=source
+    )
+
+
 def message_uuid_header(record: ConsumerRecord[bytes, bytes]) -> str | None:
     raw = context.header_value(record.headers, MESSAGE_UUID_HEADER)
     if raw is None:

@@ -16,6 +16,9 @@ message is in. Here they are, for every worker:
 * **Retriable trouble waits, it does not drop.** A :class:`Dp2Error` with
   ``retriable = True`` (Kafka unavailable, a store busy) leaves the batch
   uncommitted and is retried with capped exponential backoff.
+* **Headers stay within the budget** (brokers.runtime.headers): an output carries
+  DP2's own headers first and others only while they fit; the rest is dropped and
+  logged (``headers_dropped``), never carried on to the next hop.
 * **Trace context travels.** ``traceparent`` is read from each record and a child
   is written on every output; ``message_id`` is bound in structlog's contextvars.
 * **Metrics**: ``dp2_records_in_total``, ``dp2_records_out_total``,
@@ -29,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -38,6 +40,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.errors import KafkaError
 
 from brokers.runtime import context
+from brokers.runtime.headers import size_of, within_budget
 from brokers.runtime.kafka import (
     AUTHORIZATION_ERRORS,
     is_refusal,
@@ -50,8 +53,9 @@ from brokers.runtime.records import (
     Handler,
     Output,
     message_uuid_header,
-    rejection_output,
+    position_uuid,
     source_of,
+    unverified_rejection,
 )
 from brokers.runtime.settings import KafkaAccess
 from brokers.runtime.tasks import Backoff, cancel_and_wait
@@ -65,7 +69,6 @@ from schemas.vocabulary import (
     SOURCE_HEADER,
 )
 
-_DEADLETTER_NAMESPACE = uuid.UUID("5b1f0e4c-3c1b-4d0e-9b59-2f1d5f3b7a10")
 _MAX_BACKOFF_S = 30.0
 
 log = structlog.get_logger("dp2.service")
@@ -253,15 +256,15 @@ class KafkaWorker:
                 )
             finally:
                 self._metrics.processing.labels(self.name).observe(time.perf_counter() - started)
-        child = context.child_of(parent)
-        return [
-            dataclasses.replace(o, headers=[*o.headers, (context.HEADER, child.encode())])
-            for o in produced
-        ]
+        child = (context.HEADER, context.child_of(parent).encode())
+        return [_budgeted(o, child) for o in produced]
 
     def _dead_letter(self, record: ConsumerRecord[bytes, bytes], error: Dp2Error) -> list[Output]:
         source = source_of(record)
-        message_uuid = message_uuid_header(record) or str(uuid.uuid5(_DEADLETTER_NAMESPACE, source))
+        # A header names a message, but anyone can write a header: the record's REJECTED
+        # goes on its own timeline (records.unverified_rejection), never on the named one.
+        claimed = message_uuid_header(record)
+        message_uuid = position_uuid(record)
         self.last_error = f"{error.reason_code} at {source}"
         self._metrics.deadletters.labels(self.name, error.reason_code).inc()
         log.warning(
@@ -282,9 +285,7 @@ class KafkaWorker:
                 headers,
                 tombstone=record.value is None,  # parked as it came: a tombstone stays one
             ),
-            rejection_output(
-                message_uuid, self.name, error, attributes={"deadLetter": source}, source=source
-            ),
+            unverified_rejection(record, self.name, error, claimed),
         ]
 
     async def _produce(self, outputs: Iterable[Output]) -> None:
@@ -313,3 +314,17 @@ class KafkaWorker:
             self._metrics.lag.labels(self.name, tp.topic, str(tp.partition)).set(
                 max(highwater - position, 0)
             )
+
+
+def _budgeted(output: Output, traceparent: tuple[str, bytes]) -> Output:
+    """`output` with the next hop's traceparent, its headers held to the budget."""
+    headers = [*output.headers, traceparent]
+    kept = within_budget(headers)
+    if len(kept) != len(headers):
+        log.warning(
+            "headers_dropped",
+            topic=output.topic,
+            dropped=len(headers) - len(kept),
+            dropped_bytes=size_of(headers) - size_of(kept),
+        )
+    return dataclasses.replace(output, headers=kept)

@@ -40,6 +40,7 @@ checking side is brokers.security.trust.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import tempfile
@@ -61,6 +62,7 @@ from brokers.security.signing import (
     SigningKey,
     certificate_fingerprint,
     generate_signing_key,
+    sign_event,
     signature_algorithm,
 )
 from brokers.security.trust import (
@@ -78,6 +80,7 @@ from brokers.security.trust import (
     read_crl,
     security_error,
 )
+from schemas.models import LifecycleEvent
 
 CA_DAYS: Final = 3650
 CRL_DAYS: Final = 365
@@ -111,6 +114,28 @@ class IssueOptions(TypedDict, total=False):
     not_after: datetime | None
     algorithm: str | None
     force: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EventSigner:
+    """Signs the lifecycle events one identity emits."""
+
+    identity: Identity
+
+    @classmethod
+    def from_pki(cls, pki_dir: Path, name: str) -> EventSigner:
+        """The signer of identity ``name`` (loaded once per process)."""
+        return _signer(pki_dir, name)
+
+    def sign(self, event: LifecycleEvent) -> LifecycleEvent:
+        if "signature" in event.attributes:
+            return event  # signed by the party that made it (a provider's DELIVERED, say)
+        return sign_event(event, self.identity.private_key, self.identity.fingerprint)
+
+
+@functools.lru_cache(maxsize=64)
+def _signer(pki_dir: Path, name: str) -> EventSigner:
+    return EventSigner(Pki(pki_dir).identity(name))
 
 
 # --- the issuing side ------------------------------------------------------------------

@@ -4,13 +4,17 @@ Why it exists: the backbone must never see a document or a personal identifier i
 clear. Wire choices (changing any of them is a new algorithm name, not an edit):
 
 - A fresh 256-bit content key per message; every file is AES-256-GCM with its own
-  random 12-byte nonce (``File.nonce``); the associated data is a domain label,
-  then messageUUID, the header's senderID and recipientID (each a 4-byte
+  random 12-byte nonce (``File.nonce``), in 64 KiB chunks (``contentAlgorithm``
+  ``AES-256-GCM-CHUNKED-64K``, brokers.security.streaming), so no file is ever
+  held twice or read whole to be sealed or opened; the associated data is a domain
+  label, then messageUUID, the header's senderID and recipientID (each a 4-byte
   big-endian length and UTF-8), then the 4-byte file index (main, additional,
   technical documents in order), so a ciphertext is useless in another message,
-  for another party, or in another slot. Files above the claim-check threshold go
-  to the blob store as ciphertext (``BlobContent``: ref, SHA-256 and size of the
-  ciphertext).
+  for another party, or in another slot. Files above the claim-check threshold are
+  encrypted a chunk at a time straight into the blob store (``BlobContent``: ref,
+  SHA-256 and size of the ciphertext); opening streams them back, checking size
+  and SHA-256 on the way. Envelopes sealed before the chunked format
+  (``AES-256-GCM``: one GCM message per file) still open, streamed the same way.
 - Personal data moves into ``sealedPersonalData`` = nonce (12) || AES-GCM of a
   small JSON object, under the same content key and the same header binding:
   ``recipientID``; ``senderID`` unless the sender is a CVR; ``cprData``; and
@@ -40,11 +44,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
+import io
 import itertools
 import json
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 from cryptography.exceptions import InvalidTag
@@ -56,6 +61,7 @@ from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 
 from brokers.runtime.blobstore import BlobStore
 from brokers.security import personal as personal_fields
+from brokers.security import streaming
 from brokers.security.pseudonyms import Pseudonymizer
 from brokers.security.signing import SecurityError
 from schemas.models import (
@@ -74,12 +80,13 @@ from schemas.models import (
 )
 
 # --- sealing ------------------------------------------------------------------------
-CONTENT_ALGORITHM: Final = "AES-256-GCM"
+CONTENT_ALGORITHM: Final = streaming.CHUNKED
 KEY_WRAP_ALGORITHM: Final = "X25519-HKDF-SHA256-A256KW"
 NONCE_SIZE: Final = 12
 DEFAULT_BLOB_THRESHOLD: Final = 512 * 1024
 _WRAP_INFO: Final = b"dp2-key-wrap-v1"
-_FILE_AAD: Final = b"dp2-file-v1"
+_FILE_AAD: Final = b"dp2-file-v1"  # one-shot files (streaming.ONE_SHOT)
+_CHUNKED_FILE_AAD: Final = b"dp2-file-chunked-v1"
 _PERSONAL_AAD: Final = b"dp2-personal-v1"
 
 
@@ -136,14 +143,19 @@ def seal_envelope(  # noqa: PLR0917 - the SDK passes the six collaborators in th
         assert isinstance(file.content, InlineContent)  # noqa: S101 - _require_plain checked
         plaintext = file.content.data
         nonce = os.urandom(NONCE_SIZE)
-        ciphertext = aead.encrypt(nonce, plaintext, _file_aad(binding, index))
-        content: InlineContent | BlobContent = InlineContent(data=ciphertext)
-        if len(plaintext) > blob_threshold:
-            content = BlobContent(
-                ref=blob_store.put(ciphertext),
-                sha256=hashlib.sha256(ciphertext).digest(),
-                size=len(ciphertext),
+        aad = _file_aad(binding, index, CONTENT_ALGORITHM)
+        content: InlineContent | BlobContent
+        if len(plaintext) > blob_threshold:  # a chunk at a time into the store
+            ref = blob_store.put_chunks(
+                streaming.encrypt_chunks(content_key, nonce, plaintext, aad)
             )
+            content = BlobContent(
+                ref=ref,
+                sha256=bytes.fromhex(ref.removeprefix("sha256:")),
+                size=streaming.ciphertext_size(len(plaintext)),
+            )
+        else:
+            content = InlineContent(data=streaming.encrypt(content_key, nonce, plaintext, aad))
         return dataclasses.replace(file, content=content, nonce=nonce)
 
     body = map_files(plain.body, seal_file)
@@ -177,14 +189,13 @@ def open_envelope(
     encryption = sealed.encryption
     if encryption is None or sealed.sealedPersonalData is None:
         raise _undecryptable("the envelope is not sealed (no encryption or personal data)")
-    if (encryption.contentAlgorithm, encryption.keyWrapAlgorithm) != (
-        CONTENT_ALGORITHM,
-        KEY_WRAP_ALGORITHM,
-    ):
+    algorithm = encryption.contentAlgorithm
+    if algorithm not in streaming.ALGORITHMS or encryption.keyWrapAlgorithm != KEY_WRAP_ALGORITHM:
         raise _undecryptable(
             f"unsupported algorithms {encryption.contentAlgorithm}/{encryption.keyWrapAlgorithm}"
         )
-    aead = AESGCM(unwrap_content_key(encryption, provider_private_key, sealed.header.messageUUID))
+    content_key = unwrap_content_key(encryption, provider_private_key, sealed.header.messageUUID)
+    aead = AESGCM(content_key)
     binding = _binding(sealed.header)
     nonce, ciphertext = (
         sealed.sealedPersonalData[:NONCE_SIZE],
@@ -195,9 +206,8 @@ def open_envelope(
     def open_file(index: int, file: File) -> File:
         if file.nonce is None:
             raise _undecryptable(f"file {index} of a sealed envelope is not encrypted")
-        ciphertext = _ciphertext(file.content, blob_store, index)
-        aad = _file_aad(binding, index)
-        plaintext = _decrypt(aead, file.nonce, ciphertext, aad, f"file {index}")
+        aad = _file_aad(binding, index, algorithm)
+        plaintext = _open_file(content_key, file, aad, algorithm, blob_store, index)
         return dataclasses.replace(file, content=InlineContent(data=plaintext), nonce=None)
 
     body = map_files(sealed.body, open_file)
@@ -336,22 +346,62 @@ def _binding(header: MessageHeader) -> bytes:
     return b"".join(struct.pack(">I", len(b)) + b for b in (p.encode() for p in parts))
 
 
-def _file_aad(binding: bytes, index: int) -> bytes:
-    return _FILE_AAD + binding + struct.pack(">I", index)
+def _file_aad(binding: bytes, index: int, algorithm: str) -> bytes:
+    label = _FILE_AAD if algorithm == streaming.ONE_SHOT else _CHUNKED_FILE_AAD
+    return label + binding + struct.pack(">I", index)
 
 
-def _ciphertext(content: InlineContent | BlobContent, blob_store: BlobStore, index: int) -> bytes:
+def _open_file(  # noqa: PLR0917 - the file's key, slot and where its bytes are
+    key: bytes, file: File, aad: bytes, algorithm: str, blob_store: BlobStore, index: int
+) -> bytes:
+    """The plaintext of one sealed file, its ciphertext read (from the store) in pieces.
+
+    A blob's size is checked before it is read and its SHA-256 as it is read; a blob
+    whose chunks stop decrypting is read to its end, so that damaged or substituted
+    bytes are BLOB_CORRUPT and only authentic ones that do not open DECRYPTION_FAILED.
+    """
+    assert file.nonce is not None  # noqa: S101 - open_file checked
+    content = file.content
     if isinstance(content, InlineContent):
-        return content.data
-    data = blob_store.get(content.ref)
-    digest = hashlib.sha256(data).digest()
-    if len(data) != content.size or not hmac.compare_digest(digest, content.sha256):
-        raise SecurityError(
-            f"the blob of file {index} ({content.ref}) does not match its size and SHA-256",
-            reason_code="BLOB_CORRUPT",
-            hint="The blob store holds damaged or substituted bytes; have the sender resend.",
-        )
-    return data
+        try:
+            return streaming.decrypt(key, file.nonce, content.data, aad, algorithm)
+        except streaming.ChunkError:
+            raise _undecryptable(_not_decrypting(f"file {index}")) from None
+    if blob_store.size(content.ref) != content.size:
+        raise _corrupt(index, content.ref)
+    digest = hashlib.sha256()
+
+    def pieces() -> Iterator[bytes]:
+        for piece in blob_store.chunks(content.ref):
+            digest.update(piece)
+            yield piece
+
+    stream = pieces()
+    plaintext = io.BytesIO()
+    try:
+        for chunk in streaming.decrypt_chunks(key, file.nonce, stream, aad, algorithm):
+            plaintext.write(chunk)
+    except streaming.ChunkError:
+        for _ in stream:  # the rest, hashed: corrupt bytes, or an authentic blob that fails
+            pass
+        if not hmac.compare_digest(digest.digest(), content.sha256):
+            raise _corrupt(index, content.ref) from None
+        raise _undecryptable(_not_decrypting(f"file {index}")) from None
+    if not hmac.compare_digest(digest.digest(), content.sha256):
+        raise _corrupt(index, content.ref)
+    return plaintext.getvalue()
+
+
+def _corrupt(index: int, ref: str) -> SecurityError:
+    return SecurityError(
+        f"the blob of file {index} ({ref}) does not match its size and SHA-256",
+        reason_code="BLOB_CORRUPT",
+        hint="The blob store holds damaged or substituted bytes; have the sender resend.",
+    )
+
+
+def _not_decrypting(what: str) -> str:
+    return f"the {what} does not decrypt: wrong key, or the ciphertext or its header changed"
 
 
 def _decrypt(aead: AESGCM, nonce: bytes, ciphertext: bytes, aad: bytes, what: str) -> bytes:
@@ -360,9 +410,7 @@ def _decrypt(aead: AESGCM, nonce: bytes, ciphertext: bytes, aad: bytes, what: st
     try:
         return aead.decrypt(nonce, ciphertext, aad)
     except InvalidTag:
-        raise _undecryptable(
-            f"the {what} does not decrypt: wrong key, or the ciphertext or its header changed"
-        ) from None
+        raise _undecryptable(_not_decrypting(what)) from None
 
 
 def _wrap(

@@ -18,15 +18,15 @@ Wire choices (changing any of them is a new algorithm name, not an edit):
 
 Errors are :class:`SecurityError` (the root of every security refusal) with the
 reason codes SIGNATURE_MISSING, SIGNATURE_INVALID, CERTIFICATE_MISMATCH,
-UNSUPPORTED_KEY, UNSUPPORTED_ALGORITHM and BAD_FINGERPRINT. Messages never contain
-identifiers or key material.
+UNSUPPORTED_KEY, UNSUPPORTED_ALGORITHM, BAD_FINGERPRINT and CERTIFICATE_TOO_LARGE.
+Messages never contain identifiers or key material.
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
-import functools
+import hashlib
 import re
 from typing import Final, TypeAlias
 
@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
+from brokers.runtime.lru import Lru
 from schemas import codec
 from schemas.errors import Dp2Error
 from schemas.models import (
@@ -118,10 +119,34 @@ def certificate_fingerprint(certificate: x509.Certificate) -> str:
     return certificate.fingerprint(hashes.SHA256()).hex()
 
 
-@functools.lru_cache(maxsize=1024)
+#: The largest signer certificate DP2 parses (a DP2 certificate is 0.5-2 KB; OCES ones
+#: with long chains of policies stay well below this).
+MAX_CERTIFICATE_BYTES: Final = 16 * 1024
+#: How many distinct parsed certificates are kept, least recently used out first.
+CERTIFICATE_CACHE_SIZE: Final = 256
+_certificates: Final[Lru[str, x509.Certificate]] = Lru(CERTIFICATE_CACHE_SIZE)
+
+
 def load_certificate_der(der: bytes) -> x509.Certificate:
-    """A certificate from DER, parsed once per distinct certificate (ValueError if not DER)."""
-    return x509.load_der_x509_certificate(der)
+    """A certificate from DER, parsed once per distinct certificate (ValueError if not DER).
+
+    Cached by SHA-256 fingerprint in a bounded LRU (CERTIFICATE_CACHE_SIZE entries of
+    at most MAX_CERTIFICATE_BYTES), so distinct certificates in headers cannot grow
+    memory; a larger one is refused unparsed (CERTIFICATE_TOO_LARGE).
+    """
+    if len(der) > MAX_CERTIFICATE_BYTES:
+        raise SecurityError(
+            f"the signer certificate has {len(der):,} bytes; DP2 reads at most "
+            f"{MAX_CERTIFICATE_BYTES:,}",
+            reason_code="CERTIFICATE_TOO_LARGE",
+            hint="Sign with a certificate issued by this deployment's CA (dp2 pki issue); "
+            "they are about 1 KB.",
+        )
+    fingerprint = hashlib.sha256(der).hexdigest()
+    cached = _certificates.get(fingerprint)
+    if cached is not None:
+        return cached
+    return _certificates.put(fingerprint, x509.load_der_x509_certificate(der))
 
 
 def sign_bytes(private_key: SigningKey, data: bytes) -> bytes:

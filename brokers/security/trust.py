@@ -32,6 +32,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa, x25519
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 
+from brokers.runtime.lru import Lru
 from brokers.security.signing import (
     SecurityError,
     certificate_fingerprint,
@@ -64,6 +65,15 @@ class _Rejection:
     hint: str
 
 
+@dataclass(frozen=True, slots=True)
+class _Verdict:
+    rejection: _Rejection | None
+
+
+#: Verdicts and sender lists kept per certificate fingerprint (least recently used out).
+VERDICT_CACHE_SIZE: Final = 4096
+
+
 class TrustStore:
     """What every service checks certificates against: the CA, its CRL, issued certs.
 
@@ -82,8 +92,9 @@ class TrustStore:
         self._crl_version = 0
         self._revoked: frozenset[int] = frozenset()
         self._certs: dict[str, x509.Certificate] = {}
-        self._verdicts: dict[tuple[str, int], _Rejection | None] = {}
-        self._senders: dict[str, frozenset[str]] = {}
+        # Keyed by what records carry: bounded, so distinct certificates cannot grow them.
+        self._verdicts: Lru[tuple[str, int], _Verdict] = Lru(VERDICT_CACHE_SIZE)
+        self._senders: Lru[str, frozenset[str]] = Lru(VERDICT_CACHE_SIZE)
         self._providers: dict[str, tuple[_Stamp, x509.Certificate]] = {}
 
     @property
@@ -149,10 +160,10 @@ class TrustStore:
         """Raise SecurityError unless `cert` is issued by our CA, unrevoked and valid `at`."""
         ca = self._require_ca()
         key = (certificate_fingerprint(cert), self._crl_version)
-        if key in self._verdicts:
-            rejection = self._verdicts[key]
-        else:
-            rejection = self._verdicts[key] = self._judge(cert, ca)
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            verdict = self._verdicts.put(key, _Verdict(self._judge(cert, ca)))
+        rejection = verdict.rejection
         if rejection is not None:
             raise security_error(rejection.code, rejection.message, rejection.hint)
         if at < cert.not_valid_before_utc:
@@ -173,7 +184,7 @@ class TrustStore:
         fingerprint = certificate_fingerprint(cert)
         allowed = self._senders.get(fingerprint)
         if allowed is None:
-            allowed = self._senders[fingerprint] = sender_cvrs(cert)
+            allowed = self._senders.put(fingerprint, sender_cvrs(cert))
         return cvr in allowed
 
     def provider_key(

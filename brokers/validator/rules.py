@@ -17,6 +17,12 @@ Bounds that MeMo leaves open, chosen here (docs/connectors.md, section 3):
   ``MAX_FILES_PER_DOCUMENT`` (10) files per document: a document's files are renderings
   of one document (PDF, HTML, text, languages), never a folder of attachments.
 - doNotDeliverUntilDate at most 366 days ahead, for NemSMS as for letters.
+- The size limits count the documents' own bytes: a file's ciphertext size less the
+  AEAD overhead of the envelope's ``contentAlgorithm`` (brokers.security.streaming).
+  A blob-stored file's claim must be a claim at all (``BLOB_CLAIM_INVALID``: a size
+  below zero, a SHA-256 that is not 32 bytes, a ref that is not the content address
+  of that SHA-256); what the store holds is checked against the claim by
+  brokers.validator.blobs, after these rules.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from brokers.security import personal, sealing
+from brokers.security import personal, sealing, streaming
 from schemas.errors import Dp2Error
 from schemas.models import (
     AdditionalDocument,
@@ -65,12 +71,54 @@ def reject(code: str, message: str, hint: str) -> Rejection:
     return Rejection(message, reason_code=code, hint=hint)
 
 
-def _content_size(file: File) -> int:
+def document_size(ciphertext_size: int, envelope: Envelope) -> int:
+    """The document bytes in a file of `ciphertext_size` sealed as `envelope` says."""
+    algorithm = envelope.encryption.contentAlgorithm if envelope.encryption else None
+    return streaming.plaintext_size(ciphertext_size, algorithm)
+
+
+def _claimed_size(file: File) -> int:
     content = file.content
     if isinstance(content, BlobContent):
         return content.size
     assert isinstance(content, InlineContent)  # noqa: S101 - the union has two members
     return len(content.data)
+
+
+def size_limit(envelope: Envelope) -> int:
+    """The most document bytes this envelope's sender may send (authority or citizen)."""
+    citizen = envelope.header.sender.idType is IdType.CPR
+    return MAX_CITIZEN_BYTES_CEILING if citizen else MAX_AUTHORITY_BYTES
+
+
+def too_large(size: int, limit: int) -> Rejection:
+    return reject(
+        "MESSAGE_TOO_LARGE",
+        f"the documents total {size:,} bytes; the limit for this sender is {limit:,}",
+        "Reduce the documents' size (compress scans, split the message).",
+    )
+
+
+def check_claims(files: Sequence[File]) -> None:
+    """Every blob-stored file's claim (size, SHA-256, ref) is one a store could hold."""
+    for index, file in enumerate(files):
+        content = file.content
+        if not isinstance(content, BlobContent):
+            continue
+        problem = None
+        if content.size < 0:
+            problem = f"claims a size of {content.size} bytes"
+        elif len(content.sha256) != 32:
+            problem = f"claims a SHA-256 of {len(content.sha256)} bytes, not 32"
+        elif content.ref != "sha256:" + content.sha256.hex():
+            problem = "names a blob other than its SHA-256"
+        if problem is not None:
+            raise reject(
+                "BLOB_CLAIM_INVALID",
+                f"file {index} is in the blob store but {problem}",
+                "Send through the DP2 SDK: it stores the encrypted file and claims its "
+                "real size and SHA-256, with ref = sha256:<that digest in hex>.",
+            )
 
 
 def _check_id(role: str, identifier: str, id_type: IdType) -> None:
@@ -183,14 +231,11 @@ def check_limits(envelope: Envelope, today: datetime) -> None:
     check_dates(envelope, today)
     check_documents(body)
     files = sealing.files_of(body)
-    limit = MAX_CITIZEN_BYTES_CEILING if header.sender.idType is IdType.CPR else MAX_AUTHORITY_BYTES
-    size = sum(_content_size(f) for f in files)
-    if size > limit:
-        raise reject(
-            "MESSAGE_TOO_LARGE",
-            f"the documents total {size:,} bytes; the limit for this sender is {limit:,}",
-            "Reduce the documents' size (compress scans, split the message).",
-        )
+    check_claims(files)
+    limit = size_limit(envelope)
+    size = sum(document_size(_claimed_size(f), envelope) for f in files)
+    if size > limit:  # as claimed; brokers.validator.blobs holds the store to it
+        raise too_large(size, limit)
     check_filenames(files)
     if files and (envelope.encryption is None or any(f.nonce is None for f in files)):
         raise reject(

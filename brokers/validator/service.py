@@ -10,8 +10,10 @@ Checks, in order (the first failure decides):
 | code | what was wrong |
 |---|---|
 | INVALID_MESSAGE_UUID | messageUUID is not a version-4 UUID |
+| TOO_MANY_HEADERS, HEADERS_TOO_LARGE | over 32 headers or 64 KiB of them (runtime.headers) |
 | DUPLICATE (event, not a rejection) | the UUID was submitted before; the first outcome stands |
 | SIGNATURE_MISSING / CERTIFICATE_MISMATCH / SIGNATURE_INVALID | see brokers.security |
+| CERTIFICATE_TOO_LARGE | a dp2-signer-cert header over 16 KiB (never parsed) |
 | UNKNOWN_CERTIFICATE / UNTRUSTED_ISSUER / CERTIFICATE_EXPIRED /        | see brokers.security.pki |
 | CERTIFICATE_NOT_YET_VALID / CERTIFICATE_REVOKED                        |                 |
 | SENDER_NOT_AUTHORISED | the signer may not send as the sender CVR, or for a citizen (CPR) |
@@ -19,7 +21,9 @@ Checks, in order (the first failure decides):
 | LABEL_TOO_LONG, NOTIFICATION_TOO_LONG, TEXT_TOO_LONG | MeMo text limits (256 / 160) |
 | TOO_MANY_ATTACHMENTS | more than 10 additional documents |
 | TOO_MANY_TECHNICAL_DOCUMENTS, TOO_MANY_FILES | over 10 technical documents; 10 files a document |
-| MESSAGE_TOO_LARGE | over 99.5 MB from an authority, 60 MB from a citizen |
+| MESSAGE_TOO_LARGE | over 99.5 MB (authority) or 60 MB (citizen), as claimed or as stored |
+| BLOB_CLAIM_INVALID | a blob claim with a negative size, a SHA-256 not 32 bytes, another ref |
+| BLOB_MISSING, BLOB_CORRUPT | a claimed blob not in the store, or not as claimed (.blobs) |
 | INVALID_CVR, CPR_IN_CLEAR, INVALID_ID | identifiers: CVR 8 digits; CPR only as pseudonym |
 | INVALID_FILENAME | a file name with ``< > : " / \\ | ? *``, control or odd space characters |
 | UNSAFE_FILENAME | an empty file name, or ``.``, ``..`` (a file system reads them as folders) |
@@ -27,6 +31,12 @@ Checks, in order (the first failure decides):
 | SCHEDULE_TOO_FAR | doNotDeliverUntilDate more than a year ahead (NemSMS too) |
 | CREATED_IN_FUTURE, CREATED_TOO_OLD | createdDateTime over 15 minutes ahead, or over 366 days old |
 | REPLY_BY_BEFORE_CREATED | replyByDateTime before createdDateTime |
+
+Over the header budget, a record is rejected under the envelope's UUID without being
+recorded (as an invalid UUID is): its envelope was never judged, so the same message
+sent again with DP2's own headers is not a DUPLICATE. What the blob store holds is read
+last — after the signature, and only for a blob within the size limit — in a thread,
+a piece at a time.
 
 A tombstone (a record without a value) is no message: it is dead-lettered as
 MALFORMED_RECORD and kept as a tombstone, so a re-drive sends a tombstone again.
@@ -43,6 +53,7 @@ redelivery: the outputs are recomputed and re-sent with the same event ids.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,16 +62,25 @@ from typing import Any
 from aiokafka import ConsumerRecord
 from cryptography import x509
 
-from brokers.runtime import context, sqlite
+from brokers.runtime import context, headers, sqlite
+from brokers.runtime.blobstore import BlobStore, FileBlobStore, MemoryBlobStore
 from brokers.runtime.host import ServiceContext
-from brokers.runtime.records import Output, lifecycle_output, rejection_output, source_of
+from brokers.runtime.records import (
+    Output,
+    lifecycle_output,
+    rejection_output,
+    source_of,
+    unverified_rejection,
+)
 from brokers.runtime.tasks import AsyncResource
-from brokers.security import signing
+from brokers.security import sealing, signing
 from brokers.security.trust import PROVIDER, TrustStore, kind_of
+from brokers.validator.blobs import check_held
 from brokers.validator.rules import check_limits, check_message_uuid, reject
 from schemas import codec
 from schemas.errors import Dp2Error, MalformedRecordError
 from schemas.models import (
+    BlobContent,
     Envelope,
     IdType,
     LifecycleState,
@@ -117,10 +137,14 @@ class Validator:
         trust: TrustStore,
         submissions: SubmissionLog,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        *,
+        blobs: BlobStore | None = None,
     ) -> None:
+        """``blobs``: the deployment's blob store; without one, every blob is missing."""
         self._trust = trust
         self._submissions = submissions
         self._clock = clock
+        self._blobs = blobs if blobs is not None else MemoryBlobStore()
 
     async def handle(self, record: ConsumerRecord[bytes, bytes]) -> Sequence[Output]:
         if record.value is None:
@@ -137,9 +161,22 @@ class Validator:
         common: dict[str, Any] = {"sender_id": header.sender.senderID, "source": source}
         try:
             check_message_uuid(message_uuid)
+            headers.check(record.headers)
         except Dp2Error as exc:
-            # No UUID to de-duplicate on: reject under the given id without recording it.
+            # No UUID to de-duplicate on, or a record never judged: reject under the
+            # given id without recording it.
             return [rejection_output(message_uuid, self.actor, exc, **common)]
+        self._trust.reload()
+        try:
+            self._check_signer(envelope, record)
+        except Dp2Error as exc:
+            if exc.retriable:
+                raise
+            # Whoever wrote these bytes is not who they claim: never record the UUID
+            # (a forger must not squat it) nor put REJECTED on its timeline (nor pin
+            # one on another message). The REJECTED goes on the record's own
+            # timeline, derived from its position, naming the UUID it claimed.
+            return [unverified_rejection(record, self.actor, exc, message_uuid)]
         first = self._submissions.first(message_uuid)
         if first is not None and first[0] != source:
             first_source, outcome, reason, first_at = first
@@ -159,9 +196,10 @@ class Validator:
                     **common,
                 )
             ]
-        self._trust.reload()
         try:
-            self._check(envelope, record)
+            self._check_content(envelope)
+            if any(isinstance(f.content, BlobContent) for f in sealing.files_of(envelope.body)):
+                await asyncio.to_thread(check_held, envelope, self._blobs)
         except Dp2Error as exc:
             if exc.retriable:
                 raise
@@ -195,7 +233,10 @@ class Validator:
                 ) from exc
         return self._trust.certificate(envelope.signature.signerCertificate)
 
-    def _check(self, envelope: Envelope, record: ConsumerRecord[bytes, bytes]) -> None:
+    def _check_signer(
+        self, envelope: Envelope, record: ConsumerRecord[bytes, bytes]
+    ) -> x509.Certificate:
+        """The signer's certificate, if it is trusted, signed this and may send as the sender."""
         certificate = self._signer_certificate(envelope, record)
         self._trust.verify_certificate(certificate, self._clock())
         signing.verify_envelope(envelope, certificate)
@@ -222,6 +263,10 @@ class Validator:
                 "Send citizens' messages through a citizen-facing connector that signs with "
                 "a provider identity (dp2 pki issue provider --id ...).",
             )
+        return certificate
+
+    def _check_content(self, envelope: Envelope) -> None:
+        """What a signed submission must also be: within the limits of Digital Post."""
         check_limits(envelope, self._clock())
 
 
@@ -232,7 +277,11 @@ class ValidatorService(AsyncResource):
 
     def __init__(self, ctx: ServiceContext) -> None:
         self._submissions = SubmissionLog(ctx.data_dir / "validator.sqlite")
-        validator = Validator(TrustStore(ctx.settings.pki_dir), self._submissions)
+        validator = Validator(
+            TrustStore(ctx.settings.pki_dir),
+            self._submissions,
+            blobs=FileBlobStore(ctx.settings.home / "blobs"),
+        )
         self.workers = [ctx.worker("validator", [SUBMITTED_TOPIC], validator.handle)]
 
     async def start(self) -> None:

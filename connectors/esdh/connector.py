@@ -12,10 +12,16 @@ integrations, so this connector stands where the national service stood:
   is a conflict. The HTTP API answers only the authority itself: every route but
   /openapi.json needs its access token (connectors.authorities; ``dp2 tokens
   authority --cvr CVR``), 401 without one, 403 with another authority's.
+- **SF1601.** The same sending, in the shape today's integrations call
+  Serviceplatformen with: ``/sf1601/service/KombiPostAfsend_1/kombi`` (and ``/memos``)
+  take a ``kombi_request`` whose KombiValgKode chooses the channel, and
+  ``/sf1601/service/PostForespoerg_1/digitalpost`` (and ``/nemsms``) answer from the
+  register (connectors.esdh.sf1601 and sf1601_http; docs/migrating-from-sf1601.md).
 - **Business receipts.** Every lifecycle event of a message it sent (ACCEPTED,
   DELIVERED, PRINTED, READ, FAILED, ...) is queued durably and POSTed to the
   ESDH's ``receipts_url`` until the ESDH answers 2xx — an ESDH that is down gets
-  them, in order, when it comes back.
+  them, in order, when it comes back. Each carries NgDP's event name too
+  (``ngdpEvent``: MEMO_AVAILABLE_TO_RECIPIENT, PHYSICAL_LETTER_SENT, ...) where one fits.
 - **Journaling.** As the mailbox provider ``provider`` of the authority's CVR, it
   receives replies and citizens' messages (verified and decrypted by
   connectors.delivery), and journals each into the ESDH — ``journal_url`` (HTTP)
@@ -51,7 +57,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import aiohttp
 import structlog
@@ -60,19 +66,25 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge
 
+from brokers.contacts.register import ContactRegister
 from brokers.runtime.kafka import new_producer
 from brokers.runtime.records import Output, iso_z, lifecycle_output
 from brokers.runtime.tasks import AsyncResource, PeriodicTask
 from brokers.runtime.worker import KafkaWorker
 from brokers.security import signing
+from brokers.security.authority import EventJudge, RouteBook
 from brokers.security.pki import Pki, provider_identity_name
 from brokers.security.pseudonyms import Pseudonymizer, pseudonym_key
+from brokers.security.trust import TrustStore
 from connectors.authorities import AuthorityAuthError, AuthorityTokens
 from connectors.base import ConnectorContext, error_body
+from connectors.bodies import MEMO_BODY_LIMIT, BodyTooLargeError, spool
+from connectors.esdh import sf1601
 from connectors.esdh.openapi import openapi_document
+from connectors.esdh.sf1601_http import Sf1601Api
 from connectors.esdh.store import EsdhStore, JournalEntry
 from connectors.folders import UnsafePathError, folder_name, inside, uuid_file_name
-from connectors.sdk import Dp2Client
+from connectors.sdk import Dp2Client, Receipt
 from schemas import codec, memo
 from schemas.errors import ConfigError, Dp2Error, SchemaError
 from schemas.models import Envelope, IdType, LifecycleEvent, LifecycleState
@@ -145,8 +157,22 @@ class EsdhConnector(AsyncResource):
         pki = Pki(context.settings.pki_dir)
         self._provider_identity = pki.identity(provider_identity_name(config.provider))
         self._pseudonyms = Pseudonymizer(pseudonym_key(context.settings.home))
-        self._client = Dp2Client.from_settings(context.settings, config.identity, actor=self.actor)
+        # The connector's own view of the directory: the SDK routes by it, and SF1601's
+        # KombiValgKode and PostForespoerg are answered from it.
+        self.contacts = ContactRegister(context.settings.kafka_as(config.identity))
+        self._client = Dp2Client.from_settings(
+            context.settings, config.identity, actor=self.actor, contacts=self.contacts
+        )
+        self._sf1601 = Sf1601Api(self, context.settings, self._client, self._pseudonyms)
         self._tokens = AuthorityTokens.from_home(context.settings.home)
+        self._routes = RouteBook(context.data_dir / "routes.sqlite")
+        self._judge = EventJudge(TrustStore(context.settings.pki_dir), self._routes)
+        self._unbelieved = Counter(
+            "dp2_esdh_unbelieved_events",
+            "Lifecycle events of this authority's messages refused by the authority table",
+            ["reason"],
+            registry=context.registry,
+        )
         self._producer: AIOKafkaProducer | None = None
         self._session: aiohttp.ClientSession | None = None
         self._receipts_worker: KafkaWorker = context.worker(
@@ -170,6 +196,7 @@ class EsdhConnector(AsyncResource):
     async def start(self) -> None:
         if self._producer is not None:
             return
+        await self.contacts.start()
         await self._client.start()
         self._producer = new_producer(self._context.settings.kafka)
         await self._producer.start()
@@ -201,7 +228,9 @@ class EsdhConnector(AsyncResource):
         if producer is not None:
             await producer.stop()
             await self._client.stop()
+            await self.contacts.stop()
             self._store.close()
+            self._routes.close()
 
     def health(self) -> Mapping[str, Any]:
         backlog = self._store.backlog()
@@ -225,41 +254,73 @@ class EsdhConnector(AsyncResource):
             web.get("/messages/{message_uuid}", authorised(self._get_message)),
             web.get("/journal", authorised(self._get_journal)),
             web.get("/openapi.json", self._get_openapi),
+            *self._sf1601.routes(authorised),
         ]
 
     def _authorised(
-        self, handler: Callable[[web.Request], Awaitable[web.Response]]
+        self,
+        handler: Callable[[web.Request], Awaitable[web.Response]],
+        refuse: Callable[[web.Request, Answer], web.Response] | None = None,
     ) -> Callable[[web.Request], Awaitable[web.Response]]:
-        """Only a caller with this authority's access token (connectors.authorities)."""
+        """Only a caller with this authority's access token (connectors.authorities);
+        ``refuse`` writes the refusal in another shape than DP2's JSON (SF1601's)."""
 
         async def guarded(request: web.Request) -> web.Response:
             try:
                 self._tokens.authenticate(request.headers.get("Authorization"), self.config.cvr)
             except AuthorityAuthError as exc:
-                return _json(exc.status, error_body(exc))
+                answer = Answer(exc.status, error_body(exc))
+                return refuse(request, answer) if refuse else _json(answer.status, answer.body)
             return await handler(request)
 
         return guarded
 
     # --- sending ----------------------------------------------------------------
-    async def submit_memo(self, xml: bytes) -> Answer:
+    async def submit_memo(self, xml: bytes | IO[bytes]) -> Answer:
         """Validate, sign, encrypt and submit one MeMo message (HTTP and folder)."""
-        try:
-            message = memo.parse_and_validate(xml, now=datetime.now(UTC))
-            self._check_sender(message)
+        try:  # in a thread: a 99.5 MB message takes a second to parse
+            message = await asyncio.to_thread(self.read_memo, xml)
         except memo.MemoError as exc:
-            self._submissions.labels("invalid").inc()
-            return Answer(422, error_body(exc, exc.violations))
+            return self.invalid(exc)
+        return await self.submit(message)
+
+    def read_memo(self, xml: bytes | IO[bytes]) -> Envelope:
+        """The message of MeMo ``xml`` if it breaks no MeMo rule and is this authority's."""
+        message = memo.parse_and_validate(xml, now=datetime.now(UTC))
+        self._check_sender(message)
+        return message
+
+    def invalid(self, exc: memo.MemoError) -> Answer:
+        self._submissions.labels("invalid").inc()
+        return Answer(422, error_body(exc, exc.violations))
+
+    async def submit(
+        self,
+        message: Envelope,
+        *,
+        variant: bytes = b"",
+        refuse: Callable[[Envelope], sf1601.Sf1601Error | None] | None = None,
+        send: Callable[[Envelope], Awaitable[Receipt]] | None = None,
+    ) -> Answer:
+        """Claim the message's UUID and send it, once. A resend of the same message (with
+        the same ``variant``: SF1601's channel) is DUPLICATE with the first receipt; else
+        ``refuse`` may refuse it (nothing is sent, the UUID stays free), and ``send``
+        replaces the SDK's own sealing and routing (SF1601's Fysisk Post)."""
         header = message.header
         case = header.contentData.caseID if header.contentData else None
         claim, first = self._store.claim(
             header.messageUUID,
-            hashlib.sha256(memo.to_xml(message)).hexdigest(),
+            _memo_digest(message, variant),
             case.caseID if case else None,
             case.caseSystem if case else None,
         )
         if claim == "new":
-            return await self._send(message)
+            refused = refuse(message) if refuse else None
+            if refused is not None:
+                self._store.release(header.messageUUID)
+                self._submissions.labels("refused").inc()
+                return Answer(refused.status, error_body(refused))
+            return await self._send(message, send or self._client.send)
         self._submissions.labels(claim).inc()
         if claim == "duplicate":
             return Answer(
@@ -292,11 +353,13 @@ class EsdhConnector(AsyncResource):
                 ]
             )
 
-    async def _send(self, message: Envelope) -> Answer:
+    async def _send(
+        self, message: Envelope, send: Callable[[Envelope], Awaitable[Receipt]]
+    ) -> Answer:
         """Seal, sign and submit a claimed message; release the claim if it did not go."""
         message_uuid = message.header.messageUUID
         try:
-            receipt = await self._client.send(message)
+            receipt = await send(message)
         except (KafkaError, OSError) as exc:
             self._store.release(message_uuid)
             self._submissions.labels("unavailable").inc()
@@ -343,7 +406,12 @@ class EsdhConnector(AsyncResource):
                     )
                 ),
             )
-        answer = await self.submit_memo(await request.read())
+        try:  # streamed to a private temporary file, refused once over the limit
+            body = await spool(request, MEMO_BODY_LIMIT, self._context.data_dir)
+        except BodyTooLargeError as exc:
+            return _json(exc.status, error_body(exc))
+        with body:
+            answer = await self.submit_memo(body)
         return _json(answer.status, answer.body)
 
     async def _get_message(self, request: web.Request) -> web.Response:
@@ -402,6 +470,17 @@ class EsdhConnector(AsyncResource):
             return []  # not ours to judge: the tracing service dead-letters it
         if not self._store.is_ours(event.messageUUID):
             return []
+        verdict = self._judge.judge(event)  # a receipt is evidence: only the table's word
+        if not verdict.ok:
+            self._unbelieved.labels(verdict.reason_code or "").inc()
+            log.warning(
+                "event_not_believed",
+                message_id=event.messageUUID,
+                state=event.state.value,
+                reason_code=verdict.reason_code,
+                signer=verdict.signer,
+            )
+            return []
         case = self._store.case_of(event.messageUUID)
         self._store.queue_receipt(
             event.eventId,
@@ -415,6 +494,7 @@ class EsdhConnector(AsyncResource):
                 "reasonText": event.reasonText,
                 "channel": event.channel,
                 "caseID": case[0] if case else None,
+                "ngdpEvent": sf1601.ngdp_event(event.state),
             },
         )
         return []
@@ -546,3 +626,12 @@ def _drop(case_dir: Path, message_uuid: str, xml: bytes, meta: dict[str, Any]) -
 
 def _json(status: int, body: dict[str, Any]) -> web.Response:
     return web.json_response(body, status=status)
+
+
+def _memo_digest(message: Envelope, variant: bytes) -> str:
+    """SHA-256 of ``memo.to_xml(message) + variant``, without holding the XML."""
+    digest = hashlib.sha256()
+    for piece in memo.to_xml_chunks(message):
+        digest.update(piece)
+    digest.update(variant)
+    return digest.hexdigest()

@@ -9,8 +9,10 @@ forwards it to the EMAIL address in their contact record, as the citizen chose:
     PUT /forwarding  {"mode": "full" | "notice" | "off"}     (default "notice")
 
 ``full`` sends the letter (main text as the body, every file attached), ``notice``
-only who sent it, ``off`` nothing. A relay that is down is retried with back-off;
-until it takes the mail the letter is pending, and /healthz says ``degraded``.
+only who sent it, ``off`` nothing. A PUT body over 4 KiB is refused with 413
+``REQUEST_TOO_LARGE`` as it streams in (connectors.bodies), never buffered whole.
+A relay that is down is retried with back-off; until it takes the mail the letter
+is pending, and /healthz says ``degraded``.
 
 Configuration (``[connectors.mail]`` in ``$DP2_HOME/connectors.toml``)::
 
@@ -32,6 +34,7 @@ Configuration (``[connectors.mail]`` in ``$DP2_HOME/connectors.toml``)::
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from collections.abc import Iterable, Mapping
@@ -50,6 +53,7 @@ from brokers.runtime.tasks import AsyncResource, PeriodicTask
 from brokers.security.pseudonyms import Pseudonymizer, pseudonym_key
 from brokers.validator.rules import MAX_CITIZEN_BYTES, MAX_CITIZEN_BYTES_CEILING
 from connectors.base import ConnectorContext, error_response
+from connectors.bodies import BodyTooLargeError, read_limited
 from connectors.citizens import AuthError, Citizen, DevTokens, IdentityProvider, bearer
 from connectors.mail.mime import MODES, Mode, forward_mail
 from connectors.mail.store import MailStore, Pending
@@ -68,6 +72,7 @@ from schemas.vocabulary import CONTACTS_TOPIC
 
 log = structlog.get_logger("dp2.mail")
 
+_MAX_MODE_BODY = 4096  # {"mode": "notice"} and room to spare
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 
 
@@ -384,8 +389,10 @@ class ForwardingMailConnector(MailConnector):
             citizen = self._citizen(request)
         except AuthError as exc:
             return error_response(401, exc)
-        try:
-            body = await request.json()
+        try:  # a mode is a few bytes: a larger body is refused as it streams in
+            body = json.loads(await read_limited(request, _MAX_MODE_BODY))
+        except BodyTooLargeError as exc:
+            return error_response(exc.status, exc)
         except ValueError:
             body = None
         mode = body.get("mode") if isinstance(body, dict) else None

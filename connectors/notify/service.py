@@ -12,16 +12,24 @@ from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
+import structlog
 from aiokafka import ConsumerRecord
+from prometheus_client import Counter
 
 from brokers.contacts.register import ContactRegister
 from brokers.runtime.host import ServiceContext
 from brokers.runtime.kafka import new_producer
 from brokers.runtime.records import Output
 from brokers.runtime.tasks import AsyncResource, PeriodicTask
+from brokers.security.authority import EventJudge, RouteBook
+from brokers.security.trust import TrustStore
 from connectors.notify.channels import EmailSender, HttpSmsProvider, SmsProvider, SmsRouter
 from connectors.notify.notifier import Notifier, NotifierConfig, NotifierMetrics, Outbox
+from schemas import codec
+from schemas.models import LifecycleEvent, LifecycleState
 from schemas.vocabulary import CONTACTS_TOPIC, LIFECYCLE_TOPIC
+
+log = structlog.get_logger("dp2.notifier")
 
 
 class NotifierService(AsyncResource):
@@ -36,6 +44,14 @@ class NotifierService(AsyncResource):
         # Notification channels are contact details, not directory entries.
         self._contacts = ContactRegister(settings.kafka, topic=CONTACTS_TOPIC)
         self._outbox = Outbox(ctx.data_dir / "notifier.sqlite")
+        self._routes = RouteBook(ctx.data_dir / "notifier-routes.sqlite")
+        self._judge = EventJudge(TrustStore(settings.pki_dir), self._routes)
+        self._quarantined = Counter(
+            "dp2_notifier_unbelieved_events",
+            "Lifecycle events the notifier did not act on: refused by the authority table",
+            ["reason"],
+            registry=ctx.registry,
+        )
         self._producer = new_producer(settings.kafka)
         self._session: aiohttp.ClientSession | None = None
         self._notifier: Notifier | None = None
@@ -94,6 +110,7 @@ class NotifierService(AsyncResource):
         if session is not None:
             await session.close()
         self._outbox.close()
+        self._routes.close()
 
     def health(self) -> dict[str, Any]:
         dispatch = self.dispatch.health()
@@ -105,6 +122,24 @@ class NotifierService(AsyncResource):
         return self._notifier
 
     async def _handle(self, record: ConsumerRecord[bytes, bytes]) -> Sequence[Output]:
+        """Only a DELIVERED the authority table believes is notified (and only the
+        router's ROUTED says which provider may assert it)."""
+        event = codec.decode(record.value or b"", LifecycleEvent)
+        if event.state not in (LifecycleState.ROUTED, LifecycleState.DELIVERED):
+            return []
+        verdict = self._judge.judge(event)
+        if not verdict.ok:
+            self._quarantined.labels(verdict.reason_code or "").inc()
+            log.warning(
+                "event_not_believed",
+                message_id=event.messageUUID,
+                state=event.state.value,
+                reason_code=verdict.reason_code,
+                signer=verdict.signer,
+            )
+            return []
+        if event.state is LifecycleState.ROUTED:
+            return []
         return await self._require().handle(record)
 
     async def _dispatch_due(self) -> None:

@@ -23,6 +23,8 @@ from brokers.router.service import ScheduleStore
 from brokers.runtime.metrics import ServiceMetrics
 from brokers.runtime.settings import Settings
 from brokers.runtime.worker import KafkaWorker
+from brokers.security import signing
+from brokers.security.pki import Pki
 from brokers.security.trust import TrustStore
 from brokers.validator.rules import (
     Rejection,
@@ -325,8 +327,14 @@ async def test_an_upper_case_resubmission_is_a_duplicate(tmp_path: Path) -> None
     timeline, keyed by the lower-case UUID, and is not forwarded."""
     log = SubmissionLog(tmp_path / "validator.sqlite")
     log.record(UUID, "dp2.submitted/0/1", "ACCEPTED", None)
+    pki = Pki(tmp_path / "pki")
+    pki.init()
+    aarhus = pki.issue_sender("29189846", "aarhus")
     validator = Validator(TrustStore(tmp_path / "pki"), log)
-    raw = codec.encode(sealed()).replace(UUID.encode(), UUID.upper().encode())
+    # Signed as usual: the signature covers the canonical (lower-case) UUID, so the
+    # upper-case spelling of the same bytes still verifies, and is the same letter.
+    signed = signing.sign_envelope(sealed(), aarhus.private_key, aarhus.fingerprint)
+    raw = codec.encode(signed).replace(UUID.encode(), UUID.upper().encode())
     outputs = await validator.handle(record(raw, 2))
     assert len(outputs) == 1 and outputs[0].key == UUID.encode()
     event = codec.decode(outputs[0].value, LifecycleEvent)

@@ -463,7 +463,7 @@ def test_encryption_fields(blobs: FileBlobStore) -> None:
     sealed = seal(letter(b"doc"), blobs)
     encryption = sealed.encryption
     assert encryption is not None
-    assert encryption.contentAlgorithm == "AES-256-GCM"
+    assert encryption.contentAlgorithm == "AES-256-GCM-CHUNKED-64K"
     assert encryption.keyWrapAlgorithm == "X25519-HKDF-SHA256-A256KW"
     assert encryption.recipientKeyId == KEY_ID
     assert encryption.ephemeralPublicKey is not None

@@ -1,0 +1,186 @@
+"""What may be believed: which actor may assert which state of which message.
+
+Why it exists: dp2.lifecycle is written by many parties (DESIGN.md, "What may be
+believed"), and Kafka's ACLs can say who may write the topic, not what they may
+say on it. So every lifecycle event is signed by its actor (brokers.security.pki.EventSigner;
+DP2's services with their ``service`` certificates, providers and connectors with
+theirs), and everyone who acts on an event — tracing, the notifier, the ESDH
+connector's receipts — asks :class:`EventJudge` first. This module is the one
+authority table:
+
+| state | only from |
+|---|---|
+| SUBMITTED | a sender or vendor that may send as the event's sender (a citizen's: a provider) |
+| ACCEPTED, DUPLICATE | service:dp2-validator |
+| REJECTED | a DP2 service (the validator, or a service parking a poison record) |
+| ROUTED, SCHEDULED, RECALLED, EXPIRED | service:dp2-router |
+| DELIVERED, READ, REPLIED, JOURNALED | the provider the router routed that message to |
+| FAILED | the router, the provider routed to (delivery), or provider:print (print) |
+| PRINTED | provider:print, when the router routed the message to print |
+| NOTIFIED, NOTIFICATION_FAILED | service:dp2-notifier |
+
+"Routed to" is learnt from the router's own verified ROUTED event of that message
+(:class:`RouteBook`, persisted so a restart does not forget it). An event that
+fails — unsigned, a bad signature, an unknown, revoked or expired signer, the
+wrong actor for the state or for the message — gets a :class:`Verdict` with its
+own reason code; the caller quarantines it and acts on nothing in it.
+
+Reason codes: EVENT_UNSIGNED, EVENT_SIGNATURE_INVALID, EVENT_SIGNER_UNKNOWN,
+EVENT_SIGNER_NOT_TRUSTED, EVENT_WRONG_ACTOR, EVENT_NOT_ROUTED_HERE.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from brokers.runtime.sqlite import connect
+from brokers.security import signing
+from brokers.security.signing import SecurityError
+from brokers.security.trust import PROVIDER, SENDER, SERVICE, VENDOR, TrustStore, kind_of
+from schemas.models import LifecycleEvent
+from schemas.models import LifecycleState as S
+from schemas.vocabulary import PRINT_PROVIDER
+
+VALIDATOR: Final = "dp2-validator"
+ROUTER: Final = "dp2-router"
+NOTIFIER: Final = "dp2-notifier"
+
+#: State -> the service identities that alone may assert it.
+_BY_SERVICE: Final = {
+    S.ACCEPTED: {VALIDATOR},
+    S.DUPLICATE: {VALIDATOR},
+    S.ROUTED: {ROUTER},
+    S.SCHEDULED: {ROUTER},
+    S.RECALLED: {ROUTER},
+    S.EXPIRED: {ROUTER},
+    S.NOTIFIED: {NOTIFIER},
+    S.NOTIFICATION_FAILED: {NOTIFIER},
+}
+#: States only the provider the message was routed to may assert.
+_BY_ROUTED_PROVIDER: Final = {S.DELIVERED, S.READ, S.REPLIED, S.JOURNALED}
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the authority table says about one event."""
+
+    ok: bool
+    signer: str  # "kind:name" of the certificate that signed it, "" if none
+    reason_code: str | None = None
+    reason: str | None = None
+
+
+def principal_name(cert: x509.Certificate) -> str:
+    """``kind:name`` of a certificate (its OU and CN), as Kafka names its principal."""
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    common_name = str(names[0].value) if names else ""
+    return f"{kind_of(cert)}:{common_name}"
+
+
+class RouteBook:
+    """Where the router sent each message (from its verified ROUTED events)."""
+
+    def __init__(self, path: Path | str = ":memory:") -> None:
+        self._db: sqlite3.Connection = connect(path)
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS routes (message_uuid TEXT PRIMARY KEY, provider TEXT)"
+        )
+        self._db.commit()
+
+    def remember(self, message_uuid: str, provider: str) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO routes VALUES (?, ?)", (message_uuid.lower(), provider)
+        )
+        self._db.commit()
+
+    def provider_of(self, message_uuid: str) -> str | None:
+        row = self._db.execute(
+            "SELECT provider FROM routes WHERE message_uuid = ?", (message_uuid.lower(),)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class EventJudge:
+    """Checks each lifecycle event against the authority table (feed it in topic order)."""
+
+    def __init__(self, trust: TrustStore, routes: RouteBook) -> None:
+        self._trust = trust
+        self._routes = routes
+
+    def judge(self, event: LifecycleEvent, at: datetime | None = None) -> Verdict:
+        fingerprint = event.attributes.get("signer")
+        if not fingerprint or "signature" not in event.attributes:
+            return _refused(
+                "", "EVENT_UNSIGNED", f"a {event.state.value} event carries no signature"
+            )
+        try:
+            self._trust.reload()
+            cert = self._trust.certificate(fingerprint)
+        except SecurityError:
+            return _refused("", "EVENT_SIGNER_UNKNOWN", "no certificate of this CA signed it")
+        signer = principal_name(cert)
+        try:
+            self._trust.verify_certificate(cert, at or datetime.now(UTC))
+        except SecurityError as exc:
+            return _refused(signer, "EVENT_SIGNER_NOT_TRUSTED", f"{exc.reason_code}: {exc.message}")
+        try:
+            signing.verify_event(event, cert)
+        except SecurityError:
+            return _refused(signer, "EVENT_SIGNATURE_INVALID", "the signature does not match")
+        refusal = self._may_assert(event, cert, signer)
+        if refusal is not None:
+            return refusal
+        if event.state is S.ROUTED and (provider := event.attributes.get("provider")):
+            self._routes.remember(event.messageUUID, provider)
+        return Verdict(ok=True, signer=signer)
+
+    def _may_assert(
+        self, event: LifecycleEvent, cert: x509.Certificate, signer: str
+    ) -> Verdict | None:
+        """None if the table lets ``signer`` assert this state of this message."""
+        kind, _, name = signer.partition(":")
+        state = event.state
+        routed = self._routes.provider_of(event.messageUUID)
+        from_routed_provider = kind == PROVIDER and name == routed
+        if state in _BY_SERVICE:
+            allowed = kind == SERVICE and name in _BY_SERVICE[state]
+        elif state is S.REJECTED:
+            allowed = kind == SERVICE
+        elif state is S.SUBMITTED:
+            allowed = (
+                kind in (SENDER, VENDOR)
+                and event.senderID is not None
+                and self._trust.may_send_as(cert, event.senderID)
+            ) or kind == PROVIDER  # a citizen's post, sent by its provider
+        elif state in _BY_ROUTED_PROVIDER:
+            allowed = from_routed_provider
+        elif state is S.PRINTED:
+            allowed = from_routed_provider and name == PRINT_PROVIDER
+        elif state is S.FAILED:
+            allowed = (kind == SERVICE and name == ROUTER) or from_routed_provider
+        else:
+            allowed = False  # UNKNOWN and anything added later: nobody, until the table says so
+        if allowed:
+            return None
+        if kind == PROVIDER and state in (*_BY_ROUTED_PROVIDER, S.PRINTED, S.FAILED):
+            return _refused(
+                signer,
+                "EVENT_NOT_ROUTED_HERE",
+                f"{signer} may not assert {state.value}: the router sent this message to "
+                f"{routed or 'no provider yet'}",
+            )
+        return _refused(signer, "EVENT_WRONG_ACTOR", f"{signer} may not assert {state.value}")
+
+
+def _refused(signer: str, code: str, reason: str) -> Verdict:
+    return Verdict(ok=False, signer=signer, reason_code=code, reason=reason)
