@@ -6,7 +6,9 @@ trusting it, and it must not be re-implemented (and got wrong) per vendor. A
 ``DeliveryHandler`` consumes ``dp2.deliver.<provider>``, and for each envelope:
 
 1. verifies the sender's signature and certificate (chain, validity, revocation)
-   again — end-to-end authenticity: the backbone is not trusted with integrity;
+   again — end-to-end authenticity: the backbone is not trusted with integrity —
+   and that the signer may send as the sender, within Digital Post's limits (the
+   validator's own rules: a record that skipped the validator is refused here);
 2. decrypts the documents with the provider's X25519 key and restores the sealed
    personal data (CPR numbers, and the names, addresses, e-mail and phone of
    brokers.security.personal) field for field, as the sender built the envelope —
@@ -42,7 +44,12 @@ from brokers.security import sealing, signing
 from brokers.security.pki import Identity, Pki, provider_identity_name
 from brokers.security.pseudonyms import Pseudonymizer, pseudonym_key
 from brokers.security.trust import TrustStore
-from brokers.validator.rules import check_filenames, check_message_uuid
+from brokers.validator.rules import (
+    check_filenames,
+    check_limits,
+    check_message_uuid,
+    check_sender,
+)
 from schemas import codec
 from schemas.errors import Dp2Error
 from schemas.models import Envelope, LifecycleEvent, LifecycleState
@@ -155,6 +162,9 @@ class DeliveryHandler:
         self._trust.reload()
         self._trust.verify_certificate(certificate, datetime.now(UTC))
         signing.verify_envelope(sealed, certificate)
+        # Defence in depth: the validator's authorisation and limits, again.
+        check_sender(self._trust, certificate, sealed)
+        check_limits(sealed, datetime.now(UTC))
         plain = sealing.open_envelope(
             sealed, self._decryption_key, self._blobs, pseudonymizer=self._pseudonyms
         )

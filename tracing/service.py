@@ -20,20 +20,25 @@ from prometheus_client import Counter
 from brokers.runtime.host import ServiceContext
 from brokers.runtime.kafka import new_producer
 from brokers.runtime.records import Output, source_of
-from brokers.runtime.tasks import AsyncResource
+from brokers.runtime.tasks import AsyncResource, PeriodicTask
 from brokers.security.authority import EventJudge, RouteBook
+from brokers.security.pki import Pki
 from brokers.security.trust import TrustStore
 from schemas import codec
+from schemas.errors import Dp2Error
 from schemas.models import LifecycleEvent
 from schemas.vocabulary import DEADLETTER_TOPIC, LIFECYCLE_TOPIC
-from tracing.access import Users
+from tracing.access import LoginRequired, Users
 from tracing.api import TraceService, make_app
 from tracing.dashboard import Dashboard
 from tracing.deadletters import DeadLetterStore
+from tracing.evidence import EvidenceLog
 from tracing.quarantine import QuarantineStore
 from tracing.store import SqliteTraceStore
 
 log = structlog.get_logger("dp2.tracing")
+#: How often a new tree head is signed over what was logged since the last one.
+TREE_HEAD_INTERVAL_S = 5.0
 
 
 class TracingService(AsyncResource):
@@ -47,6 +52,18 @@ class TracingService(AsyncResource):
         self.trace = TraceService(self.store, ctx.registry)
         self.deadletters = DeadLetterStore(ctx.data_dir / "deadletters.sqlite")
         self.quarantine = QuarantineStore(ctx.data_dir / "quarantine.sqlite")
+        self.evidence = EvidenceLog(ctx.data_dir / "evidence.sqlite")
+        # The log signs its tree heads as this service (its Kafka identity).
+        self._identity = (
+            Pki(settings.pki_dir).identity(settings.kafka_identity)
+            if settings.kafka_identity
+            else None
+        )
+        if self._identity is not None:
+            self.evidence.keep_certificate(self._identity.certificate)
+        self.tree_heads = PeriodicTask(
+            "tracing-tree-head", self._sign_head, TREE_HEAD_INTERVAL_S, metrics=ctx.metrics
+        )
         self._routes = RouteBook(ctx.data_dir / "tracing-routes.sqlite")
         self._judge = EventJudge(TrustStore(settings.pki_dir), self._routes)
         self._quarantined = Counter(
@@ -75,14 +92,46 @@ class TracingService(AsyncResource):
     def app(self) -> web.Application:
         """The trace API with the dashboard's routes (the host adds /healthz, /metrics)."""
         app = make_app(self.trace, self._users)
+        app.router.add_get("/messages/{uuid}/receipt", self._receipt)
         app.add_routes(self._dashboard.routes())
         return app
 
+    async def _sign_head(self) -> None:
+        if self._identity is not None:
+            self.evidence.sign_head(self._identity)
+
+    async def _receipt(self, request: web.Request) -> web.Response:
+        """GET /messages/{uuid}/receipt: the message's offline-verifiable receipt (JSON)."""
+        user = self._users.from_request(request.headers, request.cookies)
+        if user is None:
+            refused = LoginRequired("the trace API needs a login or a bearer token")
+            return web.json_response(_error_body(refused), status=401)
+        uuid = request.match_info["uuid"]
+        summary = self.store.summary(uuid)
+        receipt = (
+            self.evidence.receipt(uuid, self._identity)
+            if summary is not None
+            and user.may_see_sender(summary.senderID)
+            and self._identity is not None
+            else None
+        )
+        if receipt is None:
+            error = Dp2Error(
+                f"no logged event of message {uuid} is visible to you",
+                reason_code="UNKNOWN_MESSAGE",
+                hint="Check the UUID; a message just sent is logged within seconds.",
+            )
+            return web.json_response(_error_body(error), status=404)
+        return web.json_response(receipt)
+
     async def start(self) -> None:
         await self._producer.start()
+        await self.tree_heads.start()
 
     async def stop(self) -> None:
+        await self.tree_heads.stop()
         await self._producer.stop()
+        self.evidence.close()
         self.store.close()
         self.deadletters.close()
         self.quarantine.close()
@@ -95,7 +144,8 @@ class TracingService(AsyncResource):
         event = codec.decode(record.value or b"", LifecycleEvent)
         verdict = self._judge.judge(event)
         if verdict.ok:
-            self.trace.ingest(event)
+            if self.trace.ingest(event) and verdict.certificate is not None:
+                self.evidence.append(event, record.value or b"", verdict.certificate)
         elif self.quarantine.add(event, verdict, source_of(record)):
             self._quarantined.labels(verdict.reason_code or "").inc()
             log.warning(
@@ -110,6 +160,12 @@ class TracingService(AsyncResource):
     async def _park(self, record: ConsumerRecord[bytes, bytes]) -> list[Output]:
         self.deadletters.park(record)
         return []
+
+
+def _error_body(error: Dp2Error) -> dict[str, Any]:
+    return {
+        "error": {"reasonCode": error.reason_code, "message": error.message, "hint": error.hint}
+    }
 
 
 def create(ctx: ServiceContext) -> TracingService:

@@ -53,11 +53,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "contacts": ("contacts", "the contact register (dp2.contacts)"),
     "send": ("send", "sign, encrypt and submit a message; prints its UUID"),
     "trace": ("trace", "a message's timeline from the tracing service"),
+    "receipt": ("receipt", "a message's offline-verifiable receipt; verify FILE checks one"),
+    "log": ("receipt", "the verifiable log of lifecycle events (log verify)"),
     "tokens": ("tokens", "development citizen tokens (not MitID)"),
     "dashboard": ("dashboard", "users of the operators' dashboard"),
     "bench": ("bench", "end-to-end benchmark on its own stack: throughput, latency, CPU, RSS"),
 }
-_MULTI_COMMAND_MODULES = frozenset({"stack"})
+_MULTI_COMMAND_MODULES = frozenset({"stack", "receipt"})
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:

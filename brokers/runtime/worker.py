@@ -275,8 +275,9 @@ class KafkaWorker:
             (REASON_HEADER, f"{error.message} {error.hint}".encode()),
             (SOURCE_HEADER, source.encode()),
             (SERVICE_HEADER, self.name.encode()),
-            (MESSAGE_UUID_HEADER, message_uuid.encode()),
         ]
+        if claimed is None:  # link the parked record to its own timeline
+            headers.append((MESSAGE_UUID_HEADER, message_uuid.encode()))
         return [
             Output(
                 DEADLETTER_TOPIC,

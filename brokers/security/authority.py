@@ -35,7 +35,7 @@ import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -75,6 +75,7 @@ class Verdict:
     signer: str  # "kind:name" of the certificate that signed it, "" if none
     reason_code: str | None = None
     reason: str | None = None
+    certificate: x509.Certificate | None = None  # the signer's, when the event is believed
 
 
 def principal_name(cert: x509.Certificate) -> str:
@@ -110,10 +111,23 @@ class RouteBook:
         self._db.close()
 
 
+class Certificates(Protocol):
+    """What the judge asks of a trust store (brokers.security.trust.TrustStore, or the
+    offline one of a receipt, tracing.evidence.OfflineTrust)."""
+
+    def reload(self) -> None: ...
+
+    def certificate(self, fingerprint: str) -> x509.Certificate: ...
+
+    def verify_certificate(self, cert: x509.Certificate, at: datetime) -> None: ...
+
+    def may_send_as(self, cert: x509.Certificate, cvr: str) -> bool: ...
+
+
 class EventJudge:
     """Checks each lifecycle event against the authority table (feed it in topic order)."""
 
-    def __init__(self, trust: TrustStore, routes: RouteBook) -> None:
+    def __init__(self, trust: Certificates | TrustStore, routes: RouteBook) -> None:
         self._trust = trust
         self._routes = routes
 
@@ -142,7 +156,7 @@ class EventJudge:
             return refusal
         if event.state is S.ROUTED and (provider := event.attributes.get("provider")):
             self._routes.remember(event.messageUUID, provider)
-        return Verdict(ok=True, signer=signer)
+        return Verdict(ok=True, signer=signer, certificate=cert)
 
     def _may_assert(
         self, event: LifecycleEvent, cert: x509.Certificate, signer: str

@@ -30,7 +30,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
+from cryptography import x509
+
 from brokers.security import personal, sealing, streaming
+from brokers.security.trust import PROVIDER, TrustStore, kind_of
 from schemas.errors import Dp2Error
 from schemas.models import (
     AdditionalDocument,
@@ -176,6 +179,35 @@ def check_filenames(files: Sequence[File]) -> None:
                 f"a file name has {len(file.filename)} characters; MeMo allows {MAX_TEXT}",
                 "Shorten the file name to 256 characters or fewer.",
             )
+
+
+def check_sender(trust: TrustStore, certificate: x509.Certificate, envelope: Envelope) -> None:
+    """May ``certificate`` (verified already) send as this envelope's sender?
+
+    The validator asks first; every receiving side asks again (connectors.delivery),
+    since a record on a delivery topic may not have passed the validator.
+    """
+    sender = envelope.header.sender
+    if sender.idType is IdType.CVR and not trust.may_send_as(certificate, sender.senderID):
+        # An authority's CVR is public, but a malformed one may be anything (a CPR).
+        cvr = sender.senderID
+        who = f"CVR {cvr}" if is_ascii_digits(cvr, 8) else "the senderID (not 8 digits)"
+        raise reject(
+            "SENDER_NOT_AUTHORISED",
+            f"the signing certificate may not send on behalf of {who}",
+            "Sign with that authority's certificate, or have your vendor certificate "
+            "issued with this CVR among those it sends for.",
+        )
+    if sender.idType is IdType.CPR and kind_of(certificate) != PROVIDER:
+        # A citizen's message is signed by the connector that authenticated the
+        # citizen — a mailbox provider or a citizen-facing connector, both holding
+        # provider certificates — never by an authority's or a vendor's key.
+        raise reject(
+            "SENDER_NOT_AUTHORISED",
+            "only a provider's certificate may send on behalf of a citizen",
+            "Send citizens' messages through a citizen-facing connector that signs with "
+            "a provider identity (dp2 pki issue provider --id ...).",
+        )
 
 
 def check_limits(envelope: Envelope, today: datetime) -> None:

@@ -32,9 +32,10 @@ Checks, in order (the first failure decides):
 | CREATED_IN_FUTURE, CREATED_TOO_OLD | createdDateTime over 15 minutes ahead, or over 366 days old |
 | REPLY_BY_BEFORE_CREATED | replyByDateTime before createdDateTime |
 
-Over the header budget, a record is rejected under the envelope's UUID without being
-recorded (as an invalid UUID is): its envelope was never judged, so the same message
-sent again with DP2's own headers is not a DUPLICATE. What the blob store holds is read
+Over the header budget, a record is rejected before anything else is read, on its own
+timeline naming the UUID it claimed (as an unverified one is), and nothing is recorded:
+its envelope was never judged, so the same message sent again with DP2's own headers
+is not a DUPLICATE, and nobody can pin a REJECTED on another's message with a header. What the blob store holds is read
 last — after the signature, and only for a blob within the size limit — in a thread,
 a piece at a time.
 
@@ -74,18 +75,17 @@ from brokers.runtime.records import (
 )
 from brokers.runtime.tasks import AsyncResource
 from brokers.security import sealing, signing
-from brokers.security.trust import PROVIDER, TrustStore, kind_of
+from brokers.security.trust import TrustStore
 from brokers.validator.blobs import check_held
-from brokers.validator.rules import check_limits, check_message_uuid, reject
+from brokers.validator.rules import check_limits, check_message_uuid, check_sender, reject
 from schemas import codec
 from schemas.errors import Dp2Error, MalformedRecordError
 from schemas.models import (
     BlobContent,
     Envelope,
-    IdType,
     LifecycleState,
 )
-from schemas.values import canonical_uuid, is_ascii_digits
+from schemas.values import canonical_uuid
 from schemas.vocabulary import ACCEPTED_TOPIC, SIGNER_CERT_HEADER, SUBMITTED_TOPIC
 
 
@@ -161,11 +161,15 @@ class Validator:
         common: dict[str, Any] = {"sender_id": header.sender.senderID, "source": source}
         try:
             check_message_uuid(message_uuid)
+        except Dp2Error as exc:
+            # No UUID to de-duplicate on: reject under the given id without recording it.
+            return [rejection_output(message_uuid, self.actor, exc, **common)]
+        try:
             headers.check(record.headers)
         except Dp2Error as exc:
-            # No UUID to de-duplicate on, or a record never judged: reject under the
-            # given id without recording it.
-            return [rejection_output(message_uuid, self.actor, exc, **common)]
+            # Over the header budget the record is never judged (nor its signature
+            # read): like an unverified one, on its own timeline, naming its UUID.
+            return [unverified_rejection(record, self.actor, exc, message_uuid)]
         self._trust.reload()
         try:
             self._check_signer(envelope, record)
@@ -240,29 +244,7 @@ class Validator:
         certificate = self._signer_certificate(envelope, record)
         self._trust.verify_certificate(certificate, self._clock())
         signing.verify_envelope(envelope, certificate)
-        sender = envelope.header.sender
-        if sender.idType is IdType.CVR and not self._trust.may_send_as(
-            certificate, sender.senderID
-        ):
-            # An authority's CVR is public, but a malformed one may be anything (a CPR).
-            cvr = sender.senderID
-            who = f"CVR {cvr}" if is_ascii_digits(cvr, 8) else "the senderID (not 8 digits)"
-            raise reject(
-                "SENDER_NOT_AUTHORISED",
-                f"the signing certificate may not send on behalf of {who}",
-                "Sign with that authority's certificate, or have your vendor certificate "
-                "issued with this CVR among those it sends for.",
-            )
-        if sender.idType is IdType.CPR and kind_of(certificate) != PROVIDER:
-            # A citizen's message is signed by the connector that authenticated the
-            # citizen — a mailbox provider or a citizen-facing connector, both holding
-            # provider certificates — never by an authority's or a vendor's key.
-            raise reject(
-                "SENDER_NOT_AUTHORISED",
-                "only a provider's certificate may send on behalf of a citizen",
-                "Send citizens' messages through a citizen-facing connector that signs with "
-                "a provider identity (dp2 pki issue provider --id ...).",
-            )
+        check_sender(self._trust, certificate, envelope)
         return certificate
 
     def _check_content(self, envelope: Envelope) -> None:

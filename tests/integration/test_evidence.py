@@ -11,9 +11,14 @@ the trace, the notifier's SMTP and SMS peers and the ESDH receipts show nothing 
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
+import json
 import os
 import re
+import sqlite3
+import subprocess
+import sys
 import urllib.request
 import uuid
 from datetime import UTC, date, datetime, timedelta
@@ -39,7 +44,6 @@ from tests.integration.conftest import (
     Esdh,
     Stack,
 )
-from tests.integration.test_notify import Peers, new_recipient, notifier, peers  # noqa: F401
 from tracing.quarantine import QuarantineStore
 
 pytestmark = pytest.mark.kafka
@@ -217,44 +221,6 @@ def _get(url: str) -> str:
     return text
 
 
-async def test_a_forged_delivered_sends_no_notification(
-    stack: Stack,
-    peers: Peers,  # noqa: F811 - the fixture imported above
-    notifier: ServiceHost,  # noqa: F811
-) -> None:
-    """An unsigned DELIVERED with a NemSMS text, and one by another provider, for a held
-    letter to a registered citizen with e-mail and SMS: no e-mail, no SMS, both refused."""
-    intruder = await _intruder(stack)
-    recipient = await new_recipient(stack)
-    ref = stack.pseudonyms.ref("CPR", recipient.cpr)
-    async with stack.client() as client:
-        receipt = await client.send(
-            build_message(
-                sender_cvr=SENDER_CVR,
-                sender_label="Aarhus Kommune",
-                recipient_id=recipient.cpr,
-                label="Venter",
-                documents=[Document("brev.txt", "text/plain", b"Hej")],
-                do_not_deliver_until=date.today() + timedelta(days=30),
-            )
-        )
-        await client.wait_for(receipt.message_uuid, {"SCHEDULED"})
-    victim = receipt.message_uuid
-    before = await _metric(notifier, "dp2_notifier_unbelieved_events")
-    forged = [
-        _event(victim, S.DELIVERED, recipientRef=ref, attributes={"nemSmsText": "Betal nu"}),
-        _signed_by(stack, intruder, _event(victim, S.DELIVERED, recipientRef=ref)),
-    ]
-    for event in forged:
-        await _produce(stack, intruder, LIFECYCLE_TOPIC, codec.encode(event), key=victim.encode())
-    async with asyncio.timeout(120):  # a notifier started now reads the session's events first
-        while await _metric(notifier, "dp2_notifier_unbelieved_events") < before + 2:
-            await asyncio.sleep(0.2)
-    await asyncio.sleep(1.0)  # the dispatch loop would have sent by now (poll 0.5 s)
-    assert peers.smtp.to(recipient.email) == []
-    assert not [m for m in peers.a.sent + peers.b.sent if m.get("to") == recipient.phone]
-
-
 async def test_a_forged_event_is_no_business_receipt(stack: Stack, esdh: Esdh) -> None:
     """A DELIVERED and READ on the authority's letter by a provider it was not routed to,
     and an unsigned one, never reach the case system as receipts."""
@@ -361,3 +327,146 @@ def test_the_quarantine_store_keeps_one_row_per_position(tmp_path: Path) -> None
     assert not store.add(event, verdict, "dp2.lifecycle/0/7")
     assert [q.reason_code for q in store.of_message(event.messageUUID)] == ["EVENT_UNSIGNED"]
     store.close()
+
+
+async def test_an_envelope_that_skipped_the_validator_is_refused_at_delivery(
+    stack: Stack,
+) -> None:
+    """A vendor-signed envelope with a sender CVR the vendor may not use, produced straight
+    to the provider's delivery topic (as a compromised router could), is FAILED
+    SENDER_NOT_AUTHORISED by the mailbox and never stored."""
+    vendor = f"vendor-{uuid.uuid4().hex[:6]}"
+    stack.pki.issue_vendor(vendor, on_behalf_of=["11111111"])
+    await stack.apply_acls()
+    async with stack.client(vendor) as client:
+        signed, ref = client.seal_and_sign(
+            build_message(
+                sender_cvr=SENDER_CVR,  # not among the vendor's CVRs
+                sender_label="Aarhus Kommune",
+                recipient_id=REGISTERED_CPR,
+                label="Forbi validatoren",
+                documents=[Document("brev.txt", "text/plain", b"Hej")],
+            )
+        )
+        message_uuid = signed.header.messageUUID
+        producer = AIOKafkaProducer(**stack.admin.client_options(), acks="all")
+        await producer.start()
+        try:
+            await producer.send_and_wait(
+                f"dp2.deliver.{PROVIDER}", codec.encode(signed), key=ref.encode()
+            )
+        finally:
+            await producer.stop()
+        failed = await client.wait_for(message_uuid, {"FAILED", "DELIVERED"})
+    assert failed.state is S.FAILED and failed.reasonCode == "SENDER_NOT_AUTHORISED"
+    assert stack.mailbox_store().get(message_uuid) is None
+
+
+# --- the verifiable log and receipts ---------------------------------------------------------
+async def _delivered(stack: Stack, label: str) -> str:
+    async with stack.client() as client:
+        receipt = await client.send(
+            build_message(
+                sender_cvr=SENDER_CVR,
+                sender_label="Aarhus Kommune",
+                recipient_id=REGISTERED_CPR,
+                label=label,
+                documents=[Document("brev.txt", "text/plain", b"Hej")],
+            )
+        )
+    await stack.wait_trace(receipt.message_uuid, "DELIVERED")
+    return receipt.message_uuid
+
+
+def _receipt_of(stack: Stack, message_uuid: str) -> dict[str, Any]:
+    request = urllib.request.Request(  # noqa: S310 - our own service on 127.0.0.1
+        f"{stack.tracing_url}/messages/{message_uuid}/receipt",
+        headers={"Authorization": f"Bearer {stack.operator_token()}"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+        doc: dict[str, Any] = json.loads(response.read())
+    return doc
+
+
+def _dp2(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "DP2_HOME": str(stack.settings.home),
+        "DP2_PKI": str(stack.settings.pki_dir),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "brokers.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_a_receipt_verifies_offline_and_any_change_to_it_is_found(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """The receipt of a delivered letter holds its four events and verifies with the CA
+    alone; one changed byte, a dropped event, or another CA each make it fail."""
+    message_uuid = await _delivered(stack, "Kvittering")
+    await asyncio.sleep(0.5)  # tracing logs the DELIVERED it just showed
+    doc = await asyncio.to_thread(_receipt_of, stack, message_uuid)
+    path = tmp_path / "receipt.json"
+    path.write_text(json.dumps(doc))
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes((stack.settings.pki_dir / "ca" / "cert.pem").read_bytes())
+    good = await asyncio.to_thread(_dp2, stack, "receipt", "verify", str(path), "--ca", str(ca))
+    assert good.returncode == 0, good.stderr
+    for state in ("SUBMITTED", "ACCEPTED", "ROUTED", "DELIVERED"):
+        assert state in good.stdout
+
+    raw = bytearray(base64.b64decode(doc["events"][-1]["event"]))
+    raw[len(raw) // 2] ^= 1
+    flipped = json.loads(json.dumps(doc))
+    flipped["events"][-1]["event"] = base64.b64encode(bytes(raw)).decode()
+    dropped = json.loads(json.dumps(doc))
+    dropped["events"].pop(1)
+    other = Pki(tmp_path / "other-ca")
+    other.init()
+    for name, variant, ca_path in (
+        ("flipped", flipped, ca),
+        ("dropped", dropped, ca),
+        ("other-ca", doc, other.ca_cert_path),
+    ):
+        changed = tmp_path / f"{name}.json"
+        changed.write_text(json.dumps(variant))
+        bad = await asyncio.to_thread(
+            _dp2, stack, "receipt", "verify", str(changed), "--ca", str(ca_path)
+        )
+        assert bad.returncode == 1, (name, bad.stdout)
+        assert "NOT VALID" in bad.stderr, name
+
+
+async def test_log_verify_names_a_rewritten_entry(stack: Stack, tmp_path: Path) -> None:
+    """dp2 log verify passes on the stored log and names the entry altered in a copy of it."""
+    await _delivered(stack, "Til loggen")
+    await asyncio.sleep(6)  # a tree head over it (every 5 s)
+    live = stack.settings.home / "data" / "evidence.sqlite"
+    copy = tmp_path / "evidence.sqlite"
+    source = sqlite3.connect(live)
+    target = sqlite3.connect(copy)
+    source.backup(target)
+    source.close()
+    ok = await asyncio.to_thread(_dp2, stack, "log", "verify", "--log", str(copy))
+    assert ok.returncode == 0, ok.stderr
+    idx, raw = target.execute(
+        "SELECT idx, event FROM entries ORDER BY idx LIMIT 1 OFFSET 2"
+    ).fetchone()
+    event = codec.decode(bytes(raw), LifecycleEvent)
+    forged = codec.encode(dataclasses.replace(event, reasonText="rewritten later"))
+    from tracing.merkle import leaf_hash  # noqa: PLC0415
+
+    target.execute(  # the forger keeps the leaf hash consistent; the signature still tells
+        "UPDATE entries SET event = ?, leaf = ? WHERE idx = ?", (forged, leaf_hash(forged), idx)
+    )
+    target.commit()
+    target.close()
+    bad = await asyncio.to_thread(_dp2, stack, "log", "verify", "--log", str(copy))
+    assert bad.returncode == 1
+    assert f"entry {idx}" in bad.stderr and "LOG_INVALID" in bad.stderr

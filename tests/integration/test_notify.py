@@ -12,6 +12,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from email import message_from_bytes, policy
 from email.message import Message
 from pathlib import Path
@@ -30,8 +31,11 @@ from brokers.stack.access import REGISTER_IDENTITY
 from brokers.stack.kafka import free_base_port
 from brokers.stack.registry import build_service
 from connectors.sdk import Document, build_message
-from schemas.models import MessageType
+from schemas import codec
+from schemas.models import LifecycleState, MessageType
+from schemas.vocabulary import LIFECYCLE_TOPIC
 from tests.integration.conftest import SENDER_CVR, Stack
+from tests.integration.test_evidence import _event, _intruder, _metric, _produce, _signed_by
 
 pytestmark = pytest.mark.kafka
 
@@ -438,3 +442,45 @@ async def test_nemsms_is_the_sms_and_a_public_label_is_shown(
     await eventually(lambda: len(peers.smtp.to(recipient.email)) >= 1)
     await asyncio.sleep(1.0)
     assert len(peers.smtp.to(recipient.email)) == 1, "a NemSMS sends no e-mail"
+
+
+# --- only believed events are notified (issue 14) ------------------------------------------
+S = LifecycleState
+
+
+async def test_a_forged_delivered_sends_no_notification(
+    stack: Stack,
+    peers: Peers,
+    notifier: ServiceHost,
+) -> None:
+    """An unsigned DELIVERED with a NemSMS text, and one by another provider, for a held
+    letter to a registered citizen with e-mail and SMS: no e-mail, no SMS, both refused."""
+    intruder = await _intruder(stack)
+    recipient = await new_recipient(stack)
+    ref = stack.pseudonyms.ref("CPR", recipient.cpr)
+    async with stack.client() as client:
+        receipt = await client.send(
+            build_message(
+                sender_cvr=SENDER_CVR,
+                sender_label="Aarhus Kommune",
+                recipient_id=recipient.cpr,
+                label="Venter",
+                documents=[Document("brev.txt", "text/plain", b"Hej")],
+                do_not_deliver_until=date.today() + timedelta(days=30),
+            )
+        )
+        await client.wait_for(receipt.message_uuid, {"SCHEDULED"})
+    victim = receipt.message_uuid
+    before = await _metric(notifier, "dp2_notifier_unbelieved_events")
+    forged = [
+        _event(victim, S.DELIVERED, recipientRef=ref, attributes={"nemSmsText": "Betal nu"}),
+        _signed_by(stack, intruder, _event(victim, S.DELIVERED, recipientRef=ref)),
+    ]
+    for event in forged:
+        await _produce(stack, intruder, LIFECYCLE_TOPIC, codec.encode(event), key=victim.encode())
+    async with asyncio.timeout(120):  # a notifier started now reads the session's events first
+        while await _metric(notifier, "dp2_notifier_unbelieved_events") < before + 2:
+            await asyncio.sleep(0.2)
+    await asyncio.sleep(1.0)  # the dispatch loop would have sent by now (poll 0.5 s)
+    assert peers.smtp.to(recipient.email) == []
+    assert not [m for m in peers.a.sent + peers.b.sent if m.get("to") == recipient.phone]

@@ -1,0 +1,136 @@
+"""The Merkle tree of Certificate Transparency (RFC 9162, section 2.1), pure functions.
+
+Why it exists: the trace must be evidence that outlives DP2 — a municipality shows a
+court that a letter was served, with a file anyone checks offline. Every verified
+lifecycle event is a leaf of one append-only tree (tracing.evidence); a signed tree
+head commits to all of them, an inclusion proof shows one event is in it, and a
+consistency proof shows a later head extends an earlier one (so nothing was
+rewritten or dropped in between).
+
+Hashes (SHA-256): a leaf is ``H(0x00 || data)``, an inner node ``H(0x01 || left ||
+right)``; the tree over n leaves splits at the largest power of two below n. The
+algorithms follow RFC 9162 2.1.3 (inclusion) and 2.1.4 (consistency), written from
+the RFC's description.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+
+LeafHashes = Callable[[int, int], list[bytes]]  # (start, end) -> leaf hashes [start, end)
+
+
+def leaf_hash(data: bytes) -> bytes:
+    return hashlib.sha256(b"\x00" + data).digest()
+
+
+def node_hash(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+def _split(n: int) -> int:
+    """The largest power of two smaller than n (n > 1)."""
+    k = 1
+    while k * 2 < n:
+        k *= 2
+    return k
+
+
+def root(leaves: Sequence[bytes]) -> bytes:
+    """MTH over leaf *hashes* (the hash of the empty tree for none)."""
+    n = len(leaves)
+    if n == 0:
+        return hashlib.sha256(b"").digest()
+    if n == 1:
+        return leaves[0]
+    k = _split(n)
+    return node_hash(root(leaves[:k]), root(leaves[k:]))
+
+
+def inclusion_proof(index: int, leaves: Sequence[bytes]) -> list[bytes]:
+    """PATH(index, D[n]): the audit path of leaf ``index`` in the tree of ``leaves``."""
+    n = len(leaves)
+    if not 0 <= index < n:
+        raise ValueError(f"leaf {index} is not in a tree of {n}")
+    if n == 1:
+        return []
+    k = _split(n)
+    if index < k:
+        return [*inclusion_proof(index, leaves[:k]), root(leaves[k:])]
+    return [*inclusion_proof(index - k, leaves[k:]), root(leaves[:k])]
+
+
+def verify_inclusion(
+    leaf: bytes, index: int, size: int, proof: Sequence[bytes], expected_root: bytes
+) -> bool:
+    """RFC 9162 2.1.3.2: does ``proof`` put leaf hash ``leaf`` at ``index`` under ``root``?"""
+    if not 0 <= index < size:
+        return False
+    fn, sn = index, size - 1
+    r = leaf
+    for p in proof:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            r = node_hash(p, r)
+            if not fn & 1:
+                while fn != 0 and not fn & 1:
+                    fn >>= 1
+                    sn >>= 1
+        else:
+            r = node_hash(r, p)
+        fn >>= 1
+        sn >>= 1
+    return sn == 0 and r == expected_root
+
+
+def consistency_proof(old_size: int, leaves: Sequence[bytes]) -> list[bytes]:
+    """PROOF(m, D[n]): shows the tree of the first ``old_size`` leaves is a prefix."""
+    n = len(leaves)
+    if not 0 < old_size <= n:
+        raise ValueError(f"no consistency proof from {old_size} to {n}")
+    return _subproof(old_size, leaves, complete=True)
+
+
+def _subproof(m: int, leaves: Sequence[bytes], *, complete: bool) -> list[bytes]:
+    n = len(leaves)
+    if m == n:
+        return [] if complete else [root(leaves)]
+    k = _split(n)
+    if m <= k:
+        return [*_subproof(m, leaves[:k], complete=complete), root(leaves[k:])]
+    return [*_subproof(m - k, leaves[k:], complete=False), root(leaves[:k])]
+
+
+def verify_consistency(
+    old_size: int, new_size: int, old_root: bytes, new_root: bytes, proof: Sequence[bytes]
+) -> bool:
+    """RFC 9162 2.1.4.2: is the tree (new_size, new_root) an extension of (old_size, old_root)?"""
+    if old_size == new_size:
+        return old_root == new_root and not proof
+    if not 0 < old_size < new_size or not proof:
+        return False
+    path = list(proof)
+    if old_size & (old_size - 1) == 0:  # a power of two: the old root is the first node
+        path.insert(0, old_root)
+    fn, sn = old_size - 1, new_size - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    fr = sr = path[0]
+    for c in path[1:]:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            fr = node_hash(c, fr)
+            sr = node_hash(c, sr)
+            if not fn & 1:
+                while fn != 0 and not fn & 1:
+                    fn >>= 1
+                    sn >>= 1
+        else:
+            sr = node_hash(sr, c)
+        fn >>= 1
+        sn >>= 1
+    return fr == old_root and sr == new_root and sn == 0
