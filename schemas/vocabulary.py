@@ -39,6 +39,9 @@ PRINT_PROVIDER: Final = "print"
 MESSAGE_UUID_HEADER: Final = "dp2-message-uuid"
 #: The signer's certificate (DER), so a verifier need not look it up by fingerprint.
 SIGNER_CERT_HEADER: Final = "dp2-signer-cert"
+#: A register record's signature: ``<signer fingerprint>:<base64 signature>`` over the
+#: topic, key and value (brokers.contacts.register).
+REGISTER_SIGNATURE_HEADER: Final = "dp2-register-signature"
 #: W3C trace context (brokers.runtime.context).
 TRACEPARENT_HEADER: Final = "traceparent"
 #: Why a record was parked on dp2.deadletter, where it came from, and by whom.

@@ -74,9 +74,13 @@ class Dashboard:
         producer: AIOKafkaProducer | None = None,
         prices: stats.Prices | None = None,
         quarantine: QuarantineStore | None = None,
+        signer_of: Callable[[str], str] = lambda fingerprint: fingerprint[:16],
+        receipt_of: Callable[[str], dict[str, Any] | None] = lambda uuid: None,
     ) -> None:
         self._store = store
         self._quarantine = quarantine
+        self._signer_of = signer_of  # certificate fingerprint -> "kind:name"
+        self._receipt_of = receipt_of
         self._deadletters = deadletters
         self._users = users
         self._throttle = LoginThrottle()
@@ -94,6 +98,7 @@ class Dashboard:
             web.get("/dashboard/", page(self._home)),
             web.get("/dashboard/search", page(self._search)),
             web.get("/dashboard/messages/{uuid}", page(self._message)),
+            web.get("/dashboard/messages/{uuid}/receipt", page(self._receipt)),
             web.get("/dashboard/api/throughput", page(self._throughput)),
             web.get("/dashboard/api/services", page(self._services, operator=True)),
             web.get("/dashboard/deadletters", page(self._deadletter_list, operator=True)),
@@ -269,15 +274,32 @@ refresh(); setInterval(refresh, 3000);
         rows = "".join(
             f"<tr><td>{_e(e.occurredAt.strftime('%Y-%m-%d %H:%M:%S.%f')[:-3])}</td>"
             f"<td class=state>{_e(e.state.value)}</td><td>{_e(e.actor)}</td>"
+            f"<td class=signer>{_e(self._signer_of(e.attributes.get('signer', '')))}</td>"
             f"<td>{_e(e.channel or '')}</td><td>{_e(e.reasonCode or '')}</td>"
             f"<td>{_e(e.reasonText or '')}</td></tr>"
             for e in self._store.timeline(uuid)
         )
         body = f"""<p>State <b id=state>{_e(summary.state.value)}</b>, sender
-{_e(summary.senderID or "-")}, recipient <code>{_e(summary.recipientRef or "-")}</code></p>
-<table id=timeline><tr><th>when (UTC)</th><th>state</th><th>by</th><th>channel</th>
-<th>reason</th><th>how to fix</th></tr>{rows}</table>"""
+{_e(summary.senderID or "-")}, recipient <code>{_e(summary.recipientRef or "-")}</code>
+— <a id=receipt href='/dashboard/messages/{_e(uuid)}/receipt'>receipt</a> (verify it offline
+with <code>dp2 receipt verify FILE</code>)</p>
+<table id=timeline><tr><th>when (UTC)</th><th>state</th><th>by</th><th>verified signer</th>
+<th>channel</th><th>reason</th><th>how to fix</th></tr>{rows}</table>"""
         return frame(user, f"Message {uuid}", body)
+
+    async def _receipt(self, request: web.Request, user: User) -> web.StreamResponse:
+        uuid = request.match_info["uuid"]
+        summary = self._store.summary(uuid)
+        receipt = (
+            self._receipt_of(uuid)
+            if summary is not None and user.may_see_sender(summary.senderID)
+            else None
+        )
+        if receipt is None:
+            return frame(user, "Not found", "<p>No receipt for that message.</p>", 404)
+        return web.json_response(
+            receipt, headers={"Content-Disposition": f'attachment; filename="{uuid}.json"'}
+        )
 
     async def _throughput(self, request: web.Request, user: User) -> web.StreamResponse:
         asked = parse_ascii_int(request.query.get("minutes", "15") or "15")
@@ -306,17 +328,7 @@ refresh(); setInterval(refresh, 3000);
 
     async def _quarantine_list(self, request: web.Request, user: User) -> web.StreamResponse:
         events = self._quarantine.recent() if self._quarantine is not None else []
-        rows = "".join(
-            f"<tr><td>{_e(q.quarantined_at[:19])}</td><td>{_e(q.message_uuid)}</td>"
-            f"<td>{_e(q.state)}</td><td>{_e(q.signer or '(none)')}</td><td>{_e(q.actor)}</td>"
-            f"<td>{_e(q.reason_code)}</td><td>{_e(q.reason)}</td><td>{_e(q.source)}</td></tr>"
-            for q in events
-        )
-        body = f"""<p>Lifecycle events the authority table refused: they changed no trace,
-sent no notification and no receipt.</p><table id=quarantine><tr><th>when (UTC)</th>
-<th>message</th><th>state</th><th>signed by</th><th>claimed actor</th><th>reason</th>
-<th>why</th><th>read from</th></tr>{rows}</table>"""
-        return frame(user, f"Quarantined events — {len(events)}", body)
+        return frame(user, f"Quarantined events — {len(events)}", quarantine_table(events))
 
     async def _deadletter_list(self, request: web.Request, user: User) -> web.StreamResponse:
         letters = self._deadletters.list()

@@ -42,10 +42,10 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from brokers.runtime.records import iso_z
 from brokers.runtime.sqlite import connect
 from brokers.security import signing
-from brokers.security.authority import EventJudge, RouteBook, principal_name
+from brokers.security.authority import EventJudge, RouteBook
 from brokers.security.pki import Identity
 from brokers.security.signing import SecurityError, certificate_fingerprint
-from brokers.security.trust import sender_cvrs
+from brokers.security.trust import principal_name, sender_cvrs
 from schemas import codec
 from schemas.errors import Dp2Error
 from schemas.models import LifecycleEvent

@@ -16,6 +16,7 @@ from aiohttp import web
 from schemas.errors import Dp2Error
 from schemas.models import LifecycleState
 from tracing.access import User
+from tracing.quarantine import Quarantined
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:0;color:#1b1b1b;background:#f6f7f9}
@@ -111,6 +112,21 @@ def search_form(user: User, query: Any = None) -> str:
 <label>From <input name=since type=date value='{escape(q.get("since", ""))}'></label>
 <label>To <input name=until type=date value='{escape(q.get("until", ""))}'></label>
 <button type=submit>Search</button></form>"""
+
+
+def quarantine_table(events: list[Quarantined]) -> str:
+    """The dashboard's list of lifecycle events the authority table refused."""
+    rows = "".join(
+        f"<tr><td>{escape(q.quarantined_at[:19])}</td><td>{escape(q.message_uuid)}</td>"
+        f"<td>{escape(q.state)}</td><td>{escape(q.signer or '(none)')}</td>"
+        f"<td>{escape(q.actor)}</td><td>{escape(q.reason_code)}</td>"
+        f"<td>{escape(q.reason)}</td><td>{escape(q.source)}</td></tr>"
+        for q in events
+    )
+    return f"""<p>Lifecycle events the authority table refused: they changed no trace,
+sent no notification and no receipt.</p><table id=quarantine><tr><th>when (UTC)</th>
+<th>message</th><th>state</th><th>signed by</th><th>claimed actor</th><th>reason</th>
+<th>why</th><th>read from</th></tr>{rows}</table>"""
 
 
 def frame(user: User | None, title: str, body: str, status: int = 200) -> web.Response:

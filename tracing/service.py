@@ -23,7 +23,7 @@ from brokers.runtime.records import Output, source_of
 from brokers.runtime.tasks import AsyncResource, PeriodicTask
 from brokers.security.authority import EventJudge, RouteBook
 from brokers.security.pki import Pki
-from brokers.security.trust import TrustStore
+from brokers.security.trust import TrustStore, principal_name
 from schemas import codec
 from schemas.errors import Dp2Error
 from schemas.models import LifecycleEvent
@@ -65,7 +65,8 @@ class TracingService(AsyncResource):
             "tracing-tree-head", self._sign_head, TREE_HEAD_INTERVAL_S, metrics=ctx.metrics
         )
         self._routes = RouteBook(ctx.data_dir / "tracing-routes.sqlite")
-        self._judge = EventJudge(TrustStore(settings.pki_dir), self._routes)
+        self._trust = TrustStore(settings.pki_dir)
+        self._judge = EventJudge(self._trust, self._routes)
         self._quarantined = Counter(
             "dp2_quarantined_events",
             "Lifecycle events refused by the authority table, by reason",
@@ -81,6 +82,8 @@ class TracingService(AsyncResource):
             run_dir=settings.home / "run",
             producer=self._producer,
             quarantine=self.quarantine,
+            signer_of=self._signer_of,
+            receipt_of=self._receipt_of,
         )
         self.workers = [
             ctx.worker("tracing", [LIFECYCLE_TOPIC], self._ingest, producer=self._producer),
@@ -95,6 +98,18 @@ class TracingService(AsyncResource):
         app.router.add_get("/messages/{uuid}/receipt", self._receipt)
         app.add_routes(self._dashboard.routes())
         return app
+
+    def _signer_of(self, fingerprint: str) -> str:
+        """The principal of a certificate fingerprint (the events were verified on ingest)."""
+        try:
+            return principal_name(self._trust.certificate(fingerprint))
+        except Dp2Error:
+            return "(unknown)"
+
+    def _receipt_of(self, message_uuid: str) -> dict[str, Any] | None:
+        if self._identity is None:
+            return None
+        return self.evidence.receipt(message_uuid, self._identity)
 
     async def _sign_head(self) -> None:
         if self._identity is not None:

@@ -9,6 +9,13 @@ Two compacted topics, because their readers differ (issue 13):
   channels: personal data that only the notifier and remote print may read (the
   Kafka ACLs say so, brokers.stack.access).
 
+Both are signed by the register operator (``service:dp2-register``, the identity
+``dp2 contacts load`` publishes as): each record carries
+``dp2-register-signature`` over its topic, key and value. Every cache verifies it
+against the deployment's CA and ignores (and counts, ``ignored``) anything else, so a
+forged record changes no routing and no notification even if something got to write
+the topic.
+
 Why compacted topics: every service that needs the register keeps a local cache
 rebuilt by reading its topic from the start; Kafka keeps the latest record per
 recipient forever, so there is no extra database to run and the register can be
@@ -31,22 +38,28 @@ File format (JSON: a list of objects; CSV: the same keys as columns, channels as
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 from collections.abc import Iterable
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Final
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from brokers.runtime import context
 from brokers.runtime.kafka import behind, new_consumer, new_producer, read_from_start
 from brokers.runtime.settings import KafkaAccess
 from brokers.runtime.tasks import AsyncResource, cancel_and_wait
+from brokers.security import signing
+from brokers.security.pki import Identity, Pki
+from brokers.security.trust import TrustStore, principal_name
 from schemas import codec
 from schemas.errors import Dp2Error, SchemaError
 from schemas.models import (
     ContactRecord,
 )
-from schemas.vocabulary import CONTACTS_TOPIC, DIRECTORY_TOPIC
+from schemas.vocabulary import CONTACTS_TOPIC, DIRECTORY_TOPIC, REGISTER_SIGNATURE_HEADER
 
 log = structlog.get_logger("dp2.contacts")
 
@@ -56,18 +69,47 @@ def directory_entry(record: ContactRecord) -> ContactRecord:
     return dataclasses.replace(record, name=None, address=None, channels=[])
 
 
+REGISTER_SIGNER: Final = "service:dp2-register"
+
+
+def _signing_input(topic: str, key: bytes, value: bytes | None) -> bytes:
+    return b"dp2-register|" + topic.encode() + b"|" + key + b"|" + (value or b"")
+
+
+def _signature_header(
+    identity: Identity, topic: str, key: bytes, value: bytes | None
+) -> tuple[str, bytes]:
+    """The ``dp2-register-signature`` header of one register record."""
+    signature = signing.sign_bytes(identity.private_key, _signing_input(topic, key, value))
+    encoded = f"{identity.fingerprint}:{base64.b64encode(signature).decode()}".encode()
+    return REGISTER_SIGNATURE_HEADER, encoded
+
+
 async def publish_contacts(kafka: KafkaAccess, records: Iterable[ContactRecord]) -> int:
-    """Publish each record to the directory (stripped) and to the contact details."""
+    """Publish each record to the directory (stripped) and to the contact details,
+    signed by ``kafka``'s identity (the register operator's)."""
+    if kafka.pki_dir is None or not kafka.identity:
+        raise Dp2Error(
+            "the register is published by the register operator's identity",
+            reason_code="REGISTER_SIGNER_MISSING",
+            hint="Publish with dp2 contacts load (it signs as dp2-register).",
+        )
+    identity = Pki(kafka.pki_dir).identity(kafka.identity)
     producer = new_producer(kafka)
     await producer.start()
     futures = []
     try:
         for r in records:
             key = r.recipientRef.encode()
+            entry, details = codec.encode(directory_entry(r)), codec.encode(r)
+            entry_signed = [_signature_header(identity, DIRECTORY_TOPIC, key, entry)]
+            details_signed = [_signature_header(identity, CONTACTS_TOPIC, key, details)]
             futures.append(
-                await producer.send(DIRECTORY_TOPIC, codec.encode(directory_entry(r)), key=key)
+                await producer.send(DIRECTORY_TOPIC, entry, key=key, headers=entry_signed)
             )
-            futures.append(await producer.send(CONTACTS_TOPIC, codec.encode(r), key=key))
+            futures.append(
+                await producer.send(CONTACTS_TOPIC, details, key=key, headers=details_signed)
+            )
         for future in futures:
             await future
     finally:
@@ -85,6 +127,10 @@ class ContactRegister(AsyncResource):
 
     def __init__(self, kafka: KafkaAccess, topic: str = DIRECTORY_TOPIC) -> None:
         self._kafka = kafka
+        # Without DP2's PKI (DP2_KAFKA_TLS=0, a cluster outside it) nothing can be checked.
+        self._trust = TrustStore(kafka.pki_dir) if kafka.pki_dir is not None else None
+        #: Records refused because the register operator did not sign them.
+        self.ignored = 0
         self._topic = topic
         self._records: dict[str, ContactRecord] = {}
         self._consumer: AIOKafkaConsumer | None = None
@@ -139,9 +185,32 @@ class ContactRegister(AsyncResource):
         while True:
             self._apply(await self._consumer.getmany(timeout_ms=1000))
 
+    def _signed_by_register(self, message: Any) -> bool:
+        if self._trust is None:
+            return True
+        raw = context.header_value(message.headers, REGISTER_SIGNATURE_HEADER)
+        try:
+            fingerprint, _, encoded = (raw or b"").decode("ascii").partition(":")
+            cert = self._trust.certificate(fingerprint)
+            self._trust.verify_certificate(cert, datetime.now(UTC))
+            if principal_name(cert) != REGISTER_SIGNER:
+                return False
+            signing.verify_bytes(
+                cert.public_key(),
+                base64.b64decode(encoded, validate=True),
+                _signing_input(self._topic, message.key or b"", message.value),
+            )
+        except (ValueError, Dp2Error):
+            return False
+        return True
+
     def _apply(self, batch: dict[TopicPartition, list[Any]]) -> None:
         for records in batch.values():
             for message in records:
+                if not self._signed_by_register(message):
+                    self.ignored += 1
+                    log.warning("register_record_ignored", topic=self._topic, offset=message.offset)
+                    continue
                 if message.value is None:  # a tombstone: the recipient was removed
                     self._records.pop(message.key.decode(), None)
                     continue

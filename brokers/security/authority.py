@@ -38,12 +38,18 @@ from pathlib import Path
 from typing import Final, Protocol
 
 from cryptography import x509
-from cryptography.x509.oid import NameOID
 
 from brokers.runtime.sqlite import connect
 from brokers.security import signing
 from brokers.security.signing import SecurityError
-from brokers.security.trust import PROVIDER, SENDER, SERVICE, VENDOR, TrustStore, kind_of
+from brokers.security.trust import (
+    PROVIDER,
+    SENDER,
+    SERVICE,
+    VENDOR,
+    TrustStore,
+    principal_name,
+)
 from schemas.models import LifecycleEvent
 from schemas.models import LifecycleState as S
 from schemas.vocabulary import PRINT_PROVIDER
@@ -76,13 +82,6 @@ class Verdict:
     reason_code: str | None = None
     reason: str | None = None
     certificate: x509.Certificate | None = None  # the signer's, when the event is believed
-
-
-def principal_name(cert: x509.Certificate) -> str:
-    """``kind:name`` of a certificate (its OU and CN), as Kafka names its principal."""
-    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    common_name = str(names[0].value) if names else ""
-    return f"{kind_of(cert)}:{common_name}"
 
 
 class RouteBook:

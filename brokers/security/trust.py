@@ -250,6 +250,13 @@ class TrustStore:
         return None
 
 
+def principal_name(cert: x509.Certificate) -> str:
+    """``kind:name`` of a certificate (its OU and CN), as Kafka names its principal."""
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    common_name = str(names[0].value) if names else ""
+    return f"{kind_of(cert)}:{common_name}"
+
+
 def kind_of(cert: x509.Certificate) -> str:
     """sender, vendor, provider or provider-encryption (the subject's OU); "" if none."""
     values = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)

@@ -32,6 +32,9 @@ from schemas.vocabulary import PRINT_PROVIDER
 DEMO_SENDER = "demo-kommune"
 DEMO_SENDER_CVR = "29189846"
 DEMO_PROVIDER = "mitpost"
+#: Where the demo municipality receives post (replies): its ESDH connector, which also
+#: serves SF1601 (KombiPostAfsend, PostForespoerg) for it.
+DEMO_ESDH_PROVIDER = "demo-esdh"
 DEMO_CONTACTS = PROJECT_ROOT / "deploy" / "demo" / "contacts.json"
 
 Say = Callable[[str], None]
@@ -46,15 +49,24 @@ def ensure_development_pki(settings: Settings, say: Say) -> None:
     existing = set(pki.names())
     if DEMO_SENDER not in existing:
         pki.issue_sender(DEMO_SENDER_CVR, DEMO_SENDER)
-    for provider in (DEMO_PROVIDER, PRINT_PROVIDER):
+    for provider in (DEMO_PROVIDER, PRINT_PROVIDER, DEMO_ESDH_PROVIDER):
         if provider_identity_name(provider) not in existing:
             pki.issue_provider(provider)
 
 
-DEFAULT_CONNECTORS = """# Connectors that `dp2 up` runs (see docs/connectors.md, section 5).
+DEFAULT_CONNECTORS = f"""# Connectors that `dp2 up` runs (see docs/connectors.md, section 5).
 # Remote print: letters for recipients without digital post become PDFs in
 # $DP2_HOME/data/connectors/print/outbox (set drop_dir or upload_url to change).
 [connectors.print]
+
+# The demo municipality's case system: MeMo at POST /memo and SF1601 at /sf1601/
+# (docs/migrating-from-sf1601.md); token: dp2 tokens authority --cvr {DEMO_SENDER_CVR}.
+# Replies are journaled in $DP2_HOME/data/connectors/esdh/journal; add receipts_url
+# (and journal_url) to push receipts and replies to a real case system.
+[connectors.esdh]
+cvr = "{DEMO_SENDER_CVR}"
+identity = "{DEMO_SENDER}"
+provider = "{DEMO_ESDH_PROVIDER}"
 """
 
 
@@ -64,7 +76,10 @@ def ensure_default_connectors(settings: Settings, say: Say) -> None:
     if not path.exists():
         settings.home.mkdir(parents=True, exist_ok=True)
         path.write_text(DEFAULT_CONNECTORS, encoding="utf-8")
-        say(f"wrote {path} (remote print to a folder); add your connectors there")
+        say(
+            f"wrote {path} (remote print to a folder, the demo municipality's ESDH "
+            "and SF1601 API); add your connectors there"
+        )
 
 
 def sender_cvr(identity: Identity) -> str | None:

@@ -32,12 +32,12 @@ Checks, in order (the first failure decides):
 | CREATED_IN_FUTURE, CREATED_TOO_OLD | createdDateTime over 15 minutes ahead, or over 366 days old |
 | REPLY_BY_BEFORE_CREATED | replyByDateTime before createdDateTime |
 
-Over the header budget, a record is rejected before anything else is read, on its own
+Over the header budget, a record is rejected before its signer is looked at, on its own
 timeline naming the UUID it claimed (as an unverified one is), and nothing is recorded:
 its envelope was never judged, so the same message sent again with DP2's own headers
-is not a DUPLICATE, and nobody can pin a REJECTED on another's message with a header. What the blob store holds is read
-last — after the signature, and only for a blob within the size limit — in a thread,
-a piece at a time.
+is not a DUPLICATE, and nobody can pin a REJECTED on another's message with a header.
+What the blob store holds is read last — after the signature, and only for a blob
+within the size limit — in a thread, a piece at a time.
 
 A tombstone (a record without a value) is no message: it is dead-lettered as
 MALFORMED_RECORD and kept as a tombstone, so a re-drive sends a tombstone again.

@@ -481,6 +481,8 @@ class EsdhConnector(AsyncResource):
                 signer=verdict.signer,
             )
             return []
+        if self.config.receipts_url is None:
+            return []  # no case system to push receipts to (GET /messages/{uuid} still answers)
         case = self._store.case_of(event.messageUUID)
         self._store.queue_receipt(
             event.eventId,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import io
 import os
 import time
 import uuid
@@ -352,7 +353,9 @@ async def test_a_995_mb_memo_goes_through_the_esdh_connector_in_flat_memory(
     # One copy of the document is the floor for each stage; none may hold several.
     assert peak.stages["connector"] < 1.6 * document, peak.stages
     assert peak.stages["validator"] < 0.5 * document, peak.stages
-    assert peak.stages["mailbox"] < 3.6 * document, peak.stages
+    # The mailbox holds the plaintext and its encoding for the store (schemas.codec
+    # briefly twice: fastavro's buffer, then its copy); SQLite gets it a piece at a time.
+    assert peak.stages["mailbox"] < 3.4 * document, peak.stages
 
     too_big = tmp_path / "for-stor.xml"
     over_uuid, _ = big_memo(too_big, 111 * MB)  # 148 MB of XML: over 140 MiB
@@ -383,7 +386,7 @@ async def test_an_oversized_form_is_refused_as_it_streams(stack: Stack, forms: F
             yield b" " * MB
 
     sent_before = forms.submitted()
-    for body in (b" " * (11 * MB), chunked()):
+    for body in (io.BytesIO(b" " * (11 * MB)), chunked()):
         async with forms.session.post(url, data=body, headers=headers) as response:
             assert response.status == 413
             assert (await response.json())["reasonCode"] == "SUBMISSION_TOO_LARGE"

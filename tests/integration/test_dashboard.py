@@ -21,7 +21,7 @@ from brokers.runtime.kafka import new_producer
 from connectors.sdk import Document, build_message
 from schemas import codec
 from schemas.vocabulary import MESSAGE_UUID_HEADER, SIGNER_CERT_HEADER
-from tests.integration.conftest import REGISTERED_CPR, SENDER_CVR, Stack
+from tests.integration.conftest import REGISTERED_CPR, SENDER, SENDER_CVR, Stack
 from tracing.access import Users
 
 pytestmark = [pytest.mark.kafka, pytest.mark.browser]
@@ -271,3 +271,28 @@ async def test_a_dead_letter_is_redriven_and_then_delivered(stack: Stack, browse
     await page.goto(f"{stack.tracing_url}/dashboard/messages/{message_uuid}")
     assert await page.locator("#state").inner_text() == "DELIVERED"
     await _shot(page, "redriven-message")
+
+
+async def test_the_timeline_shows_verified_signers_and_offers_the_receipt(
+    stack: Stack, browser: Browser
+) -> None:
+    """A message's page names the certificate that signed each event and links a receipt
+    that holds those events."""
+    message_uuid = await _letter(stack, "Med kvittering")
+    page = await _login(browser, stack, "ops")
+    await page.goto(f"{stack.tracing_url}/dashboard/messages/{message_uuid}")
+    signers = await page.locator("#timeline td.signer").all_inner_texts()
+    assert signers[:4] == [
+        f"sender:{SENDER}",
+        "service:dp2-validator",
+        "service:dp2-router",
+        "provider:mitpost",
+    ]
+    response = await page.request.get(
+        f"{stack.tracing_url}/dashboard/messages/{message_uuid}/receipt"
+    )
+    assert response.status == 200
+    receipt = await response.json()
+    assert receipt["messageUUID"] == message_uuid and len(receipt["events"]) >= 4
+    await _shot(page, "timeline-signers")
+    await page.close()

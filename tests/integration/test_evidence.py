@@ -34,8 +34,14 @@ from brokers.security import signing
 from brokers.security.pki import Pki
 from connectors.sdk import Document, build_message
 from schemas import codec
-from schemas.models import LifecycleEvent, LifecycleState
-from schemas.vocabulary import LIFECYCLE_TOPIC, MESSAGE_UUID_HEADER, SUBMITTED_TOPIC
+from schemas.models import ContactStatus, LifecycleEvent, LifecycleState
+from schemas.vocabulary import (
+    DIRECTORY_TOPIC,
+    LIFECYCLE_TOPIC,
+    MESSAGE_UUID_HEADER,
+    REGISTER_SIGNATURE_HEADER,
+    SUBMITTED_TOPIC,
+)
 from tests.integration.conftest import (
     PROVIDER,
     REGISTERED_CPR,
@@ -470,3 +476,36 @@ async def test_log_verify_names_a_rewritten_entry(stack: Stack, tmp_path: Path) 
     bad = await asyncio.to_thread(_dp2, stack, "log", "verify", "--log", str(copy))
     assert bad.returncode == 1
     assert f"entry {idx}" in bad.stderr and "LOG_INVALID" in bad.stderr
+
+
+async def test_a_forged_register_record_changes_no_routing(stack: Stack) -> None:
+    """A directory record that moves a registered citizen to paper, unsigned or signed by
+    someone other than the register operator, is ignored: the next letter is DELIVERED."""
+    ref = stack.pseudonyms.ref("CPR", REGISTERED_CPR)
+    genuine = stack.contacts.get(ref)
+    assert genuine is not None and genuine.mailboxProvider == PROVIDER
+    forged = dataclasses.replace(genuine, status=ContactStatus.EXEMPT, mailboxProvider=None)
+    value = codec.encode(forged)
+    sender = stack.pki.identity(SENDER)
+    wrong = signing.sign_bytes(
+        sender.private_key,
+        b"dp2-register|" + DIRECTORY_TOPIC.encode() + b"|" + ref.encode() + b"|" + value,
+    )
+    before = stack.contacts.ignored
+    for headers in (
+        [],
+        [
+            (
+                REGISTER_SIGNATURE_HEADER,
+                f"{sender.fingerprint}:{base64.b64encode(wrong).decode()}".encode(),
+            )
+        ],
+    ):
+        await _produce(
+            stack, "dp2-admin", DIRECTORY_TOPIC, value, key=ref.encode(), headers=headers
+        )
+    async with asyncio.timeout(20):
+        while stack.contacts.ignored < before + 2:
+            await asyncio.sleep(0.1)
+    assert stack.contacts.get(ref) == genuine
+    await _delivered(stack, "Stadig digital")  # the router still routes it to the mailbox
