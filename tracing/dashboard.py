@@ -48,6 +48,7 @@ from tracing.pages import (
     CHART_JS,
     frame,
     pct,
+    quarantine_table,
     redrive_cell,
     refusal,
     search_form,
