@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import sys
@@ -19,7 +20,8 @@ from typing import Any
 import aiohttp
 
 from brokers.runtime.settings import Settings
-from brokers.security.trust import load_certificate
+from brokers.security.signing import load_certificate_der
+from brokers.security.trust import load_certificate, principal_name
 from schemas.errors import Dp2Error
 from tracing.access import Users
 from tracing.evidence import LogInvalid, ReceiptInvalid, verify_log, verify_receipt
@@ -80,9 +82,13 @@ def cmd_receipt(settings: Settings, args: argparse.Namespace) -> int:
             print(f"dp2 receipt: NOT VALID: {exc}", file=sys.stderr)
             return 1
         print(f"receipt of {doc['messageUUID']} holds: {len(events)} events in the signed log")
+        signers = {
+            fp: principal_name(load_certificate_der(base64.b64decode(der)))
+            for fp, der in doc["certificates"].items()
+        }
         for event in events:
-            signer = event.attributes.get("signer", "")[:16]
-            print(f"  {event.occurredAt.isoformat()}  {event.state.value:<20} signed {signer}…")
+            signer = signers.get(event.attributes.get("signer", ""), "?")
+            print(f"  {event.occurredAt.isoformat()}  {event.state.value:<20} signed by {signer}")
         return 0
     url = (args.url or settings.tracing_url).rstrip("/")
     token = args.token or os.environ.get("DP2_TRACE_TOKEN") or Users(settings.home).local_token()
