@@ -165,7 +165,7 @@ def render(figures: dict[str, Any]) -> str:
         "  peak RSS growth per process (MB):",
     ]
     for name, grown in sorted(figures["peak_growth_mb"].items()):
-        lines.append(f"    {name:<14} {'n/a' if grown is None else grown}")
+        lines.append(f"    {name:<18} {'n/a' if grown is None else grown}")
     return "\n".join(lines)
 
 

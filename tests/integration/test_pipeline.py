@@ -209,8 +209,10 @@ async def test_each_fault_is_rejected_with_its_own_reason(stack: Stack, tmp_path
                     file=[
                         dataclasses.replace(
                             main_file,
+                            # Over 99.5 MB of document even without the encryption's
+                            # overhead (the limit counts the documents' own bytes).
                             content=BlobContent(
-                                ref="sha256:" + "0" * 64, sha256=b"\0" * 32, size=99_500_001
+                                ref="sha256:" + "0" * 64, sha256=b"\0" * 32, size=100_000_000
                             ),
                         )
                     ],
@@ -273,8 +275,10 @@ async def test_each_fault_is_rejected_with_its_own_reason(stack: Stack, tmp_path
         "long notification": "NOTIFICATION_TOO_LONG",
         "malformed": "MALFORMED_RECORD",
     }
-    dead = await stack.wait_trace(garbage_uuid, "REJECTED")
-    assert dead["timeline"][-1]["reasonCode"] == "MALFORMED_RECORD"
+    # Undecodable bytes name no message anyone vouches for: the REJECTED is on the
+    # record's own timeline (issue 14), and the UUID it claimed gets none.
+    claimed = await asyncio.to_thread(stack.trace, garbage_uuid)
+    assert claimed is None or "REJECTED" not in [e["state"] for e in claimed["timeline"]]
 
 
 async def test_replayed_uuid_is_a_duplicate_and_delivered_once(stack: Stack) -> None:
