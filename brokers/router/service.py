@@ -41,6 +41,7 @@ from schemas.values import canonical_uuid
 from schemas.vocabulary import (
     ACCEPTED_TOPIC,
     COMMANDS_TOPIC,
+    LIFECYCLE_TOPIC,
     SCHEDULED_TOPIC,
     is_delivery_topic,
     provider_of,
@@ -172,9 +173,14 @@ class RouterService(AsyncResource):
         if not outputs:
             return
         await self._ensure_provider_topics(outputs)
-        futures = [await self._producer.send(o.topic, o.value, key=o.key) for o in outputs]
-        for future in futures:
-            await future
+        # ROUTED before the letter moves on, as in the worker (KafkaWorker._produce).
+        for batch in (
+            [o for o in outputs if o.topic == LIFECYCLE_TOPIC],
+            [o for o in outputs if o.topic != LIFECYCLE_TOPIC],
+        ):
+            futures = [await self._producer.send(o.topic, o.value, key=o.key) for o in batch]
+            for future in futures:
+                await future
 
     async def _ensure_provider_topics(self, outputs: list[Output]) -> None:
         """Create a provider's delivery topic the first time the router sends to it."""

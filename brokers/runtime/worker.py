@@ -62,6 +62,7 @@ from brokers.runtime.tasks import Backoff, cancel_and_wait
 from schemas.errors import Dp2Error, SchemaError
 from schemas.vocabulary import (
     DEADLETTER_TOPIC,
+    LIFECYCLE_TOPIC,
     MESSAGE_UUID_HEADER,
     REASON_CODE_HEADER,
     REASON_HEADER,
@@ -290,6 +291,24 @@ class KafkaWorker:
         ]
 
     async def _produce(self, outputs: Iterable[Output]) -> None:
+        """Lifecycle events first (acknowledged), then the records that move on.
+
+        Whoever acts on a record downstream may assert a state only if this service's
+        event came first: the provider's DELIVERED is believed only after the router's
+        ROUTED (brokers.security.authority). Both go to the same dp2.lifecycle
+        partition, but a record on another topic could otherwise be read, and its
+        DELIVERED written, before the ROUTED of the same produce round landed.
+        """
+        pending = list(outputs)
+        events = [o for o in pending if o.topic == LIFECYCLE_TOPIC]
+        others = [o for o in pending if o.topic != LIFECYCLE_TOPIC]
+        if events and others:
+            await self._send_all(events)
+            await self._send_all(others)
+        else:
+            await self._send_all(pending)
+
+    async def _send_all(self, outputs: list[Output]) -> None:
         futures = []
         for output in outputs:
             if output.rejection is not None:
