@@ -43,8 +43,8 @@ from brokers.runtime import sqlite
 from brokers.runtime.kafka import new_producer
 from brokers.runtime.records import lifecycle_output
 from brokers.runtime.tasks import AsyncResource
-from brokers.security import sealing, signing
-from brokers.security.pki import Pki, provider_identity_name
+from brokers.security import sealing
+from brokers.security.pki import EventSigner, Pki, provider_identity_name
 from brokers.security.pseudonyms import Pseudonymizer, pseudonym_key
 from connectors.base import ConnectorContext, error_response
 from connectors.citizen_openapi import apps_openapi
@@ -64,7 +64,6 @@ from schemas.models import (
     ContentData,
     Envelope,
     InlineContent,
-    LifecycleEvent,
     LifecycleState,
     ReplyData,
 )
@@ -446,9 +445,8 @@ class AppsConnector(AsyncResource):
             related=related,
             source=source,
         )
-        event = codec.decode(output.value, LifecycleEvent)
-        signed = signing.sign_event(event, self._identity.private_key, self._identity.fingerprint)
-        await self._producer.send_and_wait(output.topic, codec.encode(signed), key=output.key)
+        signed = EventSigner(self._identity).sign_encoded(output.value)
+        await self._producer.send_and_wait(output.topic, signed, key=output.key)
 
     # --- read access ------------------------------------------------------------
     async def _access(self, request: web.Request) -> web.Response:

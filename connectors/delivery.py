@@ -41,7 +41,7 @@ from brokers.runtime.blobstore import BlobStore, FileBlobStore
 from brokers.runtime.records import Output, lifecycle_output, source_of
 from brokers.runtime.settings import Settings
 from brokers.security import sealing, signing
-from brokers.security.pki import Identity, Pki, provider_identity_name
+from brokers.security.pki import EventSigner, Identity, Pki, provider_identity_name
 from brokers.security.pseudonyms import Pseudonymizer, pseudonym_key
 from brokers.security.trust import TrustStore
 from brokers.validator.rules import (
@@ -52,7 +52,7 @@ from brokers.validator.rules import (
 )
 from schemas import codec
 from schemas.errors import Dp2Error
-from schemas.models import Envelope, LifecycleEvent, LifecycleState
+from schemas.models import Envelope, LifecycleState
 from schemas.vocabulary import SIGNER_CERT_HEADER
 
 log = structlog.get_logger("dp2.delivery")
@@ -174,9 +174,8 @@ class DeliveryHandler:
 
     def signed(self, event_output: Output) -> Output:
         """A lifecycle output signed by this provider (a receipt others can verify)."""
-        event = codec.decode(event_output.value, LifecycleEvent)
-        signed = signing.sign_event(event, self._identity.private_key, self._identity.fingerprint)
-        return Output(event_output.topic, codec.encode(signed), key=event_output.key)
+        value = EventSigner(self._identity).sign_encoded(event_output.value)
+        return Output(event_output.topic, value, key=event_output.key)
 
     def _signer(self, sealed: Envelope, record: ConsumerRecord[bytes, bytes]) -> x509.Certificate:
         der = context.header_value(record.headers, SIGNER_CERT_HEADER)

@@ -45,7 +45,7 @@ from brokers.runtime.records import CLAIMED_UUID_ATTRIBUTE, lifecycle_output
 from brokers.runtime.settings import KafkaAccess, Settings
 from brokers.runtime.tasks import cancel_and_wait
 from brokers.security import sealing, signing
-from brokers.security.pki import Identity, Pki
+from brokers.security.pki import EventSigner, Identity, Pki
 from brokers.security.pseudonyms import Pseudonymizer, pseudonym_key
 from brokers.security.trust import TrustStore
 from schemas import codec
@@ -230,6 +230,7 @@ class Dp2Client:
         self._follower: AIOKafkaConsumer | None = None
         self._follow_task: asyncio.Task[None] | None = None
         self._cert_der = identity.certificate.public_bytes(Encoding.DER)
+        self._signer = EventSigner(identity)  # SUBMITTED and recalls: the sender's own word
 
     @classmethod
     def from_settings(cls, settings: Settings, identity_name: str, **kwargs: Any) -> Dp2Client:
@@ -328,14 +329,9 @@ class Dp2Client:
         submitted = lifecycle_output(
             message_uuid, LifecycleState.SUBMITTED, self.actor, sender_id=sender_id
         )
-        event = signing.sign_event(
-            codec.decode(submitted.value, LifecycleEvent),
-            self.identity.private_key,
-            self.identity.fingerprint,
-        )
         event_delivery = await producer.send(
             submitted.topic,
-            codec.encode(event),
+            self._signer.sign_encoded(submitted.value),
             key=submitted.key,
             headers=[(context.HEADER, context.child_of(traceparent).encode())],
         )
@@ -357,15 +353,11 @@ class Dp2Client:
         and only by a certificate that may send as its sender; ``wait_for(uuid,
         {"RECALLED"})`` tells whether it worked.
         """
-        request = codec.decode(
-            lifecycle_output(
-                message_uuid, LifecycleState.RECALLED, self.actor, sender_id=sender_id
-            ).value,
-            LifecycleEvent,
+        request = lifecycle_output(
+            message_uuid, LifecycleState.RECALLED, self.actor, sender_id=sender_id
         )
-        signed = signing.sign_event(request, self.identity.private_key, self.identity.fingerprint)
         await self._require_producer().send_and_wait(
-            COMMANDS_TOPIC, codec.encode(signed), key=message_uuid.encode()
+            COMMANDS_TOPIC, self._signer.sign_encoded(request.value), key=message_uuid.encode()
         )
 
     def _require_producer(self) -> AIOKafkaProducer:

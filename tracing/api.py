@@ -6,6 +6,7 @@ event it reads; `make_app` serves what the store knows:
 | route | answer |
 |---|---|
 | GET /messages/{uuid} | ``{messageUUID, state, summary, timeline}``; 404 ``UNKNOWN_MESSAGE`` |
+| GET /messages/{uuid}/receipt | the offline-verifiable receipt (tracing.evidence); 404 as above |
 | GET /messages?sender=&state=&since=&until=&limit=&cursor= | ``{items, next}``; 400 ``BAD_QUERY`` |
 | GET /healthz | ``{"status": "ok"}`` |
 | GET /metrics | Prometheus text from the service's registry |
@@ -23,7 +24,7 @@ event ``attributes`` are not served, because connectors fill them freely.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -122,6 +123,18 @@ def _error(status: int, error: Dp2Error) -> web.Response:
     return web.json_response(body, status=status)
 
 
+def _unknown(uuid: str) -> web.Response:
+    """404 for a message that is not in the trace, or not the caller's to see (the same)."""
+    return _error(
+        404,
+        Dp2Error(
+            f"no lifecycle event of message {uuid} has reached the trace",
+            reason_code="UNKNOWN_MESSAGE",
+            hint="Check the UUID; a message just sent appears within seconds.",
+        ),
+    )
+
+
 def _query_time(query: Mapping[str, str], name: str) -> datetime | None:
     raw = query.get(name)
     if raw is None:
@@ -162,28 +175,36 @@ def _query_limit(query: Mapping[str, str]) -> int:
     return limit
 
 
-def make_app(service: TraceService, users: Users) -> web.Application:
+Receipts = Callable[[str], dict[str, Any] | None]
+
+
+def make_app(
+    service: TraceService, users: Users, receipt_of: Receipts | None = None
+) -> web.Application:
     """The trace's HTTP API over `service`; the caller runs it (AppRunner, TestServer).
 
     Every route but /healthz and /metrics needs a caller (tracing.access): an
-    operator sees every message, an authority only its own CVR's.
+    operator sees every message, an authority only its own CVR's. With
+    ``receipt_of`` (tracing.evidence) it also serves GET /messages/{uuid}/receipt.
     """
 
-    async def get_message(request: web.Request) -> web.Response:
+    def visible(request: web.Request) -> tuple[MessageSummary | None, web.Response | None]:
+        """The message of the request if its caller may see it, else the refusal."""
         user = users.from_request(request.headers, request.cookies)
         if user is None:
-            return _error(401, LoginRequired("the trace API needs a login or a bearer token"))
+            return None, _error(401, LoginRequired("the trace API needs a login or a bearer token"))
         uuid = request.match_info["uuid"]
         summary = service.store.summary(uuid)
         if summary is None or not user.may_see_sender(summary.senderID):
-            return _error(
-                404,
-                Dp2Error(
-                    f"no lifecycle event of message {uuid} has reached the trace",
-                    reason_code="UNKNOWN_MESSAGE",
-                    hint="Check the UUID; a message just sent appears within seconds.",
-                ),
-            )
+            return None, _unknown(uuid)
+        return summary, None
+
+    async def get_message(request: web.Request) -> web.Response:
+        summary, refused = visible(request)
+        if summary is None:
+            assert refused is not None  # noqa: S101 - one of the two is set
+            return refused
+        uuid = summary.messageUUID
         body = {
             "messageUUID": summary.messageUUID,
             "state": summary.state.value,
@@ -191,6 +212,16 @@ def make_app(service: TraceService, users: Users) -> web.Application:
             "timeline": [event_json(e) for e in service.store.timeline(uuid)],
         }
         return web.json_response(body)
+
+    async def get_receipt(request: web.Request) -> web.Response:
+        summary, refused = visible(request)
+        if summary is None:
+            assert refused is not None  # noqa: S101 - one of the two is set
+            return refused
+        receipt = receipt_of(summary.messageUUID) if receipt_of is not None else None
+        if receipt is None:
+            return _unknown(summary.messageUUID)
+        return web.json_response(receipt)
 
     async def search(request: web.Request) -> web.Response:
         user = users.from_request(request.headers, request.cookies)
@@ -242,5 +273,7 @@ def make_app(service: TraceService, users: Users) -> web.Application:
     app = web.Application()
     app.router.add_get("/messages", search)
     app.router.add_get("/messages/{uuid}", get_message)
+    if receipt_of is not None:
+        app.router.add_get("/messages/{uuid}/receipt", get_receipt)
     app.on_startup.append(add_missing_ops_routes)
     return app

@@ -21,14 +21,14 @@ from brokers.runtime.host import ServiceContext
 from brokers.runtime.kafka import new_producer
 from brokers.runtime.records import Output, source_of
 from brokers.runtime.tasks import AsyncResource, PeriodicTask
-from brokers.security.authority import EventJudge, RouteBook
+from brokers.security.authority import EventJudge, RouteBook, report_refusal
 from brokers.security.pki import Pki
 from brokers.security.trust import TrustStore, principal_name
 from schemas import codec
 from schemas.errors import Dp2Error
 from schemas.models import LifecycleEvent
 from schemas.vocabulary import DEADLETTER_TOPIC, LIFECYCLE_TOPIC
-from tracing.access import LoginRequired, Users
+from tracing.access import Users
 from tracing.api import TraceService, make_app
 from tracing.dashboard import Dashboard
 from tracing.deadletters import DeadLetterStore
@@ -94,8 +94,7 @@ class TracingService(AsyncResource):
 
     def app(self) -> web.Application:
         """The trace API with the dashboard's routes (the host adds /healthz, /metrics)."""
-        app = make_app(self.trace, self._users)
-        app.router.add_get("/messages/{uuid}/receipt", self._receipt)
+        app = make_app(self.trace, self._users, receipt_of=self._receipt_of)
         app.add_routes(self._dashboard.routes())
         return app
 
@@ -114,30 +113,6 @@ class TracingService(AsyncResource):
     async def _sign_head(self) -> None:
         if self._identity is not None:
             self.evidence.sign_head(self._identity)
-
-    async def _receipt(self, request: web.Request) -> web.Response:
-        """GET /messages/{uuid}/receipt: the message's offline-verifiable receipt (JSON)."""
-        user = self._users.from_request(request.headers, request.cookies)
-        if user is None:
-            refused = LoginRequired("the trace API needs a login or a bearer token")
-            return web.json_response(_error_body(refused), status=401)
-        uuid = request.match_info["uuid"]
-        summary = self.store.summary(uuid)
-        receipt = (
-            self.evidence.receipt(uuid, self._identity)
-            if summary is not None
-            and user.may_see_sender(summary.senderID)
-            and self._identity is not None
-            else None
-        )
-        if receipt is None:
-            error = Dp2Error(
-                f"no logged event of message {uuid} is visible to you",
-                reason_code="UNKNOWN_MESSAGE",
-                hint="Check the UUID; a message just sent is logged within seconds.",
-            )
-            return web.json_response(_error_body(error), status=404)
-        return web.json_response(receipt)
 
     async def start(self) -> None:
         await self._producer.start()
@@ -161,26 +136,13 @@ class TracingService(AsyncResource):
         if verdict.ok:
             if self.trace.ingest(event) and verdict.certificate is not None:
                 self.evidence.append(event, record.value or b"", verdict.certificate)
-        elif self.quarantine.add(event, verdict, source_of(record)):
-            self._quarantined.labels(verdict.reason_code or "").inc()
-            log.warning(
-                "event_quarantined",
-                message_id=event.messageUUID,
-                state=event.state.value,
-                reason_code=verdict.reason_code,
-                signer=verdict.signer,
-            )
+        elif self.quarantine.add(event, verdict, source_of(record)):  # once per position
+            report_refusal(log, self._quarantined, event, verdict, "event_quarantined")
         return []
 
     async def _park(self, record: ConsumerRecord[bytes, bytes]) -> list[Output]:
         self.deadletters.park(record)
         return []
-
-
-def _error_body(error: Dp2Error) -> dict[str, Any]:
-    return {
-        "error": {"reasonCode": error.reason_code, "message": error.message, "hint": error.hint}
-    }
 
 
 def create(ctx: ServiceContext) -> TracingService:

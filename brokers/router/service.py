@@ -33,7 +33,7 @@ from brokers.router.rules import Router
 from brokers.runtime import sqlite
 from brokers.runtime.host import ServiceContext
 from brokers.runtime.kafka import ensure_topics, new_producer
-from brokers.runtime.records import Output
+from brokers.runtime.records import Output, lifecycle_first
 from brokers.runtime.tasks import AsyncResource, PeriodicTask
 from brokers.security.pseudonyms import Pseudonymizer, pseudonym_key
 from brokers.security.trust import TrustStore
@@ -41,7 +41,6 @@ from schemas.values import canonical_uuid
 from schemas.vocabulary import (
     ACCEPTED_TOPIC,
     COMMANDS_TOPIC,
-    LIFECYCLE_TOPIC,
     SCHEDULED_TOPIC,
     is_delivery_topic,
     provider_of,
@@ -174,10 +173,7 @@ class RouterService(AsyncResource):
             return
         await self._ensure_provider_topics(outputs)
         # ROUTED before the letter moves on, as in the worker (KafkaWorker._produce).
-        for batch in (
-            [o for o in outputs if o.topic == LIFECYCLE_TOPIC],
-            [o for o in outputs if o.topic != LIFECYCLE_TOPIC],
-        ):
+        for batch in lifecycle_first(outputs):
             futures = [await self._producer.send(o.topic, o.value, key=o.key) for o in batch]
             for future in futures:
                 await future

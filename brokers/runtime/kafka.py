@@ -41,9 +41,7 @@ from aiokafka.protocol.api import Request
 
 from brokers.runtime.settings import KafkaAccess
 from brokers.security.pki import EventSigner
-from schemas import codec
 from schemas.errors import Dp2Error
-from schemas.models import LifecycleEvent
 from schemas.vocabulary import LIFECYCLE_TOPIC, TopicSpec
 
 #: Kafka's refusals of a request the principal has no ACL for.
@@ -148,10 +146,7 @@ class SigningProducer(AIOKafkaProducer):  # type: ignore[misc] # aiokafka is unt
         headers: list[tuple[str, bytes]] | None = None,
     ) -> Any:
         if topic == LIFECYCLE_TOPIC and value:
-            event = codec.decode(value, LifecycleEvent)
-            signed = self._signer.sign(event)
-            if signed is not event:
-                value = codec.encode(signed)
+            value = self._signer.sign_encoded(value)
         return await super().send(topic, value, key, partition, timestamp_ms, headers)
 
 

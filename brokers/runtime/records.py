@@ -43,6 +43,15 @@ class Output:
 Handler = Callable[[ConsumerRecord[bytes, bytes]], Awaitable[Sequence[Output]]]
 
 
+def lifecycle_first(outputs: Sequence[Output]) -> list[list[Output]]:
+    """The rounds to produce ``outputs`` in: lifecycle events first, acknowledged before
+    the records that move on (a provider's DELIVERED is believed only after the
+    router's ROUTED, brokers.security.authority); one round when there is one kind."""
+    events = [o for o in outputs if o.topic == LIFECYCLE_TOPIC]
+    others = [o for o in outputs if o.topic != LIFECYCLE_TOPIC]
+    return [events, others] if events and others else [list(outputs)]
+
+
 def now() -> datetime:
     return datetime.now(UTC)
 

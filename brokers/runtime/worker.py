@@ -52,6 +52,7 @@ from brokers.runtime.metrics import ServiceMetrics
 from brokers.runtime.records import (
     Handler,
     Output,
+    lifecycle_first,
     message_uuid_header,
     position_uuid,
     source_of,
@@ -62,7 +63,6 @@ from brokers.runtime.tasks import Backoff, cancel_and_wait
 from schemas.errors import Dp2Error, SchemaError
 from schemas.vocabulary import (
     DEADLETTER_TOPIC,
-    LIFECYCLE_TOPIC,
     MESSAGE_UUID_HEADER,
     REASON_CODE_HEADER,
     REASON_HEADER,
@@ -299,14 +299,8 @@ class KafkaWorker:
         partition, but a record on another topic could otherwise be read, and its
         DELIVERED written, before the ROUTED of the same produce round landed.
         """
-        pending = list(outputs)
-        events = [o for o in pending if o.topic == LIFECYCLE_TOPIC]
-        others = [o for o in pending if o.topic != LIFECYCLE_TOPIC]
-        if events and others:
-            await self._send_all(events)
-            await self._send_all(others)
-        else:
-            await self._send_all(pending)
+        for round_ in lifecycle_first(list(outputs)):
+            await self._send_all(round_)
 
     async def _send_all(self, outputs: list[Output]) -> None:
         futures = []

@@ -35,9 +35,10 @@ import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from cryptography import x509
+from prometheus_client import Counter
 
 from brokers.runtime.sqlite import connect
 from brokers.security import signing
@@ -193,6 +194,20 @@ class EventJudge:
                 f"{routed or 'no provider yet'}",
             )
         return _refused(signer, "EVENT_WRONG_ACTOR", f"{signer} may not assert {state.value}")
+
+
+def report_refusal(
+    log: Any, counter: Counter, event: LifecycleEvent, verdict: Verdict, what: str
+) -> None:
+    """Count and log one event the table refused (``log`` is a structlog logger)."""
+    counter.labels(verdict.reason_code or "").inc()
+    log.warning(
+        what,
+        message_id=event.messageUUID,
+        state=event.state.value,
+        reason_code=verdict.reason_code,
+        signer=verdict.signer,
+    )
 
 
 def _refused(signer: str, code: str, reason: str) -> Verdict:

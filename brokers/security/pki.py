@@ -80,6 +80,7 @@ from brokers.security.trust import (
     read_crl,
     security_error,
 )
+from schemas import codec
 from schemas.models import LifecycleEvent
 
 CA_DAYS: Final = 3650
@@ -131,6 +132,12 @@ class EventSigner:
         if "signature" in event.attributes:
             return event  # signed by the party that made it (a provider's DELIVERED, say)
         return sign_event(event, self.identity.private_key, self.identity.fingerprint)
+
+    def sign_encoded(self, value: bytes) -> bytes:
+        """An encoded lifecycle event, signed (the same bytes if it was signed already)."""
+        event = codec.decode(value, LifecycleEvent)
+        signed = self.sign(event)
+        return value if signed is event else codec.encode(signed)
 
 
 @functools.lru_cache(maxsize=64)

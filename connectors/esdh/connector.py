@@ -71,9 +71,8 @@ from brokers.runtime.kafka import new_producer
 from brokers.runtime.records import Output, iso_z, lifecycle_output
 from brokers.runtime.tasks import AsyncResource, PeriodicTask
 from brokers.runtime.worker import KafkaWorker
-from brokers.security import signing
-from brokers.security.authority import EventJudge, RouteBook
-from brokers.security.pki import Pki, provider_identity_name
+from brokers.security.authority import EventJudge, RouteBook, report_refusal
+from brokers.security.pki import EventSigner, Pki, provider_identity_name
 from brokers.security.pseudonyms import Pseudonymizer, pseudonym_key
 from brokers.security.trust import TrustStore
 from connectors.authorities import AuthorityAuthError, AuthorityTokens
@@ -472,14 +471,7 @@ class EsdhConnector(AsyncResource):
             return []
         verdict = self._judge.judge(event)  # a receipt is evidence: only the table's word
         if not verdict.ok:
-            self._unbelieved.labels(verdict.reason_code or "").inc()
-            log.warning(
-                "event_not_believed",
-                message_id=event.messageUUID,
-                state=event.state.value,
-                reason_code=verdict.reason_code,
-                signer=verdict.signer,
-            )
+            report_refusal(log, self._unbelieved, event, verdict, "event_not_believed")
             return []
         if self.config.receipts_url is None:
             return []  # no case system to push receipts to (GET /messages/{uuid} still answers)
@@ -594,11 +586,11 @@ class EsdhConnector(AsyncResource):
             },
             source="journaled",  # the same event however often it is retried
         )
-        event = codec.decode(output.value, LifecycleEvent)
-        identity = self._provider_identity
-        signed = signing.sign_event(event, identity.private_key, identity.fingerprint)
+        # Signed as the provider the message was routed to (not this connector's Kafka
+        # identity, which signs what it sends): only that provider may assert JOURNALED.
+        signed = EventSigner(self._provider_identity).sign_encoded(output.value)
         assert self._producer is not None  # noqa: S101 - started before the loops
-        await self._producer.send_and_wait(output.topic, codec.encode(signed), key=output.key)
+        await self._producer.send_and_wait(output.topic, signed, key=output.key)
 
     # --- plumbing ---------------------------------------------------------------
     async def _post_json(self, url: str, payload: dict[str, Any]) -> str | None:

@@ -21,7 +21,7 @@ from brokers.runtime.host import ServiceContext
 from brokers.runtime.kafka import new_producer
 from brokers.runtime.records import Output
 from brokers.runtime.tasks import AsyncResource, PeriodicTask
-from brokers.security.authority import EventJudge, RouteBook
+from brokers.security.authority import EventJudge, RouteBook, report_refusal
 from brokers.security.trust import TrustStore
 from connectors.notify.channels import EmailSender, HttpSmsProvider, SmsProvider, SmsRouter
 from connectors.notify.notifier import Notifier, NotifierConfig, NotifierMetrics, Outbox
@@ -46,7 +46,7 @@ class NotifierService(AsyncResource):
         self._outbox = Outbox(ctx.data_dir / "notifier.sqlite")
         self._routes = RouteBook(ctx.data_dir / "notifier-routes.sqlite")
         self._judge = EventJudge(TrustStore(settings.pki_dir), self._routes)
-        self._quarantined = Counter(
+        self._unbelieved = Counter(
             "dp2_notifier_unbelieved_events",
             "Lifecycle events the notifier did not act on: refused by the authority table",
             ["reason"],
@@ -129,14 +129,7 @@ class NotifierService(AsyncResource):
             return []
         verdict = self._judge.judge(event)
         if not verdict.ok:
-            self._quarantined.labels(verdict.reason_code or "").inc()
-            log.warning(
-                "event_not_believed",
-                message_id=event.messageUUID,
-                state=event.state.value,
-                reason_code=verdict.reason_code,
-                signer=verdict.signer,
-            )
+            report_refusal(log, self._unbelieved, event, verdict, "event_not_believed")
             return []
         if event.state is LifecycleState.ROUTED:
             return []
