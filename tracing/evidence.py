@@ -111,6 +111,10 @@ class EvidenceLog:
         self._leaves: list[bytes] = [
             bytes(row[0]) for row in self._db.execute("SELECT leaf FROM entries ORDER BY idx")
         ]
+        # The few signers sign every event: keep each certificate once, not per event.
+        self._kept: set[str] = {
+            str(row[0]) for row in self._db.execute("SELECT fingerprint FROM certs")
+        }
 
     @property
     def size(self) -> int:
@@ -120,11 +124,7 @@ class EvidenceLog:
         """Log one believed event as it was read (its bytes carry its signature)."""
         index = len(self._leaves)
         leaf = merkle.leaf_hash(raw)
-        fingerprint = certificate_fingerprint(signer)
-        self._db.execute(
-            "INSERT OR IGNORE INTO certs VALUES (?, ?)",
-            (fingerprint, signer.public_bytes(Encoding.DER)),
-        )
+        fingerprint = self._keep(signer)
         self._db.execute(
             "INSERT INTO entries VALUES (?, ?, ?, ?, ?)",
             (index, event.messageUUID, raw, leaf, fingerprint),
@@ -135,11 +135,18 @@ class EvidenceLog:
 
     def keep_certificate(self, cert: x509.Certificate) -> None:
         """Keep a certificate next to the entries (the log's own: dp2 log verify checks heads)."""
-        self._db.execute(
-            "INSERT OR IGNORE INTO certs VALUES (?, ?)",
-            (certificate_fingerprint(cert), cert.public_bytes(Encoding.DER)),
-        )
+        self._keep(cert)
         self._db.commit()
+
+    def _keep(self, cert: x509.Certificate) -> str:
+        fingerprint = certificate_fingerprint(cert)
+        if fingerprint not in self._kept:
+            self._db.execute(
+                "INSERT OR IGNORE INTO certs VALUES (?, ?)",
+                (fingerprint, cert.public_bytes(Encoding.DER)),
+            )
+            self._kept.add(fingerprint)
+        return fingerprint
 
     def latest_head(self) -> TreeHead | None:
         row = self._db.execute(
