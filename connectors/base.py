@@ -36,7 +36,7 @@ Raise a ``Dp2Error`` subclass with ``retriable = True`` to have it retried later
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
@@ -254,6 +254,7 @@ async def build_connector_service(
     connector = create(context)
     # The host runs the connector's own workers (if it lists them) and its deliveries.
     workers: list[KafkaWorker] = []
+    on_stop: list[Callable[[], Awaitable[None]]] = []
     if isinstance(connector, ReceivingConnector):
         provider = connector.provider_id
         await ensure_topics(settings.kafka, [provider_topic(provider)])
@@ -263,12 +264,14 @@ async def build_connector_service(
         workers.append(
             context.worker("deliveries", [provider_topic(provider).name], handler.handle)
         )
+        on_stop.append(handler.close)
     return ServiceHost.serve(
         connector,
         registry,
         port=port,
         workers=workers,
         app=web.Application(client_max_size=_MAX_REQUEST_BYTES),
+        on_stop=on_stop,
     )
 
 

@@ -8,7 +8,11 @@ trusting it, and it must not be re-implemented (and got wrong) per vendor. A
 1. verifies the sender's signature and certificate (chain, validity, revocation)
    again — end-to-end authenticity: the backbone is not trusted with integrity —
    and that the signer may send as the sender, within Digital Post's limits (the
-   validator's own rules: a record that skipped the validator is refused here);
+   validator's own rules: a record that skipped the validator is refused here). A
+   citizen's message must come from the provider the register names for that
+   citizen, or a citizen gateway (``NOT_CITIZENS_PROVIDER``): the handler reads the
+   register's directory once the first citizen's message arrives, so a mailbox that
+   only ever gets authorities' post keeps no copy of it;
 2. decrypts the documents with the provider's X25519 key and restores the sealed
    personal data (CPR numbers, and the names, addresses, e-mail and phone of
    brokers.security.personal) field for field, as the sender built the envelope —
@@ -30,12 +34,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import structlog
 from aiokafka import ConsumerRecord
 from cryptography import x509
 
+from brokers.contacts.register import ContactRegister
 from brokers.runtime import context
 from brokers.runtime.blobstore import BlobStore, FileBlobStore
 from brokers.runtime.records import Output, lifecycle_output, source_of
@@ -45,6 +50,7 @@ from brokers.security.pki import EventSigner, Identity, Pki, provider_identity_n
 from brokers.security.pseudonyms import Pseudonymizer, pseudonym_key
 from brokers.security.trust import TrustStore
 from brokers.validator.rules import (
+    Directory,
     check_filenames,
     check_limits,
     check_message_uuid,
@@ -52,7 +58,7 @@ from brokers.validator.rules import (
 )
 from schemas import codec
 from schemas.errors import Dp2Error
-from schemas.models import Envelope, LifecycleState
+from schemas.models import ContactRecord, Envelope, IdType, LifecycleState
 from schemas.vocabulary import SIGNER_CERT_HEADER
 
 log = structlog.get_logger("dp2.delivery")
@@ -65,6 +71,16 @@ class Receiver(Protocol):
 
 
 Facts = Callable[[Envelope], dict[str, str]]
+
+
+class _NoDirectory:
+    """A register that names no provider for anyone (fails closed)."""
+
+    def get(self, recipient_ref: str) -> ContactRecord | None:
+        return None
+
+
+_NOBODY: Final = _NoDirectory()
 
 
 class DeliveryHandler:
@@ -81,7 +97,11 @@ class DeliveryHandler:
         pseudonyms: Pseudonymizer,
         actor: str | None = None,
         facts: Facts | None = None,
+        directory: ContactRegister | None = None,
     ) -> None:
+        """``directory``: the register (not yet started: the handler starts it when a
+        citizen's message first arrives, and ``close`` stops it); without one, no
+        citizen's message is accepted except from a citizen gateway."""
         if identity.encryption_key is None:
             raise Dp2Error(
                 f"identity {identity.name!r} has no encryption key",
@@ -97,6 +117,9 @@ class DeliveryHandler:
         self._blobs = blob_store
         self._pseudonyms = pseudonyms
         self._facts = facts or (lambda plain: {"provider": provider_id})
+        self._directory: Directory = directory if directory is not None else _NOBODY
+        self._register = directory
+        self._register_started = False
 
     @classmethod
     def for_provider(
@@ -116,8 +139,25 @@ class DeliveryHandler:
             receiver,
             FileBlobStore(settings.home / "blobs"),
             pseudonyms=Pseudonymizer(pseudonym_key(settings.home)),
+            directory=ContactRegister(settings.kafka),
             **kwargs,
         )
+
+    async def prepare(self, sealed: Envelope) -> None:
+        """Make ready what ``open`` needs for this envelope: the register, for a citizen's."""
+        if (
+            sealed.header.sender.idType is IdType.CPR
+            and self._register is not None
+            and not self._register_started
+        ):
+            await self._register.start()
+            self._register_started = True
+
+    async def close(self) -> None:
+        """Stop the register's cache if a citizen's message started it."""
+        if self._register is not None and self._register_started:
+            self._register_started = False
+            await self._register.stop()
 
     async def handle(self, record: ConsumerRecord[bytes, bytes]) -> Sequence[Output]:
         sealed = codec.decode(record.value or b"", Envelope)
@@ -126,6 +166,7 @@ class DeliveryHandler:
             "sender_id": header.sender.senderID,
             "recipient_ref": header.recipient.recipientID,
         }
+        await self.prepare(sealed)  # a register that cannot start fails the batch, not the letter
         try:
             plain = self.open(sealed, record)
         except Dp2Error as exc:
@@ -163,7 +204,7 @@ class DeliveryHandler:
         self._trust.verify_certificate(certificate, datetime.now(UTC))
         signing.verify_envelope(sealed, certificate)
         # Defence in depth: the validator's authorisation and limits, again.
-        check_sender(self._trust, certificate, sealed)
+        check_sender(self._trust, certificate, sealed, self._directory)
         check_limits(sealed, datetime.now(UTC))
         plain = sealing.open_envelope(
             sealed, self._decryption_key, self._blobs, pseudonymizer=self._pseudonyms

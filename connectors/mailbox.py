@@ -143,18 +143,19 @@ class MailboxService(AsyncResource):
         self._kafka = ctx.settings.kafka
         self._topic = provider_topic(provider)
         self.store = MailboxStore(ctx.data_dir / f"mailbox-{provider}.sqlite")
-        handler = DeliveryHandler.for_provider(
+        self._delivery = DeliveryHandler.for_provider(
             ctx.settings,
             provider,
             self.store,
             facts=lambda plain: notification_facts(plain, provider),
         )
-        self.workers = [ctx.worker(self.name, [self._topic.name], handler.handle)]
+        self.workers = [ctx.worker(self.name, [self._topic.name], self._delivery.handle)]
 
     async def start(self) -> None:
         await ensure_topics(self._kafka, [self._topic])  # before the worker subscribes
 
     async def stop(self) -> None:
+        await self._delivery.close()
         self.store.close()
 
     def health(self) -> dict[str, Any]:

@@ -47,6 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     vendor.set_defaults(func=cmd_pki_issue_vendor)
     provider = issuing(PROVIDER, "a mailbox provider: signing + X25519 encryption certificates")
     provider.add_argument("--id", required=True, help="provider id, e.g. mitpost")
+    provider.add_argument(
+        "--citizen-gateway",
+        action="store_true",
+        help="a connector that logs citizens in itself (forms, mail submission): it may "
+        "send for any citizen, not only those the register names this provider for",
+    )
     provider.set_defaults(func=cmd_pki_issue_provider)
 
     revoke = sub.add_parser("revoke", help="put an identity or certificate on the CRL")
@@ -94,7 +100,10 @@ def cmd_pki_issue_vendor(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_pki_issue_provider(settings: Settings, args: argparse.Namespace) -> int:
     pki = _pki(settings)
-    _print_identity(pki.issue_provider(args.id, **_issue_options(args)), pki)
+    identity = pki.issue_provider(
+        args.id, citizen_gateway=args.citizen_gateway, **_issue_options(args)
+    )
+    _print_identity(identity, pki)
     return 0
 
 

@@ -135,8 +135,10 @@ class ServiceHost:
         port: int = 0,
         workers: Sequence[KafkaWorker] = (),
         app: web.Application | None = None,
+        on_stop: Sequence[Callable[[], Awaitable[None]]] = (),
     ) -> ServiceHost:
-        """Host ``service``: its start/stop around its workers, its routes, its health."""
+        """Host ``service``: its start/stop around its workers, its routes, its health;
+        ``on_stop``: more to close after the service stopped."""
         if app is None:  # a service that builds its own application (tracing) offers app()
             make_app = getattr(service, "app", None)
             app = make_app() if callable(make_app) else web.Application()
@@ -149,7 +151,7 @@ class ServiceHost:
             port=port,
             app=app,
             on_start=[service.start],
-            on_stop=[service.stop],
+            on_stop=[service.stop, *on_stop],
             checks=[service.health],
         )
 

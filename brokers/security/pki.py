@@ -23,7 +23,9 @@ the broker maps a client certificate to ``<kind>:<CN>`` (brokers.stack.access).
 A sender carries ``serialNumber=CVR:<8 digits>`` as OCES certificates do. A vendor
 lists the CVRs it may send for in a non-critical extension, OID
 1.3.6.1.4.1.55555.1.1 (a private arc), whose value is a DER UTF8String of the
-comma-separated CVR numbers. A provider has a signing certificate (it signs
+comma-separated CVR numbers; a provider issued as a citizen gateway (a connector
+that logs citizens in itself) carries 1.3.6.1.4.1.55555.1.2 = UTF8String
+``citizens``. A provider has a signing certificate (it signs
 DELIVERED events) and a second certificate for its X25519 key with KeyUsage
 keyAgreement only; cryptography signs X25519 keys into certificates directly, so
 no other format is needed. Keys are unencrypted PKCS#8 PEM: a development PKI,
@@ -66,6 +68,8 @@ from brokers.security.signing import (
     signature_algorithm,
 )
 from brokers.security.trust import (
+    CITIZEN_GATEWAY_OID,
+    CITIZEN_GATEWAY_SCOPE,
     CVR_PATTERN,
     FINGERPRINT_PATTERN,
     NAME_PATTERN,
@@ -244,11 +248,20 @@ class Pki:
         subject = _subject(name, VENDOR)
         return self._issue(name, VENDOR, subject, [extension], **options)
 
-    def issue_provider(self, provider_id: str, **options: Unpack[IssueOptions]) -> Identity:
+    def issue_provider(
+        self,
+        provider_id: str,
+        *,
+        citizen_gateway: bool = False,
+        **options: Unpack[IssueOptions],
+    ) -> Identity:
         """A mailbox provider: a signing certificate plus an X25519 key-agreement certificate.
 
         The encryption certificate is also published as providers/<provider_id>.pem,
-        where senders' trust stores find it.
+        where senders' trust stores find it. ``citizen_gateway``: the connector logs
+        each citizen in itself (forms, mail submission) and may send for any citizen
+        (brokers.security.trust.is_citizen_gateway); a plain provider sends only for
+        the citizens the register names it for.
         """
         name = provider_identity_name(provider_id)
         _check_name(provider_id)
@@ -257,7 +270,12 @@ class Pki:
         # ECDSA signs in ~50 us where RSA-PSS takes ~900 us (brokers.security's table).
         if not options.get("algorithm"):
             options["algorithm"] = ECDSA_P256_SHA256
-        signing = self._issue(name, PROVIDER, _subject(provider_id, PROVIDER), [], **options)
+        rights: list[x509.ExtensionType] = []
+        if citizen_gateway:
+            value = _der_utf8(CITIZEN_GATEWAY_SCOPE)
+            rights.append(x509.UnrecognizedExtension(CITIZEN_GATEWAY_OID, value))
+        subject = _subject(provider_id, PROVIDER)
+        signing = self._issue(name, PROVIDER, subject, rights, **options)
         key = x25519.X25519PrivateKey.generate()
         validity = (
             signing.certificate.not_valid_before_utc,

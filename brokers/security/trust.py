@@ -12,7 +12,11 @@ provider receive post under.
 A certificate's kind is its subject's OU (``sender``, ``vendor``, ``provider``,
 ``provider-encryption``); a sender carries ``serialNumber=CVR:<8 digits>``; a
 vendor lists the CVRs it may send for in the extension ON_BEHALF_OF_OID (a DER
-UTF8String of comma-separated CVR numbers).
+UTF8String of comma-separated CVR numbers). A provider certificate issued as a
+*citizen gateway* (CITIZEN_GATEWAY_OID, a DER UTF8String ``citizens``) belongs to a
+connector that authenticates each citizen itself — self-service forms, the mail
+submission server — and may send for any citizen; every other provider may send
+only for the citizens the register names it for (brokers.validator.rules).
 
 Errors are brokers.security.signing.SecurityError: PKI_NOT_INITIALISED, CRL_MISSING,
 CRL_INVALID, UNKNOWN_CERTIFICATE, UNTRUSTED_ISSUER, CERTIFICATE_NOT_YET_VALID,
@@ -39,6 +43,9 @@ from brokers.security.signing import (
 )
 
 ON_BEHALF_OF_OID: Final = ObjectIdentifier("1.3.6.1.4.1.55555.1.1")
+CITIZEN_GATEWAY_OID: Final = ObjectIdentifier("1.3.6.1.4.1.55555.1.2")
+#: The value of CITIZEN_GATEWAY_OID: what the gateway may act for.
+CITIZEN_GATEWAY_SCOPE: Final = "citizens"
 SENDER, VENDOR, PROVIDER = "sender", "vendor", "provider"
 #: DP2's own services and the Kafka broker: a Kafka principal and, with issue 14, a signer.
 SERVICE: Final = "service"
@@ -278,6 +285,23 @@ def sender_cvrs(cert: x509.Certificate) -> frozenset[str]:
         listed = _parse_der_utf8(extension.value)
         cvrs.update(listed.split(",") if listed else [])
     return frozenset(c for c in cvrs if CVR_PATTERN.fullmatch(c))
+
+
+def is_citizen_gateway(cert: x509.Certificate) -> bool:
+    """Is this a provider certificate issued as a citizen gateway (forms, mail submission)?
+
+    Fails closed: another kind, a missing extension or any other value is no gateway.
+    """
+    if kind_of(cert) != PROVIDER:
+        return False
+    try:
+        extension = cert.extensions.get_extension_for_oid(CITIZEN_GATEWAY_OID).value
+    except x509.ExtensionNotFound:
+        return False
+    return (
+        isinstance(extension, x509.UnrecognizedExtension)
+        and _parse_der_utf8(extension.value) == CITIZEN_GATEWAY_SCOPE
+    )
 
 
 # --- helpers ---------------------------------------------------------------------------

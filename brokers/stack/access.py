@@ -10,7 +10,7 @@ into the exact set of ACLs that lets each principal do its job and nothing else.
 
 | principal | may write | may read |
 |---|---|---|
-| service:dp2-validator | accepted, lifecycle, deadletter | submitted |
+| service:dp2-validator | accepted, lifecycle, deadletter | submitted, directory |
 | service:dp2-router | deliver.*, print, scheduled, lifecycle, deadletter | accepted, commands |
 | service:dp2-tracing | lifecycle; consumed topics (re-drive) | lifecycle, deadletter |
 | service:dp2-notifier | lifecycle, deadletter | lifecycle, contacts |
@@ -141,7 +141,8 @@ class _Rules:
 def _service_rules(rules: _Rules, kind: str) -> None:
     consumed = (SUBMITTED_TOPIC, ACCEPTED_TOPIC, SCHEDULED_TOPIC, COMMANDS_TOPIC, PRINT_TOPIC)
     if kind == "validator":
-        rules.topic(SUBMITTED_TOPIC, _R)
+        for topic in (SUBMITTED_TOPIC, DIRECTORY_TOPIC):  # the directory: whose citizen
+            rules.topic(topic, _R)
         for topic in (ACCEPTED_TOPIC, LIFECYCLE_TOPIC, DEADLETTER_TOPIC):
             rules.topic(topic, _W)
     elif kind == "router":

@@ -29,15 +29,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from cryptography import x509
 
 from brokers.security import personal, sealing, streaming
-from brokers.security.trust import PROVIDER, TrustStore, kind_of
+from brokers.security.trust import (
+    PROVIDER,
+    TrustStore,
+    is_citizen_gateway,
+    kind_of,
+    principal_name,
+)
 from schemas.errors import Dp2Error
 from schemas.models import (
     AdditionalDocument,
     BlobContent,
+    ContactRecord,
+    ContactStatus,
     Envelope,
     File,
     IdType,
@@ -181,8 +190,27 @@ def check_filenames(files: Sequence[File]) -> None:
             )
 
 
-def check_sender(trust: TrustStore, certificate: x509.Certificate, envelope: Envelope) -> None:
+class Directory(Protocol):
+    """Who is on digital post with which provider: the register's ``dp2.directory``
+    (brokers.contacts.register.ContactRegister), keyed by the recipient's pseudonym."""
+
+    def get(self, recipient_ref: str) -> ContactRecord | None: ...
+
+
+def check_sender(
+    trust: TrustStore,
+    certificate: x509.Certificate,
+    envelope: Envelope,
+    directory: Directory,
+) -> None:
     """May ``certificate`` (verified already) send as this envelope's sender?
+
+    An authority (CVR) sends with its own certificate or a vendor's that lists it. A
+    citizen (CPR) sends through a provider certificate: the mailbox provider the
+    register names for that citizen (``directory``, by the sealed header's pseudonym),
+    or a citizen gateway — a connector that logs each citizen in itself, such as
+    self-service forms (brokers.security.trust.is_citizen_gateway). A provider's
+    certificate never sends as another provider's customer.
 
     The validator asks first; every receiving side asks again (connectors.delivery),
     since a record on a delivery topic may not have passed the validator.
@@ -208,6 +236,20 @@ def check_sender(trust: TrustStore, certificate: x509.Certificate, envelope: Env
             "Send citizens' messages through a citizen-facing connector that signs with "
             "a provider identity (dp2 pki issue provider --id ...).",
         )
+    if sender.idType is IdType.CPR and not is_citizen_gateway(certificate):
+        record = directory.get(sender.senderID)
+        registered = record is not None and record.status is ContactStatus.REGISTERED
+        provider = record.mailboxProvider if record is not None and registered else None
+        if provider is None or principal_name(certificate) != f"{PROVIDER}:{provider}":
+            raise reject(
+                "NOT_CITIZENS_PROVIDER",
+                "the signing provider is not the mailbox provider the register names for "
+                "this citizen"
+                + ("" if registered else " (the citizen has no mailbox on digital post)"),
+                "Send a citizen's message from their own mailbox provider, or through a "
+                "connector issued as a citizen gateway "
+                "(dp2 pki issue provider --id ID --citizen-gateway).",
+            )
 
 
 def check_limits(envelope: Envelope, today: datetime) -> None:

@@ -17,6 +17,7 @@ Checks, in order (the first failure decides):
 | UNKNOWN_CERTIFICATE / UNTRUSTED_ISSUER / CERTIFICATE_EXPIRED /        | see brokers.security.pki |
 | CERTIFICATE_NOT_YET_VALID / CERTIFICATE_REVOKED                        |                 |
 | SENDER_NOT_AUTHORISED | the signer may not send as the sender CVR, or for a citizen (CPR) |
+| NOT_CITIZENS_PROVIDER | a citizen's message from a provider the register does not name for them |
 | UNKNOWN_MESSAGE_TYPE, NEMSMS_INVALID, BODY_MISSING, NO_DOCUMENT_FILE | MeMo structure |
 | LABEL_TOO_LONG, NOTIFICATION_TOO_LONG, TEXT_TOO_LONG | MeMo text limits (256 / 160) |
 | TOO_MANY_ATTACHMENTS | more than 10 additional documents |
@@ -63,6 +64,7 @@ from typing import Any
 from aiokafka import ConsumerRecord
 from cryptography import x509
 
+from brokers.contacts.register import ContactRegister
 from brokers.runtime import context, headers, sqlite
 from brokers.runtime.blobstore import BlobStore, FileBlobStore, MemoryBlobStore
 from brokers.runtime.host import ServiceContext
@@ -77,7 +79,13 @@ from brokers.runtime.tasks import AsyncResource
 from brokers.security import sealing, signing
 from brokers.security.trust import TrustStore
 from brokers.validator.blobs import check_held
-from brokers.validator.rules import check_limits, check_message_uuid, check_sender, reject
+from brokers.validator.rules import (
+    Directory,
+    check_limits,
+    check_message_uuid,
+    check_sender,
+    reject,
+)
 from schemas import codec
 from schemas.errors import Dp2Error, MalformedRecordError
 from schemas.models import (
@@ -138,10 +146,14 @@ class Validator:
         submissions: SubmissionLog,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         *,
+        directory: Directory,
         blobs: BlobStore | None = None,
     ) -> None:
-        """``blobs``: the deployment's blob store; without one, every blob is missing."""
+        """``directory``: the register, which names each citizen's provider (a citizen's
+        message is accepted from that provider or a citizen gateway only);
+        ``blobs``: the deployment's blob store; without one, every blob is missing."""
         self._trust = trust
+        self._directory = directory
         self._submissions = submissions
         self._clock = clock
         self._blobs = blobs if blobs is not None else MemoryBlobStore()
@@ -244,7 +256,7 @@ class Validator:
         certificate = self._signer_certificate(envelope, record)
         self._trust.verify_certificate(certificate, self._clock())
         signing.verify_envelope(envelope, certificate)
-        check_sender(self._trust, certificate, envelope)
+        check_sender(self._trust, certificate, envelope, self._directory)
         return certificate
 
     def _check_content(self, envelope: Envelope) -> None:
@@ -253,23 +265,28 @@ class Validator:
 
 
 class ValidatorService(AsyncResource):
-    """The validator as a service: one worker on dp2.submitted, the submission log."""
+    """The validator as a service: one worker on dp2.submitted, the submission log and
+    a cache of the register's directory (whose provider may send for which citizen)."""
 
     name = "validator"
 
     def __init__(self, ctx: ServiceContext) -> None:
         self._submissions = SubmissionLog(ctx.data_dir / "validator.sqlite")
+        self._directory = ContactRegister(ctx.settings.kafka)
         validator = Validator(
             TrustStore(ctx.settings.pki_dir),
             self._submissions,
+            directory=self._directory,
             blobs=FileBlobStore(ctx.settings.home / "blobs"),
         )
         self.workers = [ctx.worker("validator", [SUBMITTED_TOPIC], validator.handle)]
 
     async def start(self) -> None:
-        """Nothing to open: the worker starts after this and the log is open already."""
+        """The directory is read to its end before the worker starts judging."""
+        await self._directory.start()
 
     async def stop(self) -> None:
+        await self._directory.stop()
         self._submissions.close()
 
     def health(self) -> dict[str, Any]:

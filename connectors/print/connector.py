@@ -274,6 +274,7 @@ class PrintConnector(AsyncResource):
     async def stop(self) -> None:
         await self._hand_over_task.stop()
         await self._worker.stop()
+        await self._delivery.close()
         session, self._session = self._session, None
         if session is not None:
             await session.close()
@@ -309,6 +310,7 @@ class PrintConnector(AsyncResource):
             if known.state != "failed":
                 return []
             return [self._failed(sealed, ref, known.reason_code, known.reason_text, record)]
+        await self._delivery.prepare(sealed)
         try:
             plain = self._delivery.open(sealed, record)
             addressee = check_address(self._contacts.get(ref), self.config.countries)

@@ -300,7 +300,7 @@ async def forms(stack: Stack, esdh: Esdh) -> AsyncIterator[Forms]:
     try:
         stack.pki.identity(provider_identity_name(FORMS_PROVIDER))
     except Dp2Error:
-        stack.pki.issue_provider(FORMS_PROVIDER)
+        stack.pki.issue_provider(FORMS_PROVIDER, citizen_gateway=True)
     with connector_table(
         stack, "forms", f'identity = "{provider_identity_name(FORMS_PROVIDER)}"\n'
     ):

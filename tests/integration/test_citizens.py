@@ -107,7 +107,7 @@ async def citizens(
     stack: Stack, esdh: Esdh, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Citizens]:
     """The forms and apps connectors, with citizens registered at the reference mailbox."""
-    stack.pki.issue_provider("forms")
+    stack.pki.issue_provider("forms", citizen_gateway=True)
     register = tmp_path_factory.mktemp("citizens") / "contacts.json"
     register.write_text(
         json.dumps(

@@ -34,7 +34,7 @@ from brokers.security import signing
 from brokers.security.pki import Pki
 from connectors.sdk import Document, build_message
 from schemas import codec
-from schemas.models import ContactStatus, LifecycleEvent, LifecycleState
+from schemas.models import ContactStatus, Envelope, IdType, LifecycleEvent, LifecycleState, Sender
 from schemas.vocabulary import (
     DIRECTORY_TOPIC,
     LIFECYCLE_TOPIC,
@@ -43,6 +43,9 @@ from schemas.vocabulary import (
     SUBMITTED_TOPIC,
 )
 from tests.integration.conftest import (
+    AUTHORITY_CVR,
+    ESDH_PROVIDER,
+    EXEMPT_CPR,
     PROVIDER,
     REGISTERED_CPR,
     SENDER,
@@ -366,6 +369,65 @@ async def test_an_envelope_that_skipped_the_validator_is_refused_at_delivery(
         failed = await client.wait_for(message_uuid, {"FAILED", "DELIVERED"})
     assert failed.state is S.FAILED and failed.reasonCode == "SENDER_NOT_AUTHORISED"
     assert stack.mailbox_store().get(message_uuid) is None
+
+
+def _citizen_question(cpr: str, label: str) -> Envelope:
+    """A citizen's message to the test authority (what a mailbox app or form sends)."""
+    message = build_message(
+        sender_cvr=AUTHORITY_CVR,  # replaced below: the sender is the citizen
+        sender_label="Borger",
+        recipient_id=AUTHORITY_CVR,
+        recipient_id_type=IdType.CVR,
+        label=label,
+        documents=[Document("spoergsmaal.txt", "text/plain", b"Hvornaar?")],
+    )
+    citizen = Sender(senderID=cpr, idType=IdType.CPR, label="Karen Jensen")
+    return dataclasses.replace(message, header=dataclasses.replace(message.header, sender=citizen))
+
+
+async def test_a_citizen_message_from_another_provider_is_refused(stack: Stack, esdh: Esdh) -> None:
+    """A provider certificate that is not the citizen's own (the register names mitpost)
+    and no citizen gateway may not send as that citizen: REJECTED NOT_CITIZENS_PROVIDER
+    by the validator, and the same envelope produced straight to the authority's
+    delivery topic is FAILED NOT_CITIZENS_PROVIDER there and never journaled. Nor may
+    the right provider send for a citizen it has no mailbox for (EXEMPT)."""
+    intruder = await _intruder(stack)
+    async with stack.client(intruder) as client:
+        forged = _citizen_question(REGISTERED_CPR, "Ikke min udbyder")
+        signed, ref = client.seal_and_sign(forged)
+        message_uuid = signed.header.messageUUID
+        await client.submit(codec.encode(signed), message_uuid, ref)
+        rejected = await client.wait_for(message_uuid, {"REJECTED", "ACCEPTED"})
+        assert (rejected.state, rejected.reasonCode) == (S.REJECTED, "NOT_CITIZENS_PROVIDER")
+        assert rejected.reasonText and "--citizen-gateway" in rejected.reasonText
+
+        past_validator = _citizen_question(REGISTERED_CPR, "Forbi validatoren")
+        signed, ref = client.seal_and_sign(past_validator)
+        skipped = signed.header.messageUUID
+        producer = AIOKafkaProducer(**stack.admin.client_options(), acks="all")
+        await producer.start()
+        try:  # as a compromised router could
+            await producer.send_and_wait(
+                f"dp2.deliver.{ESDH_PROVIDER}", codec.encode(signed), key=ref.encode()
+            )
+        finally:
+            await producer.stop()
+        failed = await client.wait_for(skipped, {"FAILED", "DELIVERED"})
+    assert (failed.state, failed.reasonCode) == (S.FAILED, "NOT_CITIZENS_PROVIDER")
+
+    async with stack.client(f"provider-{PROVIDER}") as own_provider:
+        not_a_customer = _citizen_question(EXEMPT_CPR, "Ikke paa digital post")
+        receipt = await own_provider.send(not_a_customer)
+        refused = await own_provider.wait_for(receipt.message_uuid, {"REJECTED", "ACCEPTED"})
+        assert (refused.state, refused.reasonCode) == (S.REJECTED, "NOT_CITIZENS_PROVIDER")
+        assert refused.reasonText and "no mailbox" in refused.reasonText
+        # The citizen's own provider is believed (the mailbox app's reply path).
+        genuine = await own_provider.send(_citizen_question(REGISTERED_CPR, "Min udbyder"))
+    # Journaled after the refused ones were judged: the journal queue is past them.
+    await stack.wait_trace(genuine.message_uuid, "JOURNALED")
+    journaled = {entry["messageUUID"] for entry in esdh.peer.journal}
+    assert genuine.message_uuid in journaled
+    assert message_uuid not in journaled and skipped not in journaled
 
 
 # --- the verifiable log and receipts ---------------------------------------------------------

@@ -208,7 +208,9 @@ async def gateway(
     stack: Stack, esdh: Esdh, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Gateway]:
     """The mail connector (submission and forwarding as provider mailgw) and its relay."""
-    stack.pki.issue_provider(MAIL_PROVIDER)  # signs citizens' mail, opens their post
+    stack.pki.issue_provider(
+        MAIL_PROVIDER, citizen_gateway=True
+    )  # signs citizens' mail, opens their post
     register = tmp_path_factory.mktemp("mail") / "contacts.json"
     register.write_text(
         json.dumps(

@@ -330,7 +330,7 @@ async def test_an_upper_case_resubmission_is_a_duplicate(tmp_path: Path) -> None
     pki = Pki(tmp_path / "pki")
     pki.init()
     aarhus = pki.issue_sender("29189846", "aarhus")
-    validator = Validator(TrustStore(tmp_path / "pki"), log)
+    validator = Validator(TrustStore(tmp_path / "pki"), log, directory={})
     # Signed as usual: the signature covers the canonical (lower-case) UUID, so the
     # upper-case spelling of the same bytes still verifies, and is the same letter.
     signed = signing.sign_envelope(sealed(), aarhus.private_key, aarhus.fingerprint)
@@ -346,7 +346,7 @@ async def test_an_upper_case_resubmission_is_a_duplicate(tmp_path: Path) -> None
 async def test_a_tombstone_is_malformed_for_the_validator(tmp_path: Path) -> None:
     """A record without a value is MALFORMED_RECORD, raised for the worker to dead-letter."""
     log = SubmissionLog(tmp_path / "validator.sqlite")
-    validator = Validator(TrustStore(tmp_path / "pki"), log)
+    validator = Validator(TrustStore(tmp_path / "pki"), log, directory={})
     with pytest.raises(MalformedRecordError) as caught:
         await validator.handle(record(None, 1))
     assert "tombstone" in caught.value.message
@@ -356,7 +356,7 @@ async def test_a_tombstone_is_malformed_for_the_validator(tmp_path: Path) -> Non
 async def test_a_path_as_uuid_is_rejected_under_its_own_id(tmp_path: Path) -> None:
     """A messageUUID like /../../x is REJECTED INVALID_MESSAGE_UUID and not recorded."""
     log = SubmissionLog(tmp_path / "validator.sqlite")
-    validator = Validator(TrustStore(tmp_path / "pki"), log)
+    validator = Validator(TrustStore(tmp_path / "pki"), log, directory={})
     envelope = sealed()
     bad = dataclasses.replace(
         envelope, header=dataclasses.replace(envelope.header, messageUUID="/../../x")
