@@ -47,6 +47,7 @@ from tracing.deadletters import DeadLetterStore
 from tracing.pages import (
     CHART_JS,
     frame,
+    notifications_table,
     pct,
     quarantine_table,
     redrive_cell,
@@ -106,6 +107,7 @@ class Dashboard:
             web.get("/dashboard/deadletters/inspect", page(self._deadletter, operator=True)),
             web.post("/dashboard/deadletters/redrive", page(self._redrive, operator=True)),
             web.get("/dashboard/quarantine", page(self._quarantine_list, operator=True)),
+            web.get("/dashboard/notifications", page(self._notifications)),
             web.get("/dashboard/stats", page(self._stats)),
             web.get("/dashboard/stats.json", page(self._stats_json)),
             web.get("/dashboard/stats.csv", page(self._stats_csv)),
@@ -330,6 +332,10 @@ with <code>dp2 receipt verify FILE</code>)</p>
     async def _quarantine_list(self, request: web.Request, user: User) -> web.StreamResponse:
         events = self._quarantine.recent() if self._quarantine is not None else []
         return frame(user, f"Quarantined events — {len(events)}", quarantine_table(events))
+
+    async def _notifications(self, request: web.Request, user: User) -> web.StreamResponse:
+        events = self._store.notifications(sender=user.scope_sender(None))
+        return frame(user, f"Notifications — {len(events)}", notifications_table(events))
 
     async def _deadletter_list(self, request: web.Request, user: User) -> web.StreamResponse:
         letters = self._deadletters.list()

@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from schemas.errors import Dp2Error
-from schemas.models import LifecycleState
+from schemas.models import LifecycleEvent, LifecycleState
 from tracing.access import User
 from tracing.quarantine import Quarantined
 
@@ -129,6 +129,24 @@ sent no notification and no receipt.</p><table id=quarantine><tr><th>when (UTC)<
 <th>why</th><th>read from</th></tr>{rows}</table>"""
 
 
+def notifications_table(events: list[LifecycleEvent]) -> str:
+    """The dashboard's list of notifications sent (or given up), newest first: what a
+    citizen was told, by whom, on which channel — the recipient only as a pseudonym."""
+    rows = "".join(
+        f"<tr><td>{escape(e.occurredAt.isoformat()[:19])}</td>"
+        f"<td><a href='/dashboard/messages/{escape(e.messageUUID)}'>"
+        f"{escape(e.messageUUID)}</a></td><td>{escape(e.recipientRef or '')}</td>"
+        f"<td>{escape(e.channel or '')}</td><td>{escape(e.state.value)}</td>"
+        f"<td>{escape(e.attributes.get('provider', ''))}</td>"
+        f"<td class=text>{escape(e.attributes.get('text', '') or e.reasonCode or '')}</td></tr>"
+        for e in events
+    )
+    return f"""<p>Every SMS and e-mail the notifier sent (or gave up on), newest first.
+The recipient is a pseudonym; the text is the notification's words, never the letter.</p>
+<table id=notifications><tr><th>when (UTC)</th><th>message</th><th>recipient</th>
+<th>channel</th><th>outcome</th><th>provider</th><th>text</th></tr>{rows}</table>"""
+
+
 def frame(user: User | None, title: str, body: str, status: int = 200) -> web.Response:
     nav = ""
     if user is not None:
@@ -140,7 +158,8 @@ def frame(user: User | None, title: str, body: str, status: int = 200) -> web.Re
         )
         who = f"{escape(user.name)} ({user.role}{', CVR ' + escape(user.cvr) if user.cvr else ''})"
         nav = f"""<a href='/dashboard/'>Overview</a><a href='/dashboard/search'>Search</a>
-<a href='/dashboard/stats'>Statistics</a>{operator}<span class=who>{who}
+<a href='/dashboard/stats'>Statistics</a><a href='/dashboard/notifications'>Notifications</a>
+{operator}<span class=who>{who}
 <form method=post action='/dashboard/logout' class=inline><button>Log out</button></form>
 </span>"""
     page = f"""<!doctype html><html lang=en><head><meta charset=utf-8>

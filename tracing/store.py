@@ -115,6 +115,8 @@ CREATE TABLE IF NOT EXISTS events (
     reason_code   TEXT
 );
 CREATE INDEX IF NOT EXISTS events_by_message ON events (message_uuid);
+-- The dashboard's Notifications page: the newest NOTIFIED and NOTIFICATION_FAILED.
+CREATE INDEX IF NOT EXISTS events_by_state ON events (state, occurred_at);
 CREATE TABLE IF NOT EXISTS summaries (
     message_uuid     TEXT PRIMARY KEY,
     state            TEXT NOT NULL,
@@ -233,6 +235,18 @@ class SqliteTraceStore:
     def db(self) -> sqlite3.Connection:
         """The connection, for read-only projections over the same tables (tracing.stats)."""
         return self._conn
+
+    def notifications(self, *, sender: str | None = None, limit: int = 100) -> list[LifecycleEvent]:
+        """The newest NOTIFIED and NOTIFICATION_FAILED events (one sender's if given)."""
+        rows = self._conn.execute(
+            "SELECT e.record FROM events e"
+            " LEFT JOIN summaries s ON s.message_uuid = e.message_uuid"
+            " WHERE e.state IN ('NOTIFIED', 'NOTIFICATION_FAILED')"
+            " AND (? IS NULL OR s.sender_id = ?)"
+            " ORDER BY e.occurred_at DESC LIMIT ?",
+            (sender, sender, limit),
+        ).fetchall()
+        return [codec.decode(row[0], LifecycleEvent) for row in rows]
 
     def throughput(self, since: datetime, sender: str | None = None) -> list[tuple[int, str, int]]:
         """(minute since the epoch, state, events) from ``since`` on; one sender's if given."""

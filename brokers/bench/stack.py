@@ -135,7 +135,7 @@ def environment(env: dict[str, str]) -> Iterator[None]:
 def service_ports() -> tuple[int, list[supervisor.ServiceSpec]]:
     for _ in range(200):
         base = 30000 + int.from_bytes(os.urandom(2), "big") % 25000
-        specs = supervisor.stack_services([PROVIDER], base, notifier=True)
+        specs = supervisor.stack_services([PROVIDER], base)
         if all(port_is_free(s.port) for s in specs):
             return base, specs
     raise BenchError("no free range of HTTP ports for the services")

@@ -21,6 +21,7 @@ imported, and it adds its own arguments (``add_arguments``).
 | trace | ``dp2 trace`` |
 | tokens | ``dp2 tokens issue`` |
 | dashboard | ``dp2 dashboard user add`` |
+| demo | ``dp2 demo letter``, ``dp2 capture`` |
 | bench | ``dp2 bench`` (loads brokers.bench) |
 
 Exit codes: 0 ok, 1 something is not running/healthy (status), 2 an error the
@@ -57,9 +58,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "log": ("receipt", "the verifiable log of lifecycle events (log verify)"),
     "tokens": ("tokens", "development citizen tokens (not MitID)"),
     "dashboard": ("dashboard", "users of the operators' dashboard"),
+    "demo": ("demo", "the demo's sample input: a fresh MeMo letter (or SF1601 request)"),
+    "capture": ("demo", "e-mails and SMS the embedded default captured instead of sending"),
     "bench": ("bench", "end-to-end benchmark on its own stack: throughput, latency, CPU, RSS"),
 }
-_MULTI_COMMAND_MODULES = frozenset({"stack", "receipt"})
+_MULTI_COMMAND_MODULES = frozenset({"stack", "receipt", "demo"})
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import threading
 from typing import Any
@@ -73,6 +74,12 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if all(s["health"] == "up" for s in services) else 1
 
 
+def _notifier_env() -> dict[str, str]:
+    """Sending to the local capture, the demo's alert appears at once: no digest
+    window, unless the user chose one."""
+    return {} if "DP2_DIGEST_WINDOW_S" in os.environ else {"DP2_DIGEST_WINDOW_S": "0"}
+
+
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     if not settings.kafka_is_external:
         cluster(settings, 1).start()
@@ -81,6 +88,12 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     connector_config = read_config(settings)
     # A receiving connector (an authority's ESDH, say) is its provider's mailbox.
     served = {str(table["provider"]) for table in connector_config.values() if "provider" in table}
+    # A connector signing as a provider identity (forms, mail) is no mailbox of its own.
+    served |= {
+        str(table["identity"]).removeprefix("provider-")
+        for table in connector_config.values()
+        if str(table.get("identity", "")).startswith("provider-")
+    }
     providers = [
         p for p in supervisor.providers_in_pki(settings) if p != PRINT_PROVIDER and p not in served
     ]
@@ -94,16 +107,20 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         supervisor.stack_services(
             providers,
             settings.port_base,
-            notifier=bool(settings.smtp_host or settings.sms_providers),
+            # No relay and no SMS provider (the embedded default): capture them locally.
+            capture=not (settings.smtp_host or settings.sms_providers),
+            notifier_env=_notifier_env(),
             connectors=[
                 (name, connector_config[name].get("port")) for name in configured(settings)
             ],
         ),
         say,
     )
-    if args.demo:
-        asyncio.run(demo.run_demo(settings, say))
+    uuids = asyncio.run(demo.run_demo(settings, say)) if args.demo else []
     cmd_status(settings, argparse.Namespace(json=False))
+    urls = {s["name"]: s["url"] for s in supervisor.running_services(settings)}
+    if args.demo and {"connector-esdh", "connector-apps", "connector-forms"} <= set(urls):
+        print(demo.try_it(settings, urls, uuids[0] if uuids else None), flush=True)
     if args.detach:
         say("running in the background; stop everything with: dp2 down")
         return 0

@@ -7,6 +7,8 @@ import asyncio
 import json
 import os
 import sys
+import time
+from typing import Any
 
 from brokers.runtime.settings import Settings
 from tracing.access import Users
@@ -35,6 +37,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="print events as they arrive, until the state is final (or Ctrl-C)",
     )
+    parser.add_argument(
+        "--wait",
+        metavar="STATE",
+        help="wait until the timeline has STATE (e.g. DELIVERED), then print it",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=60.0, help="with --wait: give up after this (60 s)"
+    )
     parser.add_argument("--url", help=f"tracing service (default DP2_PORT_BASE's, {DEFAULT_URL})")
     parser.add_argument(
         "--token",
@@ -56,6 +66,26 @@ async def _follow_and_print(args: argparse.Namespace) -> None:
         print(render_event(event), flush=True)
 
 
+def _has(doc: dict[str, Any], state: str) -> bool:
+    return any(e.get("state") == state.upper() for e in doc.get("timeline", []))
+
+
+async def _wait_for(args: argparse.Namespace) -> dict[str, Any]:
+    """The timeline once it has the state asked for, or as it is at the timeout (a
+    message not traced yet is waited for too: its SUBMITTED may be on its way)."""
+    deadline = time.monotonic() + args.timeout
+    while True:
+        try:
+            doc = await fetch_timeline(args.url, args.uuid, args.token)
+        except UnknownMessageError:
+            if time.monotonic() >= deadline:
+                raise
+        else:
+            if _has(doc, args.wait) or time.monotonic() >= deadline:
+                return doc
+        await asyncio.sleep(0.5)
+
+
 def cmd_trace(settings: Settings | None, args: argparse.Namespace) -> int:
     """Print the message's timeline (or follow it); exit 1 when unknown or unreachable."""
     if args.url is None:
@@ -67,6 +97,15 @@ def cmd_trace(settings: Settings | None, args: argparse.Namespace) -> int:
     try:
         if args.follow:
             asyncio.run(_follow_and_print(args))
+        elif args.wait:
+            doc = asyncio.run(_wait_for(args))
+            print(json.dumps(doc, indent=2) if args.json else render_timeline(doc))
+            if not _has(doc, args.wait):
+                print(
+                    f"dp2 trace: no {args.wait.upper()} within {args.timeout:.0f} s",
+                    file=sys.stderr,
+                )
+                return 1
         else:
             doc = asyncio.run(fetch_timeline(args.url, args.uuid, args.token))
             print(json.dumps(doc, indent=2) if args.json else render_timeline(doc))

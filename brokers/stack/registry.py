@@ -21,6 +21,7 @@ from brokers.router import service as router_service
 from brokers.runtime.host import Service, ServiceContext, ServiceHost
 from brokers.runtime.metrics import ServiceMetrics
 from brokers.runtime.settings import Settings
+from brokers.stack import capture
 from brokers.stack.access import service_identity
 from brokers.validator import service as validator_service
 from connectors import mailbox
@@ -38,7 +39,10 @@ SERVICES: dict[str, ServiceFactory] = {
     "router": router_service.create,
     "mailbox": mailbox.create,
     "notifier": notifier_service.create,
+    "capture": capture.create,  # the embedded default's local SMTP and SMS, no Kafka
 }
+#: Services that never talk to Kafka, so they have no principal of their own.
+_WITHOUT_KAFKA = frozenset({"capture"})
 #: What ``dp2 run`` accepts: the built-in services and any installed connector.
 SERVICE_KINDS = (*SERVICES, "connector")
 
@@ -71,7 +75,7 @@ async def build_service(
             hint=f"Choose one of {', '.join(SERVICE_KINDS)}.",
         )
     registry = CollectorRegistry()
-    if not settings.kafka_identity:  # each service is its own Kafka principal
+    if not settings.kafka_identity and kind not in _WITHOUT_KAFKA:  # its own principal
         settings = settings.as_identity(service_identity(kind, provider))
     ctx = ServiceContext(
         kind,

@@ -10,6 +10,7 @@ in production, each with ``/healthz`` and ``/metrics`` on a fixed port.
 | router | 8472 | dp2.accepted, dp2.commands | dp2.deliver.*, dp2.print, dp2.scheduled |
 | mailbox-<id> | 8473+ | dp2.deliver.<id> | dp2.lifecycle (DELIVERED) |
 | notifier | after the mailboxes | dp2.lifecycle (DELIVERED) | SMS, e-mail; NOTIFIED |
+| capture | next (SMTP: base + 25) | e-mail and SMS from the notifier | kept locally |
 | connector-<name> | ``port`` or next | its delivery topic, its own | its work |
 
 Connectors are whatever is installed in the ``dp2.connectors`` entry-point group
@@ -32,7 +33,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from brokers.runtime.settings import Settings
 from brokers.security.pki import Pki
 from brokers.stack.access import ADMIN_IDENTITY, acl_matrix, ensure_service_identities
 from brokers.stack.access import apply as apply_acls
+from brokers.stack.capture import smtp_port_of
 from connectors.base import read_config
 from schemas.errors import Dp2Error
 from schemas.vocabulary import TOPICS, provider_topic
@@ -56,6 +58,8 @@ class ServiceSpec:
     port: int
     provider: str | None = None
     connector: str | None = None
+    #: Environment of this service's process on top of dp2 up's own.
+    env: tuple[tuple[str, str], ...] = ()
 
     @property
     def argv(self) -> list[str]:
@@ -71,16 +75,20 @@ def stack_services(
     providers: list[str],
     port_base: int,
     *,
-    notifier: bool = False,
+    capture: bool = False,
     connectors: Sequence[tuple[str, int | None]] = (),
+    notifier_env: Mapping[str, str] | None = None,
 ) -> list[ServiceSpec]:
-    """The services of ``dp2 up``: the core, a mailbox per provider, the notifier
-    once SMTP or SMS is configured, then every configured connector (on its own
-    ``port`` from connectors.toml, or the next free one)."""
+    """The services of ``dp2 up``: the core, a mailbox per provider, the notifier —
+    with ``capture``, also the local SMTP and SMS capture it sends to — then every
+    configured connector (on its own ``port`` from connectors.toml, or the next
+    free one). ``notifier_env``: the notifier's environment when it sends to the
+    capture (no digest window unless the caller's environment sets one)."""
     specs = [ServiceSpec(name, port_base + offset) for name, offset in PORT_OFFSETS.items()]
     specs += [ServiceSpec(f"mailbox-{p}", 0, provider=p) for p in providers]
-    if notifier:
-        specs.append(ServiceSpec("notifier", 0))
+    specs.append(ServiceSpec("notifier", 0))
+    if capture:
+        specs.append(ServiceSpec("capture", 0))
     specs += [ServiceSpec(f"connector-{n}", port or 0, connector=n) for n, port in connectors]
     taken = {s.port for s in specs}
     next_port = port_base + len(PORT_OFFSETS)
@@ -92,6 +100,18 @@ def stack_services(
             spec = dataclasses.replace(spec, port=next_port)  # noqa: PLW2901 - numbering
             taken.add(next_port)
         numbered.append(spec)
+    if capture:
+        capture_port = next(s.port for s in numbered if s.name == "capture")
+        env = {
+            "DP2_SMTP_HOST": "127.0.0.1",
+            "DP2_SMTP_PORT": str(smtp_port_of(port_base)),
+            "DP2_SMS_PROVIDERS": f"capture=http://127.0.0.1:{capture_port}/sms",
+            **(notifier_env or {}),
+        }
+        numbered = [
+            dataclasses.replace(s, env=tuple(env.items())) if s.name == "notifier" else s
+            for s in numbered
+        ]
     return numbered
 
 
@@ -122,6 +142,7 @@ def start_processes(
                 env={
                     **{k: v for k, v in os.environ.items() if k != "DP2_KAFKA_IDENTITY"},
                     "DP2_LOG_FORMAT": "json",
+                    **dict(spec.env),
                 },
             )
         (run_dir(settings) / f"{spec.name}.json").write_text(

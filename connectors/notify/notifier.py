@@ -48,6 +48,9 @@ from schemas.models import LifecycleEvent, LifecycleState, NotificationChannel
 
 log = structlog.get_logger("dp2.notify")
 
+#: How much of a notification's words NOTIFIED carries for the dashboard.
+MAX_SHOWN_TEXT = 200
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     key TEXT PRIMARY KEY,            -- message UUID | channel: the idempotency key
@@ -304,7 +307,7 @@ class Notifier:
         keys = [r.key for r in rows]
         self._outbox.mark(keys, "sending", attempts=rows[0].attempts + 1)
         try:
-            provider = await self._send(rows)
+            provider, shown = await self._send(rows)
         except NotificationError as exc:
             await self._failure(producer, rows, exc)
             return False
@@ -315,7 +318,7 @@ class Notifier:
                 self.actor,
                 channel=r.channel,
                 recipient_ref=r.recipient_ref,
-                attributes={"provider": provider, "digestSize": str(len(rows))},
+                attributes={"provider": provider, "digestSize": str(len(rows)), "text": shown},
                 source=f"notified:{r.channel}",
             )
             for r in rows
@@ -328,7 +331,10 @@ class Notifier:
         )
         return True
 
-    async def _send(self, rows: Sequence[Row]) -> str:
+    async def _send(self, rows: Sequence[Row]) -> tuple[str, str]:
+        """Send; returns the provider and the text the trace may show of what was sent:
+        the template's words (sender label, a non-sensitive label), never a NemSMS's
+        own text, which is the message itself."""
         first = rows[0]
         key = _group_key(rows)
         if first.channel == "SMS":
@@ -338,19 +344,18 @@ class Notifier:
                     kind="permanent",
                     reason_code="SMS_NOT_CONFIGURED",
                 )
-            text = (
-                templates.nemsms(first.nemsms_text).text
-                if first.nemsms_text is not None
-                else self._render(rows).text
-            )
-            return await self._sms.send(first.address, text, key)
+            if first.nemsms_text is not None:
+                text, shown = templates.nemsms(first.nemsms_text).text, "(the NemSMS text)"
+            else:
+                text = shown = self._render(rows).text
+            return await self._sms.send(first.address, text, key), shown[:MAX_SHOWN_TEXT]
         if self._email is None:
             raise NotificationError(
                 "no SMTP server is configured", kind="permanent", reason_code="EMAIL_NOT_CONFIGURED"
             )
         rendered = self._render(rows)
         await self._email.send(first.address, rendered.subject or "", rendered.text, key)
-        return "smtp"
+        return "smtp", (rendered.subject or rendered.text)[:MAX_SHOWN_TEXT]
 
     def _render(self, rows: Sequence[Row]) -> templates.Rendered:
         first = rows[0]
