@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from brokers.cli.output import say
 from brokers.contacts.records import read_contact_file
 from brokers.contacts.register import ContactRegister, publish_contacts
 from brokers.runtime.kafka import ensure_topics
@@ -33,7 +34,13 @@ def cmd_contacts_load(settings: Settings, args: argparse.Namespace) -> int:
     pseudonyms = Pseudonymizer(pseudonym_key(settings.home))
     records = read_contact_file(Path(args.file), pseudonyms)
     asyncio.run(ensure_topics(settings.kafka_as(ADMIN_IDENTITY), TOPICS))
-    count = asyncio.run(publish_contacts(settings.kafka_as(REGISTER_IDENTITY), records))
+    count = asyncio.run(
+        publish_contacts(
+            settings.kafka_as(REGISTER_IDENTITY),
+            records,
+            progress=lambda done: say(f"published {done:,} records…"),
+        )
+    )
     print(f"loaded {count} contact records into dp2.directory and dp2.contacts")
     return 0
 

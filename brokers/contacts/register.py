@@ -40,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -85,9 +85,15 @@ def _signature_header(
     return REGISTER_SIGNATURE_HEADER, encoded
 
 
-async def publish_contacts(kafka: KafkaAccess, records: Iterable[ContactRecord]) -> int:
+async def publish_contacts(
+    kafka: KafkaAccess,
+    records: Iterable[ContactRecord],
+    progress: Callable[[int], None] | None = None,
+) -> int:
     """Publish each record to the directory (stripped) and to the contact details,
-    signed by ``kafka``'s identity (the register operator's)."""
+    signed by ``kafka``'s identity (the register operator's). ``progress`` is told
+    the count every ``PROGRESS_EVERY`` records acknowledged by Kafka (a national
+    register is millions: the pending sends are awaited in batches, never all held)."""
     if kafka.pki_dir is None or not kafka.identity:
         raise Dp2Error(
             "the register is published by the register operator's identity",
@@ -97,7 +103,8 @@ async def publish_contacts(kafka: KafkaAccess, records: Iterable[ContactRecord])
     identity = Pki(kafka.pki_dir).identity(kafka.identity)
     producer = new_producer(kafka)
     await producer.start()
-    futures = []
+    futures: list[asyncio.Future[Any]] = []
+    published = 0
     try:
         for r in records:
             key = r.recipientRef.encode()
@@ -110,11 +117,27 @@ async def publish_contacts(kafka: KafkaAccess, records: Iterable[ContactRecord])
             futures.append(
                 await producer.send(CONTACTS_TOPIC, details, key=key, headers=details_signed)
             )
-        for future in futures:
-            await future
+            if len(futures) >= 2 * PROGRESS_EVERY:
+                published += await _acknowledged(futures)
+                if progress is not None:
+                    progress(published)
+        published += await _acknowledged(futures)
     finally:
         await producer.stop()
-    return len(futures) // 2
+    return published
+
+
+#: How often publish_contacts reports, and how many sends it keeps pending at most.
+PROGRESS_EVERY: Final = 10_000
+
+
+async def _acknowledged(futures: list[asyncio.Future[Any]]) -> int:
+    """Await and clear the pending sends; the number of records (two sends each)."""
+    for future in futures:
+        await future
+    count = len(futures) // 2
+    futures.clear()
+    return count
 
 
 class ContactRegister(AsyncResource):

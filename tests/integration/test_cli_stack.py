@@ -116,6 +116,17 @@ def test_whole_stack_from_the_command_line(tmp_path: Path) -> None:
         expected = "MEMO_INVALID_ID_TYPE at MessageHeader/Sender/idType"
         assert refused.returncode == 2 and expected in refused.stderr, refused.stderr
 
+        # A folder of MeMo files: each sent, the invalid one reported, progress on stderr.
+        folder = tmp_path / "memo-folder"
+        folder.mkdir()
+        for name in ("a.xml", "b.xml"):
+            assert dp2("demo", "letter", "--out", str(folder / name)).returncode == 0
+        (folder / "c.xml").write_text(broken.read_text())
+        batch = dp2("send", "--as", "demo-kommune", "--memo", str(folder))
+        assert batch.returncode == 2, batch.stderr
+        assert len(batch.stdout.split()) == 2, batch.stdout
+        assert "sent 2 of 3 files (1 invalid)" in batch.stderr, batch.stderr
+
         _folder_connector_moves_a_letter(dp2, tmp_path, outbox, inbox)
     finally:
         down = dp2("down")
