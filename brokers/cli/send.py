@@ -84,8 +84,8 @@ def _send_memo(settings: Settings, args: argparse.Namespace) -> int:
                     for violation in exc.violations:
                         say(f"  {violation.code} at {violation.path}: {violation.message}")
                         say(f"    how to fix: {violation.hint}")
-                    continue
-                print((await client.send(message)).message_uuid, flush=True)
+                else:
+                    print((await client.send(message)).message_uuid, flush=True)
                 if len(files) > 1 and (number % 100 == 0 or number == len(files)):
                     say(f"sent {number - failed} of {len(files)} files ({failed} invalid)")
         return 2 if failed else 0
