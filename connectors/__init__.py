@@ -4,6 +4,8 @@
                  (light: no HTTP server, store, metrics or services on import)
     base         the Connector protocol, discovery (entry points), connectors.toml
     delivery     the receiving end every mailbox shares: verify, decrypt, DELIVERED
+    documents    a received document's bytes, inline or kept in the receiver's store
+    bodies       request bodies streamed and refused past a limit
     mailbox      the reference mailbox provider (a built-in service)
     citizens     citizen identity (tokens) shared by forms, apps and mail
     esdh/        authorities' case systems: MeMo over HTTP and folders, receipts

@@ -28,6 +28,7 @@ consent rules and audit trail share one store and one identity check.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -40,12 +41,14 @@ from aiokafka.errors import KafkaError
 
 from brokers.contacts.register import ContactRegister
 from brokers.runtime import sqlite
+from brokers.runtime.blobstore import FileBlobStore
 from brokers.runtime.kafka import new_producer
 from brokers.runtime.records import lifecycle_output
 from brokers.runtime.tasks import AsyncResource
 from brokers.security import sealing
 from brokers.security.pki import EventSigner, Pki, provider_identity_name
 from brokers.security.pseudonyms import Pseudonymizer, pseudonym_key
+from connectors import documents
 from connectors.base import ConnectorContext, error_response
 from connectors.citizen_openapi import apps_openapi
 from connectors.citizens import (
@@ -56,6 +59,7 @@ from connectors.citizens import (
     bearer,
     citizen_message,
 )
+from connectors.mailbox import documents_dir
 from connectors.sdk import Document, Dp2Client
 from schemas import codec, memo
 from schemas.errors import Dp2Error
@@ -63,7 +67,7 @@ from schemas.models import (
     CaseID,
     ContentData,
     Envelope,
-    InlineContent,
+    File,
     LifecycleState,
     ReplyData,
 )
@@ -119,6 +123,7 @@ class AppsConnector(AsyncResource):
         self._identities = identities or DevTokens.from_home(settings.home)
         self._pseudonyms = Pseudonymizer(pseudonym_key(settings.home))
         self._mailbox_path = settings.home / "data" / f"mailbox-{self.provider}.sqlite"
+        self._documents = FileBlobStore(documents_dir(self._mailbox_path))  # read only
         self._mailbox: sqlite3.Connection | None = None
         self._db = sqlite.connect(str(context.data_dir / "apps.sqlite"))
         self._db.executescript(_SCHEMA)
@@ -236,7 +241,7 @@ class AppsConnector(AsyncResource):
         )
         self._db.commit()
 
-    async def _guarded(self, request: web.Request, action: str, work: Any) -> web.Response:
+    async def _guarded(self, request: web.Request, action: str, work: Any) -> web.StreamResponse:
         """Authenticate, run ``work(citizen)``, audit the outcome, answer errors as JSON."""
         try:
             citizen = self._citizen(request)
@@ -253,12 +258,12 @@ class AppsConnector(AsyncResource):
             self._audit_write(citizen, mailbox, action, uuid, f"refused:{exc.reason_code}")
             return error_response(422, exc, exc.violations)
         self._audit_write(citizen, mailbox, action, uuid, "ok")
-        if isinstance(body, web.Response):
+        if isinstance(body, web.StreamResponse):
             return body
         return web.json_response(body, status=status)
 
     # --- reading ----------------------------------------------------------------
-    async def _list(self, request: web.Request) -> web.Response:
+    async def _list(self, request: web.Request) -> web.StreamResponse:
         async def work(citizen: Citizen) -> tuple[int, Any]:
             cpr, ref, _ = self._owner(citizen, request.match_info["mailbox"])
             limit = _int(request.query.get("limit", "20"), "limit", 1, 100)
@@ -289,7 +294,7 @@ class AppsConnector(AsyncResource):
 
         return await self._guarded(request, "list", work)
 
-    async def _get(self, request: web.Request) -> web.Response:
+    async def _get(self, request: web.Request) -> web.StreamResponse:
         async def work(citizen: Citizen) -> tuple[int, Any]:
             cpr, ref, owner = self._owner(citizen, request.match_info["mailbox"])
             message = self._message(cpr, request.match_info["uuid"])
@@ -298,7 +303,7 @@ class AppsConnector(AsyncResource):
 
         return await self._guarded(request, "read-message", work)
 
-    async def _file(self, request: web.Request) -> web.Response:
+    async def _file(self, request: web.Request) -> web.StreamResponse:
         async def work(citizen: Citizen) -> tuple[int, Any]:
             cpr, _, _ = self._owner(citizen, request.match_info["mailbox"])
             message = self._message(cpr, request.match_info["uuid"])
@@ -307,14 +312,37 @@ class AppsConnector(AsyncResource):
             if index >= len(files):
                 raise _not_found()
             file = files[index]
-            assert isinstance(file.content, InlineContent)  # noqa: S101 - mailbox holds plain
-            return 200, web.Response(
-                body=file.content.data,
-                content_type=file.encodingFormat if "/" in file.encodingFormat else None,
-                headers={"Content-Disposition": f'attachment; filename="{_ascii(file.filename)}"'},
-            )
+            headers = {"Content-Disposition": f'attachment; filename="{_ascii(file.filename)}"'}
+            content_type = file.encodingFormat if "/" in file.encodingFormat else None
+            if not documents.is_kept(file):
+                body = documents.read(file, None)
+                return 200, web.Response(body=body, content_type=content_type, headers=headers)
+            return 200, await self._stream(request, file, content_type, headers)
 
         return await self._guarded(request, "read-file", work)
+
+    async def _stream(
+        self,
+        request: web.Request,
+        file: File,
+        content_type: str | None,
+        headers: Mapping[str, str],
+    ) -> web.StreamResponse:
+        """A document the mailbox keeps in its folder, sent a piece at a time as it is
+        read and checked (connectors.documents): its last piece only once its SHA-256
+        holds, so a changed file is never sent whole (the connection is cut instead)."""
+        try:  # size and presence are checked before the first byte is sent
+            pieces = documents.chunks(file, self._documents)
+        except Dp2Error as exc:
+            raise AccessError(503, exc.message, reason_code=exc.reason_code, hint=exc.hint) from exc
+        response = web.StreamResponse(headers=headers)
+        response.content_type = content_type or "application/octet-stream"
+        response.content_length = documents.size_of(file)
+        await response.prepare(request)
+        while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
+            await response.write(piece)
+        await response.write_eof()
+        return response
 
     def _is_read(self, owner_ref: str, message_uuid: str) -> bool:
         return (
@@ -325,7 +353,7 @@ class AppsConnector(AsyncResource):
             is not None
         )
 
-    async def _read(self, request: web.Request) -> web.Response:
+    async def _read(self, request: web.Request) -> web.StreamResponse:
         async def work(citizen: Citizen) -> tuple[int, Any]:
             cpr, ref, owner = self._owner(citizen, request.match_info["mailbox"])
             message = self._message(cpr, request.match_info["uuid"])
@@ -351,7 +379,7 @@ class AppsConnector(AsyncResource):
         return await self._guarded(request, "mark-read", work)
 
     # --- replying ---------------------------------------------------------------
-    async def _reply(self, request: web.Request) -> web.Response:
+    async def _reply(self, request: web.Request) -> web.StreamResponse:
         async def work(citizen: Citizen) -> tuple[int, Any]:
             cpr, ref, owner = self._owner(citizen, request.match_info["mailbox"])
             original = self._message(cpr, request.match_info["uuid"])
@@ -449,7 +477,7 @@ class AppsConnector(AsyncResource):
         await self._producer.send_and_wait(output.topic, signed, key=output.key)
 
     # --- read access ------------------------------------------------------------
-    async def _access(self, request: web.Request) -> web.Response:
+    async def _access(self, request: web.Request) -> web.StreamResponse:
         async def work(citizen: Citizen) -> tuple[int, Any]:
             me = self._pseudonyms.ref("CPR", citizen.cpr)
             granted = self._db.execute(
@@ -470,7 +498,7 @@ class AppsConnector(AsyncResource):
 
         return await self._guarded(request, "list-access", work)
 
-    async def _grant(self, request: web.Request) -> web.Response:
+    async def _grant(self, request: web.Request) -> web.StreamResponse:
         async def work(citizen: Citizen) -> tuple[int, Any]:
             try:
                 body = await request.json()
@@ -504,7 +532,7 @@ class AppsConnector(AsyncResource):
 
         return await self._guarded(request, "grant-access", work)
 
-    async def _revoke(self, request: web.Request) -> web.Response:
+    async def _revoke(self, request: web.Request) -> web.StreamResponse:
         async def work(citizen: Citizen) -> tuple[int, Any]:
             me = self._pseudonyms.ref("CPR", citizen.cpr)
             changed = self._db.execute(
@@ -524,7 +552,7 @@ class AppsConnector(AsyncResource):
 
         return await self._guarded(request, "revoke-access", work)
 
-    async def _audit(self, request: web.Request) -> web.Response:
+    async def _audit(self, request: web.Request) -> web.StreamResponse:
         async def work(citizen: Citizen) -> tuple[int, Any]:
             me = self._pseudonyms.ref("CPR", citizen.cpr)
             rows = self._db.execute(
@@ -626,7 +654,7 @@ def _detail(message: Envelope, read: bool, owner: bool) -> dict[str, Any]:
                 "index": n,
                 "filename": f.filename,
                 "mimeType": f.encodingFormat,
-                "size": len(f.content.data) if isinstance(f.content, InlineContent) else None,
+                "size": documents.size_of(f) if f.nonce is None else None,
             }
             for n, f in enumerate(sealing.files_of(message.body))
         ],

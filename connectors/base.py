@@ -31,6 +31,9 @@ have been checked and whose documents are decrypted (see connectors.delivery). I
 must store the message durably before it returns — the Kafka offset is committed
 after it — and be idempotent, because after a crash the same message comes again.
 Raise a ``Dp2Error`` subclass with ``retriable = True`` to have it retried later.
+A receiving connector that sets ``documents`` (a brokers.runtime.blobstore.BlobStore
+of its own, private, for plaintext) gets big documents decrypted a chunk at a time
+into it and named by reference, not inline; it reads them with connectors.documents.
 """
 
 from __future__ import annotations
@@ -259,7 +262,11 @@ async def build_connector_service(
         provider = connector.provider_id
         await ensure_topics(settings.kafka, [provider_topic(provider)])
         handler = DeliveryHandler.for_provider(
-            settings, provider, connector, actor=f"connector:{name}"
+            settings,
+            provider,
+            connector,
+            actor=f"connector:{name}",
+            documents=getattr(connector, "documents", None),  # opt-in: its plaintext store
         )
         workers.append(
             context.worker("deliveries", [provider_topic(provider).name], handler.handle)

@@ -253,12 +253,17 @@ def apps_openapi() -> dict[str, Any]:
                     ),
                     "responses": {
                         "200": {
-                            "description": "the file's bytes",
+                            "description": "the file's bytes (a big one streamed, checked "
+                            "against its SHA-256 as it is read)",
                             "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
                         },
                         "400": _error("bad index"),
                         "401": _error("no valid citizen token"),
                         "404": _error("no such mailbox, message or file"),
+                        "503": _error(
+                            "the mailbox, or the file in its folder, is not there "
+                            "or not whole (BLOB_MISSING, BLOB_CORRUPT)"
+                        ),
                     },
                 }
             },

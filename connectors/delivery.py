@@ -13,14 +13,19 @@ trusting it, and it must not be re-implemented (and got wrong) per vendor. A
    citizen, or a citizen gateway (``NOT_CITIZENS_PROVIDER``): the handler reads the
    register's directory once the first citizen's message arrives, so a mailbox that
    only ever gets authorities' post keeps no copy of it;
-2. decrypts the documents with the provider's X25519 key and restores the sealed
-   personal data (CPR numbers, and the names, addresses, e-mail and phone of
-   brokers.security.personal) field for field, as the sender built the envelope —
-   the plaintext exists only from here on — and
-   re-checks what a store or a folder drop builds names from: the message UUID
+2. re-checks what a store or a folder drop builds names from: the message UUID
    (``INVALID_MESSAGE_UUID``) and every file name (``INVALID_FILENAME``,
    ``UNSAFE_FILENAME``, ``TEXT_TOO_LONG``), with the validator's own rules, since a
-   record on a delivery topic may not have passed the validator;
+   record on a delivery topic may not have passed the validator (file names travel
+   in clear, so they are checked before anything is decrypted); then decrypts the
+   documents with the provider's X25519 key and restores the sealed personal data
+   (CPR numbers, and the names, addresses, e-mail and phone of
+   brokers.security.personal) field for field, as the sender built the envelope —
+   the plaintext exists only from here on. A receiver that keeps a plaintext store
+   of its own (``documents``, e.g. the reference mailbox's) gets each blob-stored
+   document decrypted a chunk at a time into it and named there by reference
+   (connectors.documents reads it), so a 99.5 MB letter is never held whole; any
+   other receiver gets every file inline;
 3. hands the plain message to the receiver (``await receiver.receive(message)``),
    which stores it durably and idempotently;
 4. emits DELIVERED signed by the provider, with the facts the notifier may use.
@@ -98,10 +103,13 @@ class DeliveryHandler:
         actor: str | None = None,
         facts: Facts | None = None,
         directory: ContactRegister | None = None,
+        documents: BlobStore | None = None,
     ) -> None:
         """``directory``: the register (not yet started: the handler starts it when a
         citizen's message first arrives, and ``close`` stops it); without one, no
-        citizen's message is accepted except from a citizen gateway."""
+        citizen's message is accepted except from a citizen gateway. ``documents``:
+        the receiver's own plaintext store, where blob-stored documents are opened
+        into (never the deployment's shared blob store); without it, inline."""
         if identity.encryption_key is None:
             raise Dp2Error(
                 f"identity {identity.name!r} has no encryption key",
@@ -115,6 +123,7 @@ class DeliveryHandler:
         self._trust = trust
         self._receive = receiver.receive if hasattr(receiver, "receive") else receiver
         self._blobs = blob_store
+        self._documents = documents
         self._pseudonyms = pseudonyms
         self._facts = facts or (lambda plain: {"provider": provider_id})
         self._directory: Directory = directory if directory is not None else _NOBODY
@@ -206,12 +215,15 @@ class DeliveryHandler:
         # Defence in depth: the validator's authorisation and limits, again.
         check_sender(self._trust, certificate, sealed, self._directory)
         check_limits(sealed, datetime.now(UTC))
-        plain = sealing.open_envelope(
-            sealed, self._decryption_key, self._blobs, pseudonymizer=self._pseudonyms
+        if sealed.body is not None:  # names are in clear: nothing is opened for a bad one
+            check_filenames(sealing.files_of(sealed.body))
+        return sealing.open_envelope(
+            sealed,
+            self._decryption_key,
+            self._blobs,
+            pseudonymizer=self._pseudonyms,
+            documents=self._documents,
         )
-        if plain.body is not None:
-            check_filenames(sealing.files_of(plain.body))
-        return plain
 
     def signed(self, event_output: Output) -> Output:
         """A lifecycle output signed by this provider (a receipt others can verify)."""

@@ -7,6 +7,17 @@ security work (verify again, decrypt, DELIVERED signed by the provider); this
 module is the store it hands plain messages to, and the facts it lets the
 notifier use.
 
+Documents stay out of memory: the store keeps a plaintext folder of its own next to
+its SQLite (``mailbox-<provider>.documents/``, content-addressed by the plaintext's
+SHA-256, files 0600 in 0700 folders: brokers.runtime.blobstore.FileBlobStore), and
+the delivery handler decrypts every blob-stored document a chunk at a time into it
+(connectors.delivery). The stored envelope names such a file by reference (a
+``BlobContent`` without a nonce), so a 99.5 MB letter is a small row; readers stream
+it back with :meth:`MailboxStore.chunks`, checked against its size and SHA-256
+(connectors.documents). Small documents stay inline in the row, as before. A file in
+the folder is never deleted by a failed delivery: its address may be shared with a
+letter already stored, and a redelivery writes the same bytes to the same name.
+
 Exactly once, under Kafka redelivery: the store's primary key is the message UUID
 in lower case (``INSERT OR IGNORE``; an upper-case spelling is the same letter), and
 the DELIVERED event's id is derived from provider and message, so re-processing after
@@ -15,6 +26,7 @@ a crash re-emits the *same* event, which the trace keeps once.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,13 +34,15 @@ from typing import Any
 import structlog
 
 from brokers.runtime import sqlite
+from brokers.runtime.blobstore import FileBlobStore
 from brokers.runtime.host import ServiceContext
 from brokers.runtime.kafka import ensure_topics
 from brokers.runtime.tasks import AsyncResource
+from connectors import documents
 from connectors.delivery import DeliveryHandler
 from schemas import codec
 from schemas.errors import ConfigError
-from schemas.models import Envelope, IdType, MessageType
+from schemas.models import Envelope, File, IdType, MessageType
 from schemas.values import canonical_uuid
 from schemas.vocabulary import provider_topic
 
@@ -36,10 +50,17 @@ log = structlog.get_logger("dp2.mailbox")
 _PIECE = 1024 * 1024
 
 
+def documents_dir(store_path: Path) -> Path:
+    """The plaintext folder of the mailbox store at `store_path` (next to it)."""
+    return store_path.with_name(store_path.stem + ".documents")
+
+
 class MailboxStore:
-    """Delivered messages of one provider, plain, keyed by message UUID."""
+    """Delivered messages of one provider, plain, keyed by message UUID; big documents
+    in :attr:`documents`, named from the stored envelope by reference."""
 
     def __init__(self, path: Path | str) -> None:
+        self.documents = FileBlobStore(documents_dir(Path(path)))
         self._db = sqlite.connect(str(path))
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS messages (message_uuid TEXT PRIMARY KEY,"
@@ -64,9 +85,11 @@ class MailboxStore:
     def put(self, envelope: Envelope) -> bool:
         """Store a plain envelope; False if this UUID is already in the mailbox.
 
-        The encoded envelope is written into a zeroblob of its size a piece at a time
-        (SQLite's incremental blob I/O): bound as a parameter, SQLite would copy a
-        99.5 MB letter twice more on its way to the page.
+        Big documents are in :attr:`documents` already (the envelope names them), so
+        the row is small; an envelope handed over with every file inline (a caller
+        other than the delivery handler) is still written into a zeroblob of its size
+        a piece at a time (SQLite's incremental blob I/O): bound as a parameter, SQLite
+        would copy a big letter twice more on its way to the page.
         """
         header = envelope.header
         encoded = memoryview(codec.encode(envelope))
@@ -91,10 +114,19 @@ class MailboxStore:
         return True
 
     def get(self, message_uuid: str) -> Envelope | None:
+        """The stored envelope; a file kept by reference is read with ``chunks``."""
         row = self._db.execute(
             "SELECT envelope FROM messages WHERE message_uuid = ?", (canonical_uuid(message_uuid),)
         ).fetchone()
         return codec.decode(row[0], Envelope) if row else None
+
+    def chunks(self, file: File) -> Iterator[bytes]:
+        """A stored file's bytes in pieces, checked as they are read (BLOB_CORRUPT)."""
+        return documents.chunks(file, self.documents)
+
+    def read(self, file: File) -> bytes:
+        """A stored file's bytes whole (small files: big ones stream with ``chunks``)."""
+        return documents.read(file, self.documents)
 
     def count(self, message_uuid: str | None = None) -> int:
         if message_uuid is None:
@@ -148,6 +180,7 @@ class MailboxService(AsyncResource):
             provider,
             self.store,
             facts=lambda plain: notification_facts(plain, provider),
+            documents=self.store.documents,
         )
         self.workers = [ctx.worker(self.name, [self._topic.name], self._delivery.handle)]
 

@@ -20,13 +20,20 @@ bytes, so ``put`` is idempotent and two services agree on a name without talking
 Large blobs stream: ``put_chunks`` stores an iterable of pieces (the sealer encrypts
 a chunk at a time straight into it), ``size`` is what the store holds without reading
 it, and ``chunks`` reads a blob in pieces of ``READ_SIZE``; :func:`held` measures a
-blob's size and SHA-256 that way. Nothing here reads a whole blob into memory but
-``get``, which is for small blobs and tools.
+blob's size and SHA-256 that way, and :func:`verified_chunks` streams a blob whose
+size and SHA-256 are known, holding its last piece back until the digest matches
+(``BLOB_CORRUPT`` otherwise), so a reader never gets all of a changed blob. Nothing
+here reads a whole blob into memory but ``get``, which is for small blobs and tools.
+
+A receiver may keep its *plaintext* documents in a store of its own with the same
+seam (the reference mailbox does, in a private folder next to its SQLite:
+connectors.mailbox); the deployment's shared store holds ciphertext only.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import re
 import tempfile
@@ -51,6 +58,13 @@ class BlobMissingError(Dp2Error):
         "Make the sender and the reader share one blob store (DP2_HOME/blobs), "
         "and keep blobs until every message that references them is delivered."
     )
+
+
+class BlobCorruptError(Dp2Error):
+    """A blob that is not the size or SHA-256 it should be (damaged or substituted)."""
+
+    reason_code = "BLOB_CORRUPT"
+    hint = "The store holds damaged or substituted bytes; have the sender resend."
 
 
 def blob_ref(data: bytes) -> str:
@@ -100,6 +114,28 @@ def held(store: BlobStore, ref: str) -> tuple[int, bytes]:
         digest.update(piece)
         size += len(piece)
     return size, digest.digest()
+
+
+def verified_chunks(store: BlobStore, ref: str, sha256: bytes, size: int) -> Iterator[bytes]:
+    """The blob `ref` in pieces, checked against its `size` (before the first piece) and
+    `sha256` (before the last): BlobCorruptError where it differs, BLOB_MISSING at once."""
+    if store.size(ref) != size:
+        raise BlobCorruptError(f"the blob {ref} is not the {size:,} bytes it should be")
+    return _verified(store.chunks(ref), ref, sha256)
+
+
+def _verified(pieces: Iterator[bytes], ref: str, sha256: bytes) -> Iterator[bytes]:
+    digest = hashlib.sha256()
+    held_back: bytes | None = None
+    for piece in pieces:
+        digest.update(piece)
+        if held_back is not None:
+            yield held_back
+        held_back = piece
+    if not hmac.compare_digest(digest.digest(), sha256):
+        raise BlobCorruptError(f"the blob {ref} does not match its SHA-256")
+    if held_back:
+        yield held_back
 
 
 class FileBlobStore:

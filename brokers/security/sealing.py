@@ -15,6 +15,10 @@ clear. Wire choices (changing any of them is a new algorithm name, not an edit):
   SHA-256 and size of the ciphertext); opening streams them back, checking size
   and SHA-256 on the way. Envelopes sealed before the chunked format
   (``AES-256-GCM``: one GCM message per file) still open, streamed the same way.
+  A receiver that keeps documents in a plaintext store of its own passes it to
+  :func:`open_envelope` (``documents``): each blob-stored file is then decrypted a
+  chunk at a time into that store and stays there, by reference, instead of being
+  inlined (see open_envelope), so no process holds a big document whole.
 - Personal data moves into ``sealedPersonalData`` = nonce (12) || AES-GCM of a
   small JSON object, under the same content key and the same header binding:
   ``recipientID``; ``senderID`` unless the sender is a CVR; ``cprData``; and
@@ -36,20 +40,19 @@ clear. Wire choices (changing any of them is a new algorithm name, not an edit):
 
 Errors are brokers.security.signing.SecurityError with the reason codes NOT_PLAIN,
 DECRYPTION_FAILED, PSEUDONYM_MISMATCH, BLOB_CORRUPT and UNSUPPORTED_KEY; a missing
-blob is brokers.runtime.blobstore's BLOB_MISSING.
+blob is brokers.runtime.blobstore's BLOB_MISSING. Opening one file (whole, or into a
+receiver's plaintext store) is brokers.security.sealed_files.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import hmac
-import io
 import itertools
 import json
 import os
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Final
 
 from cryptography.exceptions import InvalidTag
@@ -61,7 +64,7 @@ from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 
 from brokers.runtime.blobstore import BlobStore
 from brokers.security import personal as personal_fields
-from brokers.security import streaming
+from brokers.security import sealed_files, streaming
 from brokers.security.pseudonyms import Pseudonymizer
 from brokers.security.signing import SecurityError
 from schemas.models import (
@@ -88,6 +91,8 @@ _WRAP_INFO: Final = b"dp2-key-wrap-v1"
 _FILE_AAD: Final = b"dp2-file-v1"  # one-shot files (streaming.ONE_SHOT)
 _CHUNKED_FILE_AAD: Final = b"dp2-file-chunked-v1"
 _PERSONAL_AAD: Final = b"dp2-personal-v1"
+_undecryptable = sealed_files.undecryptable
+_not_decrypting = sealed_files.not_decrypting
 
 
 def files_of(body: MessageBody | None) -> list[File]:
@@ -177,6 +182,7 @@ def open_envelope(
     blob_store: BlobStore,
     *,
     pseudonymizer: Pseudonymizer | None = None,
+    documents: BlobStore | None = None,
 ) -> Envelope:
     """The plain envelope exactly as it was before seal_envelope, but without a signature.
 
@@ -185,6 +191,14 @@ def open_envelope(
     deployment's `pseudonymizer`, the identifiers in the sealed personal data must
     also match the pseudonyms in the clear header (PSEUDONYM_MISMATCH), so that a
     sender cannot have a message routed for one person and opened for another.
+
+    Given `documents` (the receiver's own store for plaintext, never the shared one),
+    a blob-stored file is decrypted a chunk at a time into it and comes back as a
+    ``BlobContent`` without a nonce: the ref, SHA-256 and size of its *plaintext* in
+    `documents` (read it with brokers.runtime.blobstore.verified_chunks). It is put
+    under its address only once every chunk has authenticated and the ciphertext's
+    size and SHA-256 have matched, so `documents` never holds unverified plaintext.
+    Inline files stay inline; without `documents` every file is inlined.
     """
     encryption = sealed.encryption
     if encryption is None or sealed.sealedPersonalData is None:
@@ -207,8 +221,13 @@ def open_envelope(
         if file.nonce is None:
             raise _undecryptable(f"file {index} of a sealed envelope is not encrypted")
         aad = _file_aad(binding, index, algorithm)
-        plaintext = _open_file(content_key, file, aad, algorithm, blob_store, index)
-        return dataclasses.replace(file, content=InlineContent(data=plaintext), nonce=None)
+        source = sealed_files.FileKey(content_key, aad, algorithm, index, blob_store)
+        content: InlineContent | BlobContent
+        if documents is not None and isinstance(file.content, BlobContent):
+            content = sealed_files.open_into(source, file, documents)
+        else:
+            content = InlineContent(data=sealed_files.open_bytes(source, file))
+        return dataclasses.replace(file, content=content, nonce=None)
 
     body = map_files(sealed.body, open_file)
     return dataclasses.replace(
@@ -351,59 +370,6 @@ def _file_aad(binding: bytes, index: int, algorithm: str) -> bytes:
     return label + binding + struct.pack(">I", index)
 
 
-def _open_file(  # noqa: PLR0917 - the file's key, slot and where its bytes are
-    key: bytes, file: File, aad: bytes, algorithm: str, blob_store: BlobStore, index: int
-) -> bytes:
-    """The plaintext of one sealed file, its ciphertext read (from the store) in pieces.
-
-    A blob's size is checked before it is read and its SHA-256 as it is read; a blob
-    whose chunks stop decrypting is read to its end, so that damaged or substituted
-    bytes are BLOB_CORRUPT and only authentic ones that do not open DECRYPTION_FAILED.
-    """
-    assert file.nonce is not None  # noqa: S101 - open_file checked
-    content = file.content
-    if isinstance(content, InlineContent):
-        try:
-            return streaming.decrypt(key, file.nonce, content.data, aad, algorithm)
-        except streaming.ChunkError:
-            raise _undecryptable(_not_decrypting(f"file {index}")) from None
-    if blob_store.size(content.ref) != content.size:
-        raise _corrupt(index, content.ref)
-    digest = hashlib.sha256()
-
-    def pieces() -> Iterator[bytes]:
-        for piece in blob_store.chunks(content.ref):
-            digest.update(piece)
-            yield piece
-
-    stream = pieces()
-    plaintext = io.BytesIO()
-    try:
-        for chunk in streaming.decrypt_chunks(key, file.nonce, stream, aad, algorithm):
-            plaintext.write(chunk)
-    except streaming.ChunkError:
-        for _ in stream:  # the rest, hashed: corrupt bytes, or an authentic blob that fails
-            pass
-        if not hmac.compare_digest(digest.digest(), content.sha256):
-            raise _corrupt(index, content.ref) from None
-        raise _undecryptable(_not_decrypting(f"file {index}")) from None
-    if not hmac.compare_digest(digest.digest(), content.sha256):
-        raise _corrupt(index, content.ref)
-    return plaintext.getvalue()
-
-
-def _corrupt(index: int, ref: str) -> SecurityError:
-    return SecurityError(
-        f"the blob of file {index} ({ref}) does not match its size and SHA-256",
-        reason_code="BLOB_CORRUPT",
-        hint="The blob store holds damaged or substituted bytes; have the sender resend.",
-    )
-
-
-def _not_decrypting(what: str) -> str:
-    return f"the {what} does not decrypt: wrong key, or the ciphertext or its header changed"
-
-
 def _decrypt(aead: AESGCM, nonce: bytes, ciphertext: bytes, aad: bytes, what: str) -> bytes:
     if len(nonce) != NONCE_SIZE:
         raise _undecryptable(f"the {what} has no {NONCE_SIZE}-byte nonce")
@@ -461,14 +427,3 @@ def _kek(
         salt=ephemeral_public + provider_key.public_bytes_raw(),
         info=_WRAP_INFO + message_uuid.encode(),
     ).derive(shared)
-
-
-def _undecryptable(message: str) -> SecurityError:
-    return SecurityError(
-        message,
-        reason_code="DECRYPTION_FAILED",
-        hint=(
-            "Open with the private key of the provider named in Encryption.recipientKeyId; "
-            "if that is right, the envelope was changed after sealing and must be resent."
-        ),
-    )

@@ -162,7 +162,9 @@ class EsdhConnector(AsyncResource):
         self._client = Dp2Client.from_settings(
             context.settings, config.identity, actor=self.actor, contacts=self.contacts
         )
-        self._sf1601 = Sf1601Api(self, context.settings, self._client, self._pseudonyms)
+        self._sf1601 = Sf1601Api(
+            self, context.settings, self._client, self._pseudonyms, context.data_dir
+        )
         self._tokens = AuthorityTokens.from_home(context.settings.home)
         self._routes = RouteBook(context.data_dir / "routes.sqlite")
         self._judge = EventJudge(TrustStore(context.settings.pki_dir), self._routes)

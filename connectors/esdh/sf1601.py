@@ -42,7 +42,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Final, NoReturn
+from typing import IO, Any, Final, NoReturn
 from xml.parsers import expat
 
 from brokers.runtime.records import iso_z
@@ -142,7 +142,7 @@ def choice_of(text: str | None) -> KombiValgKode:
     )
 
 
-def parse_kombi(xml: bytes) -> KombiRequest:
+def parse_kombi(xml: bytes | IO[bytes]) -> KombiRequest:
     """The channel and MeMo message of a kombi_request (Sf1601Error says what is wrong).
 
     The memo:Message is handed on as XML of its own, namespace declarations of the
@@ -347,7 +347,7 @@ def _local(tag: str) -> str:
     return tag.rpartition("}")[2]
 
 
-def _read_tree(xml: bytes) -> ET.Element:
+def _read_tree(xml: bytes | IO[bytes]) -> ET.Element:
     """The element tree of ``xml`` (stdlib expat, DOCTYPEs refused as schemas.memo does)."""
     builder = ET.TreeBuilder()
     parser = expat.ParserCreate(namespace_separator=" ")
@@ -360,7 +360,10 @@ def _read_tree(xml: bytes) -> ET.Element:
     parser.CharacterDataHandler = builder.data
     parser.buffer_text = True
     try:
-        parser.Parse(xml, True)
+        if isinstance(xml, bytes):
+            parser.Parse(xml, True)
+        else:  # a spooled body, read a piece at a time
+            parser.ParseFile(xml)
     except _Refused:
         raise Sf1601Error("the request declares a DOCTYPE or an entity") from None
     except expat.ExpatError as exc:

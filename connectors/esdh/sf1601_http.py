@@ -11,6 +11,11 @@ with in place of ``https://prod.serviceplatformen.dk/``):
 - ``GET service/PostForespoerg_1/nemsms?cprNumber=``: ``{"result": true}`` when a
   NemSMS can reach the person.
 
+A kombi_request is read as it streams in, into a private temporary file in the
+connector's data folder (connectors.bodies), and refused ``413 REQUEST_TOO_LARGE``
+in the kombi_response shape over 140 MiB: at once when ``Content-Length`` says so,
+else as soon as the bytes read pass it; nothing is parsed or sent then.
+
 Every route needs the authority's access token, as the rest of the connector's API
 (``authorization: Holder-of-key <token>`` or ``Bearer``), and ``X-TransaktionsId``,
 which every answer echoes. The rules and the answers' shape are connectors.esdh.sf1601;
@@ -28,7 +33,8 @@ import asyncio
 import functools
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Final, Protocol
 
 from aiohttp import web
 
@@ -38,6 +44,7 @@ from brokers.security import sealing, signing
 from brokers.security.pseudonyms import Pseudonymizer
 from brokers.security.trust import TrustStore
 from connectors.base import error_body
+from connectors.bodies import MEMO_BODY_LIMIT, BodyTooLargeError, spool
 from connectors.esdh import sf1601
 from connectors.esdh.sf1601 import TRANSACTION_ID_HEADER, KombiValgKode, Sf1601Error
 from connectors.sdk import Dp2Client, Receipt, check_plain
@@ -78,8 +85,11 @@ class Sf1601Api:
         settings: Settings,
         client: Dp2Client,
         pseudonyms: Pseudonymizer,
+        spool_dir: Path,
     ) -> None:
+        """``spool_dir``: the connector's own (private) data folder, for request bodies."""
         self._connector = connector
+        self._spool_dir = spool_dir
         self._client = client
         self._pseudonyms = pseudonyms
         self._trust = TrustStore(settings.pki_dir)
@@ -105,10 +115,11 @@ class Sf1601Api:
                     hint="POST the kombi_request with Content-Type: application/xml.",
                     status=415,
                 )
-            body = await request.read()
-            # in a thread, as POST /memo: a 99.5 MB message takes a second to read
-            kombi, message = await asyncio.to_thread(self._read, body)
-        except Sf1601Error as exc:
+            # streamed to a private temporary file, refused once over the limit
+            with await spool(request, MEMO_BODY_LIMIT, self._spool_dir) as body:
+                # in a thread, as POST /memo: a 99.5 MB message takes a second to read
+                kombi, message = await asyncio.to_thread(self._read, body)
+        except (Sf1601Error, BodyTooLargeError) as exc:
             return self._answer(request, exc.status, error_body(exc))
         except memo.MemoError as exc:
             invalid = self._connector.invalid(exc)
@@ -121,7 +132,7 @@ class Sf1601Api:
         )
         return self._answer(request, answer.status, answer.body)
 
-    def _read(self, xml: bytes) -> tuple[sf1601.KombiRequest, Envelope]:
+    def _read(self, xml: IO[bytes]) -> tuple[sf1601.KombiRequest, Envelope]:
         """The kombi_request and its MeMo message, checked (Sf1601Error, memo.MemoError)."""
         kombi = sf1601.parse_kombi(xml)
         message = self._connector.read_memo(kombi.memo)

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import io
 import json
+import os
 import re
 import shutil
 import sys
@@ -27,13 +28,14 @@ import pytest
 from brokers.contacts.records import read_contact_file
 from brokers.contacts.register import publish_contacts
 from brokers.runtime.host import ServiceHost
+from brokers.security import sealing
 from brokers.stack.access import REGISTER_IDENTITY
 from brokers.stack.registry import build_service
 from connectors.citizen_openapi import apps_openapi, forms_openapi
 from connectors.citizens import DevTokens
 from connectors.sdk import Document, build_message
 from schemas import memo
-from schemas.models import CaseID, ContentData
+from schemas.models import BlobContent, CaseID, ContentData
 from tests.integration.conftest import (
     AUTHORITY_CVR,
     PROVIDER,
@@ -77,14 +79,22 @@ class Citizens:
                 return response.status, await response.json()
             return response.status, await response.read()
 
-    async def letter(self, cpr: str, *, label: str, case_id: str, reply: bool = True) -> str:
+    async def letter(
+        self,
+        cpr: str,
+        *,
+        label: str,
+        case_id: str,
+        reply: bool = True,
+        document: Document | None = None,
+    ) -> str:
         """An authority's letter to ``cpr``, sent through the ESDH connector, DELIVERED."""
         message = build_message(
             sender_cvr=AUTHORITY_CVR,
             sender_label="Aarhus Kommune",
             recipient_id=cpr,
             label=label,
-            documents=[Document("brev.txt", "text/plain", f"Brev om {label}".encode())],
+            documents=[document or Document("brev.txt", "text/plain", f"Brev om {label}".encode())],
         )
         header = replace(
             message.header,
@@ -321,6 +331,43 @@ async def _wait_listed(citizens: Citizens, cpr: str, message_uuid: str) -> dict[
         assert asyncio.get_running_loop().time() < deadline, "the letter never reached the app"
         await asyncio.sleep(0.2)
     return found
+
+
+async def test_a_big_document_is_streamed_from_the_mailbox_folder_checked(
+    citizens: Citizens,
+) -> None:
+    """A 700 KB document, which the mailbox keeps in its own folder by reference, is listed
+    with its size and served byte for byte; changed in the folder, it is never served
+    whole (the connection is cut before its last piece)."""
+    data = os.urandom(700_000)  # over the claim-check threshold, under aiohttp's 1 MiB body
+    letter = await citizens.letter(
+        CONSENTING_CPR,
+        label="Stort bilag",
+        case_id="SAG-APP-0009",
+        document=Document("bilag.pdf", "application/pdf", data),
+    )
+    mailbox = citizens.stack.mailbox_store()
+    stored = mailbox.get(letter)
+    assert stored is not None
+    [file] = sealing.files_of(stored.body)
+    assert isinstance(file.content, BlobContent) and file.nonce is None, "kept by reference"
+    status, detail = await citizens.call(
+        "GET", citizens.apps, f"/mailboxes/me/messages/{letter}", CONSENTING_CPR
+    )
+    assert status == 200 and detail["files"][0]["size"] == len(data)
+    path = f"/mailboxes/me/messages/{letter}/files/0"
+    status, content = await citizens.call("GET", citizens.apps, path, CONSENTING_CPR)
+    assert status == 200 and content == data
+
+    kept = mailbox.documents.path_of(file.content.ref)
+    damaged = bytearray(kept.read_bytes())
+    damaged[100] ^= 0xFF
+    kept.write_bytes(bytes(damaged))
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await citizens.call("GET", citizens.apps, path, CONSENTING_CPR)
+    kept.write_bytes(data)  # put right: served again
+    status, content = await citizens.call("GET", citizens.apps, path, CONSENTING_CPR)
+    assert status == 200 and content == data
 
 
 async def test_the_app_lists_reads_and_replies_and_the_reply_is_journaled(

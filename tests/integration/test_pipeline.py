@@ -382,7 +382,8 @@ async def test_a_failed_release_round_does_not_stop_later_releases(stack: Stack)
 
 
 async def test_large_document_travels_through_the_blob_store(stack: Stack) -> None:
-    """A 50 MB document goes by claim check and arrives byte for byte."""
+    """A 50 MB document goes by claim check and arrives byte for byte, kept in the
+    mailbox's own plaintext folder by reference (the stored row stays small)."""
     document = os.urandom(50 * 1024 * 1024)
     async with stack.client() as client:
         signed, _ = client.seal_and_sign(letter(data=document))
@@ -391,8 +392,12 @@ async def test_large_document_travels_through_the_blob_store(stack: Stack) -> No
         assert isinstance(content, BlobContent) and content.size >= len(document)
         receipt = await client.send(letter(data=document))
         await client.wait_for(receipt.message_uuid, {"DELIVERED"}, timeout=60)
-    stored = stack.mailbox_store().get(receipt.message_uuid)
-    data = stored.body.mainDocument.file[0].content.data
+    mailbox = stack.mailbox_store()
+    stored = mailbox.get(receipt.message_uuid)
+    assert stored is not None and stored.body is not None
+    file = stored.body.mainDocument.file[0]
+    assert isinstance(file.content, BlobContent) and file.nonce is None, "kept by reference"
+    data = mailbox.read(file)
     assert len(data) == len(document) and data == document
 
 

@@ -29,11 +29,15 @@ from cryptography.x509.oid import NameOID
 
 from brokers.runtime import headers
 from brokers.runtime.blobstore import (
+    READ_SIZE,
+    BlobCorruptError,
     BlobMissingError,
     BlobStore,
     FileBlobStore,
     MemoryBlobStore,
+    blob_ref,
     held,
+    verified_chunks,
 )
 from brokers.runtime.lru import Lru
 from brokers.security import sealing, signing, streaming
@@ -41,6 +45,7 @@ from brokers.security.pseudonyms import Pseudonymizer
 from brokers.security.signing import SecurityError
 from brokers.validator import blobs as held_blobs
 from brokers.validator.rules import MAX_AUTHORITY_BYTES, Rejection, check_limits
+from connectors import documents
 from connectors.bodies import BodyTooLargeError, read_limited, spool
 from connectors.sdk import Document, build_message
 from schemas import memo
@@ -200,6 +205,57 @@ def test_a_blob_changed_in_the_store_is_blob_corrupt_when_opened(tmp_path: Path)
         with pytest.raises(SecurityError) as caught:
             sealing.open_envelope(sealed, PROVIDER, store)
         assert caught.value.reason_code == "BLOB_CORRUPT"
+
+
+def test_a_blob_opens_a_chunk_at_a_time_into_the_receivers_own_store(tmp_path: Path) -> None:
+    """Given a receiver's store, a blob-stored file opens into it, named by the ref, SHA-256
+    and size of its plaintext (no nonce), and reads back exactly, checked as it streams."""
+    shared, kept = FileBlobStore(tmp_path / "blobs"), FileBlobStore(tmp_path / "documents")
+    plain = big_letter(1_500_000)
+    document = sealing.files_of(plain.body)[0].content.data  # type: ignore[union-attr]
+    opened = sealing.open_envelope(seal(plain, shared), PROVIDER, shared, documents=kept)
+    [file] = sealing.files_of(opened.body)
+    assert file.nonce is None and documents.is_kept(file)
+    assert file.content == BlobContent(
+        ref=blob_ref(document), sha256=hashlib.sha256(document).digest(), size=len(document)
+    )
+    assert documents.size_of(file) == len(document)
+    assert b"".join(documents.chunks(file, kept)) == document == documents.read(file, kept)
+    with pytest.raises(Dp2Error) as caught:
+        documents.read(file, None)  # a kept file without its store
+    assert caught.value.reason_code == "BLOB_MISSING"
+
+
+def test_a_changed_blob_leaves_nothing_in_the_receivers_store(tmp_path: Path) -> None:
+    """A blob changed in the shared store is BLOB_CORRUPT when opened into a receiver's
+    store, and that store holds no file afterwards, not even a temporary one."""
+    shared, kept = FileBlobStore(tmp_path / "blobs"), FileBlobStore(tmp_path / "documents")
+    sealed = seal(big_letter(1_000_000), shared)
+    path = shared.path_of(blob_of(sealed).ref)
+    original = path.read_bytes()
+    path.write_bytes(original[:-10] + bytes([original[-10] ^ 1]) + original[-9:])
+    with pytest.raises(SecurityError) as caught:
+        sealing.open_envelope(sealed, PROVIDER, shared, documents=kept)
+    assert caught.value.reason_code == "BLOB_CORRUPT"
+    assert [p for p in (tmp_path / "documents").rglob("*") if p.is_file()] == []
+
+
+def test_a_kept_file_changed_is_never_read_whole(tmp_path: Path) -> None:
+    """verified_chunks refuses a file of another size at once, and one whose SHA-256 does
+    not match before its last piece (BLOB_CORRUPT): a reader never gets all of it."""
+    kept = FileBlobStore(tmp_path / "documents")
+    data = os.urandom(READ_SIZE * 2 + 10)
+    ref = kept.put(data)
+    digest = hashlib.sha256(data).digest()
+    assert b"".join(verified_chunks(kept, ref, digest, len(data))) == data
+    path = kept.path_of(ref)
+    path.write_bytes(bytes([data[0] ^ 1]) + data[1:])
+    received: list[bytes] = []
+    with pytest.raises(BlobCorruptError):
+        received.extend(verified_chunks(kept, ref, digest, len(data)))
+    assert sum(map(len, received)) == READ_SIZE * 2, "the last piece was held back"
+    with pytest.raises(BlobCorruptError):
+        verified_chunks(kept, ref, digest, len(data) + 1)
 
 
 # --- the claim check, held to the store ------------------------------------------------------
