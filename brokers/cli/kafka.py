@@ -73,8 +73,22 @@ def known_clusters(settings: Settings, port: int | None = None) -> list[LocalKaf
 def cmd_kafka_start(settings: Settings, args: argparse.Namespace) -> int:
     kafka = cluster(settings, args.nodes, args.port)
     kafka.start(timeout=args.timeout)
+    remember_size(settings, args.nodes)
     print(kafka.bootstrap)
     return 0
+
+
+def remember_size(settings: Settings, nodes: int) -> None:
+    """The size of the cluster last started here: what ``dp2 up`` starts next time."""
+    path = settings.home / "kafka" / "nodes"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{nodes}\n")
+
+
+def remembered_size(settings: Settings) -> int:
+    path = settings.home / "kafka" / "nodes"
+    recorded = path.read_text().strip() if path.exists() else ""
+    return int(recorded) if recorded in {"1", "3"} else 1
 
 
 def cmd_kafka_fetch(settings: Settings, args: argparse.Namespace) -> int:

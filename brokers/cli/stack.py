@@ -10,13 +10,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import signal
 import threading
 from typing import Any
 
-from brokers.cli.kafka import cluster, kafka_report, known_clusters
+from brokers.cli.kafka import (
+    cluster,
+    kafka_report,
+    known_clusters,
+    remember_size,
+    remembered_size,
+)
 from brokers.cli.output import say
 from brokers.runtime.settings import Settings
 from brokers.stack import demo, supervisor
@@ -29,6 +36,12 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
     if command == "up":
         parser.add_argument("--detach", action="store_true", help="return once everything is up")
         parser.add_argument("--demo", action="store_true", help="send sample post once it is up")
+        parser.add_argument(
+            "--nodes",
+            type=int,
+            choices=(1, 3),
+            help="run the embedded Kafka as this many nodes (default: as last time, else 1)",
+        )
         parser.set_defaults(func=cmd_up)
     elif command == "down":
         parser.set_defaults(func=cmd_down)
@@ -80,9 +93,30 @@ def _notifier_env() -> dict[str, str]:
     return {} if "DP2_DIGEST_WINDOW_S" in os.environ else {"DP2_DIGEST_WINDOW_S": "0"}
 
 
+def _embedded_kafka(settings: Settings, nodes: int | None) -> Settings:
+    """Start the embedded cluster ``dp2 up`` runs on, and the settings that reach it.
+
+    Its size is ``--nodes``, else the one last started under DP2_HOME (so ``dp2 up``
+    after ``dp2 down`` brings back a 3-node cluster), else 1. A DP2_KAFKA_BOOTSTRAP
+    that names exactly a local cluster's nodes is that cluster, not an external one.
+    """
+    if settings.kafka_is_external:
+        named = set(settings.kafka_bootstrap.split(","))
+        local = [c for c in known_clusters(settings) if set(c.bootstrap.split(",")) == named]
+        if not local:
+            return settings  # a cluster someone else runs
+        nodes = nodes or local[0].spec.nodes
+    nodes = nodes or remembered_size(settings)
+    kafka = cluster(settings, nodes)
+    kafka.start()
+    remember_size(settings, nodes)
+    # The services (child processes) reach every node, not only the first.
+    os.environ["DP2_KAFKA_BOOTSTRAP"] = kafka.bootstrap
+    return dataclasses.replace(settings, kafka_bootstrap=kafka.bootstrap)
+
+
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
-    if not settings.kafka_is_external:
-        cluster(settings, 1).start()
+    settings = _embedded_kafka(settings, args.nodes)
     demo.ensure_development_pki(settings, say)
     demo.ensure_default_connectors(settings, say)
     connector_config = read_config(settings)
@@ -97,7 +131,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     providers = [
         p for p in supervisor.providers_in_pki(settings) if p != PRINT_PROVIDER and p not in served
     ]
-    created, added, removed = asyncio.run(supervisor.prepare_kafka(settings, providers))
+    created, added, removed = asyncio.run(supervisor.prepare_kafka(settings, providers, say))
     if created:
         say(f"created topics: {', '.join(created)}")
     if added or removed:

@@ -193,8 +193,10 @@ class ServiceHost:
         states = {c.get("status", "ok") for c in checks}
         if not all(w["running"] for w in workers) or "failing" in states:
             status = "failing"
+        elif "degraded" in states or any(w.get("degraded") for w in workers):
+            status = "degraded"  # working, but retrying: still HTTP 200
         else:
-            status = "degraded" if "degraded" in states else "ok"
+            status = "ok"
         report: dict[str, Any] = {"service": self.name, "status": status, "workers": workers}
         if checks:
             report["checks"] = checks

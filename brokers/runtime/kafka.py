@@ -41,7 +41,7 @@ from aiokafka.protocol.api import Request
 
 from brokers.runtime.settings import KafkaAccess
 from brokers.security.pki import EventSigner
-from schemas.errors import Dp2Error
+from schemas.errors import ConfigError, Dp2Error
 from schemas.vocabulary import LIFECYCLE_TOPIC, TopicSpec
 
 #: Kafka's refusals of a request the principal has no ACL for.
@@ -151,15 +151,17 @@ class SigningProducer(AIOKafkaProducer):  # type: ignore[misc] # aiokafka is unt
 
 
 def new_producer(access: KafkaAccess, **overrides: Any) -> AIOKafkaProducer:
-    """The one producer configuration DP2 uses: idempotent, acks=all, batched, mTLS,
-    and (with an identity) lifecycle events signed by that identity."""
+    """The one producer configuration DP2 uses: idempotent, acks=all (DP2_ACKS), batched,
+    mTLS, and (with an identity) lifecycle events signed by that identity."""
+    acks: Any = "all" if access.topology.acks == "all" else int(access.topology.acks)
     settings: dict[str, Any] = {
         **access.client_options(),
-        "enable_idempotence": True,
-        "acks": "all",
+        "enable_idempotence": acks == "all",  # Kafka's idempotence needs acks=all
+        "acks": acks,
         "linger_ms": 5,
         "max_request_size": 8 * 1024 * 1024,
         "compression_type": None,
+        "request_timeout_ms": access.topology.producer_timeout_ms,
     }
     settings.update(overrides)
     if access.pki_dir is not None and access.identity:
@@ -168,24 +170,75 @@ def new_producer(access: KafkaAccess, **overrides: Any) -> AIOKafkaProducer:
 
 
 async def ensure_topics(
-    access: KafkaAccess, topics: tuple[TopicSpec, ...] | list[TopicSpec], replication: int = 1
+    access: KafkaAccess, topics: tuple[TopicSpec, ...] | list[TopicSpec]
 ) -> list[str]:
-    """Create the topics that do not exist yet; returns the names it created."""
+    """Create the topics that do not exist yet; returns the names it created.
+
+    Laid out by ``access.topology``: replication 3 and min.insync.replicas 2 on a
+    cluster of three or more brokers (fewer: one replica per broker, min ISR 1),
+    unless DP2_REPLICATION / DP2_MIN_INSYNC_REPLICAS say otherwise; DP2_PARTITIONS
+    for the topics that have more than one partition.
+    """
     admin = new_admin(access)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         missing = [t for t in topics if t.name not in existing]
         if missing:
+            brokers = len((await admin.describe_cluster()).get("brokers", []))
+            replication, isr = _layout(access, brokers)
             await admin.create_topics(
                 [
-                    NewTopic(t.name, t.partitions, replication, topic_configs=t.config)
+                    NewTopic(
+                        t.name,
+                        access.topology.partitions or t.partitions
+                        if t.partitions > 1
+                        else t.partitions,
+                        replication,
+                        topic_configs={**t.config, "min.insync.replicas": str(isr)},
+                    )
                     for t in missing
                 ]
             )
         return [t.name for t in missing]
     finally:
         await admin.close()
+
+
+def _layout(access: KafkaAccess, brokers: int) -> tuple[int, int]:
+    """(replication, min.insync.replicas) for new topics on ``brokers`` brokers."""
+    replication = access.topology.replication_for(brokers)
+    if brokers and replication > brokers:
+        raise ConfigError(
+            f"DP2_REPLICATION={replication} but the cluster has {brokers} broker(s)",
+            hint="Set DP2_REPLICATION to at most the number of brokers, or unset it.",
+        )
+    return replication, access.topology.min_insync_for(replication)
+
+
+async def under_replicated(access: KafkaAccess, prefix: str = "dp2.") -> list[str]:
+    """A sentence for each existing DP2 topic with fewer replicas than the topology wants
+    on this cluster (a topic made before the cluster grew, or with DP2_REPLICATION=1)."""
+    admin = new_admin(access)
+    await admin.start()
+    try:
+        brokers = len((await admin.describe_cluster()).get("brokers", []))
+        wanted, _ = _layout(access, brokers)
+        names = [n for n in await admin.list_topics() if n.startswith(prefix)]
+        described = await admin.describe_topics(names) if names else []
+    finally:
+        await admin.close()
+    found = []
+    for topic in described:
+        name = topic.get("topic") or topic.get("name")
+        replicas = [len(p.get("replicas", [])) for p in topic.get("partitions", [])]
+        if replicas and min(replicas) < wanted:
+            found.append(
+                f"{name} has {min(replicas)} replica(s) per partition where the cluster "
+                f"wants {wanted}: reassign it with Kafka's kafka-reassign-partitions "
+                "(docs/operators.md, 'Running on a cluster')"
+            )
+    return sorted(found)
 
 
 # --- ACLs ------------------------------------------------------------------------------

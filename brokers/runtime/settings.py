@@ -23,6 +23,11 @@ valid value looks like, instead of letting a typo surface later as a timeout.
 | DP2_NOTIFY_CONCURRENCY | 1 | notifications in flight; a crash may repeat that many |
 | DP2_QUIET_HOURS | unset | ``22-7``: SMS held during these hours |
 | DP2_LOG_FORMAT | ``auto`` | ``json``, ``console`` or ``auto`` (console on a terminal) |
+| DP2_REPLICATION | auto | new topics' replicas: 3 on 3 or more brokers, else one per broker |
+| DP2_MIN_INSYNC_REPLICAS | auto | topics' min.insync.replicas: 2 with 3 replicas or more, else 1 |
+| DP2_PARTITIONS | per topic (3) | partitions of the topics that have more than one |
+| DP2_ACKS | ``all`` | producer acks: ``all`` (the guarantee the tests prove), ``1`` or ``0`` |
+| DP2_PRODUCER_TIMEOUT_MS | 30000 | how long a produce request may wait for the brokers |
 """
 
 from __future__ import annotations
@@ -66,6 +71,49 @@ def _client_ssl_context(ca_file: Path, cert_file: Path, key_file: Path) -> ssl.S
 
 
 @dataclass(frozen=True, slots=True)
+class Topology:
+    """How DP2's topics are laid out and written: replication, ISR, partitions, acks.
+
+    ``None`` means "follow the cluster": brokers.runtime.kafka.ensure_topics counts
+    the brokers and picks replication 3 (min ISR 2) on three or more, so the same
+    settings are right for the embedded default and for a cluster.
+    """
+
+    replication: int | None = None
+    min_insync_replicas: int | None = None
+    partitions: int | None = None
+    acks: str = "all"
+    producer_timeout_ms: int = 30_000
+
+    def replication_for(self, brokers: int) -> int:
+        return self.replication or max(1, min(3, brokers))
+
+    def min_insync_for(self, replication: int) -> int:
+        if self.min_insync_replicas is not None:
+            return min(self.min_insync_replicas, replication)
+        return 2 if replication >= 3 else 1
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Topology:
+        acks = env.get("DP2_ACKS") or "all"
+        if acks not in {"all", "1", "0"}:
+            raise ConfigError(
+                f"DP2_ACKS={acks!r} is not all, 1 or 0",
+                hint="Leave it unset (all): only acks=all keeps a letter through a broker loss.",
+            )
+        replication = _int(env, "DP2_REPLICATION", 0, 0, 7) or None
+        partitions = _int(env, "DP2_PARTITIONS", 0, 0, 1000) or None
+        isr = env.get("DP2_MIN_INSYNC_REPLICAS")
+        return cls(
+            replication=replication,
+            min_insync_replicas=_int(env, "DP2_MIN_INSYNC_REPLICAS", 1, 1, 7) if isr else None,
+            partitions=partitions,
+            acks=acks,
+            producer_timeout_ms=_int(env, "DP2_PRODUCER_TIMEOUT_MS", 30_000, 1000, 600_000),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class KafkaAccess:
     """Where Kafka is and who this client is to it.
 
@@ -77,6 +125,7 @@ class KafkaAccess:
     bootstrap: str
     identity: str = ""
     pki_dir: Path | None = None
+    topology: Topology = field(default_factory=Topology)
 
     @property
     def tls(self) -> bool:
@@ -141,6 +190,7 @@ class Settings:
     kafka_identity: str = ""
     kafka_tls: bool = True
     pki_dir_override: Path | None = None
+    topology: Topology = field(default_factory=Topology)
 
     @property
     def pki_dir(self) -> Path:
@@ -151,7 +201,10 @@ class Settings:
     def kafka(self) -> KafkaAccess:
         """How this process reaches Kafka, as its own principal."""
         return KafkaAccess(
-            self.kafka_bootstrap, self.kafka_identity, self.pki_dir if self.kafka_tls else None
+            self.kafka_bootstrap,
+            self.kafka_identity,
+            self.pki_dir if self.kafka_tls else None,
+            self.topology,
         )
 
     def as_identity(self, identity: str) -> Settings:
@@ -236,4 +289,5 @@ class Settings:
             kafka_identity=env.get("DP2_KAFKA_IDENTITY", ""),
             kafka_tls=env.get("DP2_KAFKA_TLS", "1") not in {"0", "false", "no", "off"},
             pki_dir_override=Path(env["DP2_PKI"]).resolve() if env.get("DP2_PKI") else None,
+            topology=Topology.from_env(env),
         )

@@ -16,6 +16,13 @@ message is in. Here they are, for every worker:
 * **Retriable trouble waits, it does not drop.** A :class:`Dp2Error` with
   ``retriable = True`` (Kafka unavailable, a store busy) leaves the batch
   uncommitted and is retried with capped exponential backoff.
+* **A broken producer is replaced.** After a broker failure an idempotent producer
+  can be left unusable (``OutOfOrderSequenceNumber``, ``ProducerFenced``,
+  ``UnknownProducerId``, ``InvalidProducerEpoch``): retrying with it fails forever.
+  On such an error, or after ``REPLACE_AFTER`` failed rounds in a row, the worker
+  closes its producer and starts a fresh one (a new producer id) before the retry;
+  until a round succeeds again it is ``degraded`` in its health (/healthz, ``dp2
+  status``), with the reason.
 * **Headers stay within the budget** (brokers.runtime.headers): an output carries
   DP2's own headers first and others only while they fit; the rest is dropped and
   logged (``headers_dropped``), never carried on to the next hop.
@@ -30,6 +37,7 @@ message is in. Here they are, for every worker:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 from collections.abc import Iterable, Sequence
@@ -37,7 +45,13 @@ from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    UnknownProducerId,
+)
 
 from brokers.runtime import context
 from brokers.runtime.headers import size_of, within_budget
@@ -71,6 +85,15 @@ from schemas.vocabulary import (
 )
 
 _MAX_BACKOFF_S = 30.0
+#: Errors after which an idempotent producer does not recover by retrying.
+BROKEN_PRODUCER_ERRORS = (
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    UnknownProducerId,
+    InvalidProducerEpoch,
+)
+#: Failed produce rounds in a row after which the producer is replaced anyway.
+REPLACE_AFTER = 3
 
 log = structlog.get_logger("dp2.service")
 
@@ -108,6 +131,9 @@ class KafkaWorker:
         self._task: asyncio.Task[None] | None = None
         self.processed = 0
         self.last_error: str | None = None
+        #: Failed rounds in a row (0: healthy); the producer is replaced along the way.
+        self.failures = 0
+        self.producers_replaced = 0
 
     async def __aenter__(self) -> KafkaWorker:
         await self.start()
@@ -160,8 +186,10 @@ class KafkaWorker:
         return {
             "worker": self.name,
             "running": running,
+            "degraded": self.failures > 0,
             "processed": self.processed,
             "last_error": self.last_error,
+            "producers_replaced": self.producers_replaced,
         }
 
     async def _run(self) -> None:
@@ -179,14 +207,32 @@ class KafkaWorker:
                 try:
                     await self._process_batch(batch)
                     backoff.reset()
+                    self.failures = 0
                 except (Dp2Error, KafkaError) as exc:
                     # Only retriable errors get here (see _handle_one). Nothing of the
-                    # batch was produced or committed: rewind it and try again later.
+                    # batch was committed: rewind it and try again later.
+                    self.failures += 1
                     wait_s = self._note_failure(exc, backoff, "write")
                     for tp, records in batch.items():
                         consumer.seek(tp, records[0].offset)
+                    if isinstance(exc, KafkaError) and (
+                        isinstance(exc, BROKEN_PRODUCER_ERRORS) or self.failures >= REPLACE_AFTER
+                    ):
+                        await self._replace_producer()
                     await asyncio.sleep(wait_s)
             await self._update_lag(consumer)
+
+    async def _replace_producer(self) -> None:
+        """A fresh producer (new producer id, sequence numbers from 0) for the retry."""
+        if not self._own_producer:
+            return  # the owner of a shared producer decides (it sees the same errors)
+        old, self._producer = self._producer, new_producer(self._kafka)
+        with contextlib.suppress(KafkaError, TimeoutError):
+            async with asyncio.timeout(10):
+                await old.stop()
+        await self._producer.start()
+        self.producers_replaced += 1
+        log.warning("producer_replaced", service=self.name, failures=self.failures)
 
     def _note_failure(self, exc: BaseException, backoff: Backoff, what: str) -> float:
         """Record why this round failed (a Kafka refusal in DP2's words); the wait."""

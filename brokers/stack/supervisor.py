@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from brokers.runtime.kafka import ensure_topics
+from brokers.runtime.kafka import ensure_topics, under_replicated
 from brokers.runtime.settings import Settings
 from brokers.security.pki import Pki
 from brokers.stack.access import ADMIN_IDENTITY, acl_matrix, ensure_service_identities
@@ -153,7 +153,7 @@ def start_processes(
         say(f"{spec.name}: started pid {process.pid} on http://127.0.0.1:{spec.port}")
     deadline = time.monotonic() + 60
     for spec in specs:
-        while health(f"http://127.0.0.1:{spec.port}") != "up":
+        while health(f"http://127.0.0.1:{spec.port}") not in ("up", "degraded"):
             if time.monotonic() > deadline:
                 raise Dp2Error(
                     f"{spec.name} did not become healthy within 60 s",
@@ -209,9 +209,15 @@ def _alive(pid: int) -> bool:
 
 
 def health(url: str) -> str:
+    """up, degraded (working but retrying: dp2 status says so), failing or down."""
     try:
         with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:  # noqa: S310
-            return "up" if response.status == 200 else "failing"
+            if response.status != 200:
+                return "failing"
+            with contextlib.suppress(ValueError):
+                if json.loads(response.read()).get("status") == "degraded":
+                    return "degraded"
+            return "up"
     except urllib.error.HTTPError:
         return "failing"
     except OSError:
@@ -224,7 +230,9 @@ async def prepare_topics(settings: Settings, providers: list[str]) -> list[str]:
     return await ensure_topics(settings.kafka_as(ADMIN_IDENTITY), specs)
 
 
-async def prepare_kafka(settings: Settings, providers: list[str]) -> tuple[list[str], int, int]:
+async def prepare_kafka(
+    settings: Settings, providers: list[str], say: Callable[[str], None] = print
+) -> tuple[list[str], int, int]:
     """Everything Kafka needs before the services start: DP2's service identities,
     the topics, and the ACLs that follow from the PKI and connectors.toml.
 
@@ -234,6 +242,8 @@ async def prepare_kafka(settings: Settings, providers: list[str]) -> tuple[list[
     pki = Pki(settings.pki_dir)
     ensure_service_identities(pki)
     created = await prepare_topics(settings, providers)
+    for problem in await under_replicated(settings.kafka_as(ADMIN_IDENTITY)):
+        say(f"warning: {problem}")
     if not settings.kafka_tls:
         return created, 0, 0
     wanted = acl_matrix(pki, read_config(settings))

@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import uuid
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAuthorizationFailedError
 from prometheus_client import CollectorRegistry
@@ -26,6 +27,7 @@ from brokers.runtime.kafka import (
     refusal,
 )
 from brokers.runtime.metrics import ServiceMetrics
+from brokers.runtime.records import Output
 from brokers.runtime.settings import KafkaAccess
 from brokers.runtime.worker import KafkaWorker
 from brokers.security.pki import Pki
@@ -266,6 +268,41 @@ async def test_a_worker_refused_its_topic_stays_up_and_says_why(stack: Stack) ->
         assert worker.health()["running"] is True
         assert "Kafka refused read" in (worker.last_error or ""), worker.last_error
         assert seen == []
+    finally:
+        await worker.stop()
+
+
+async def test_a_worker_whose_writes_keep_failing_is_degraded_and_replaces_its_producer(
+    stack: Stack,
+) -> None:
+    """Every produce round refused (a provider may not write dp2.accepted): the batch
+    is never committed (the same records come again), the worker says ``degraded``
+    with the reason, and after three failed rounds it starts a fresh producer."""
+    seen: list[object] = []
+
+    async def handler(record: ConsumerRecord[bytes, bytes]) -> list[Output]:
+        seen.append((record.partition, record.offset))
+        return [Output(ACCEPTED_TOPIC, b"not allowed here", key=record.key)]
+
+    worker = KafkaWorker(
+        "writer",
+        stack.kafka(f"provider-{PROVIDER}"),
+        [DIRECTORY_TOPIC],
+        group_id=f"dp2.mailbox-{PROVIDER}.writer-{uuid.uuid4().hex[:6]}",
+        handler=handler,
+        metrics=ServiceMetrics(CollectorRegistry()),
+    )
+    await worker.start()
+    try:
+        async with asyncio.timeout(90):
+            while worker.producers_replaced < 1:
+                await asyncio.sleep(0.25)
+        health = worker.health()
+        assert health["running"] is True and health["degraded"] is True, health
+        assert "Kafka refused" in (health["last_error"] or ""), health
+        assert worker.failures >= 3
+        first = seen[0]
+        assert seen.count(first) >= 3, "nothing committed: the same record is handled again"
     finally:
         await worker.stop()
 

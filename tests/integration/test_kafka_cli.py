@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka.admin import NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from brokers.runtime.kafka import new_admin, new_consumer, new_producer
 from brokers.runtime.settings import KafkaAccess
@@ -22,8 +23,10 @@ from brokers.stack.kafka import free_base_port
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 
-def dp2(home: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DP2_HOME": str(home), "DP2_LOG_FORMAT": "json"}
+def dp2(
+    home: Path, *args: str, timeout: float = 180, **extra: str
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DP2_HOME": str(home), "DP2_LOG_FORMAT": "json", **extra}
     env.pop("DP2_KAFKA_BOOTSTRAP", None)
     return subprocess.run(
         [sys.executable, "-m", "brokers.cli", *args],
@@ -130,22 +133,73 @@ def test_port_in_use_and_stale_pid_get_clear_messages(tmp_path: Path) -> None:
         dp2(tmp_path, "kafka", "stop", "--port", str(port))
 
 
-def test_three_node_cluster_replicates(tmp_path: Path) -> None:
-    """`--nodes 3` starts three brokers on distinct ports that replicate a topic three ways."""
+def test_three_node_cluster_replicates_and_dp2_up_comes_back_on_it(tmp_path: Path) -> None:
+    """`--nodes 3` starts three brokers that replicate a topic three ways; `dp2 up` then
+    runs on that cluster (not a new 1-node one), lays DP2's topics out with replication
+    3 and min.insync.replicas 2, warns about a topic with fewer replicas, and after
+    `dp2 down` the next `dp2 up` brings the 3-node cluster back."""
     port = free_base_port(nodes=3)
+    http_base = _free_http_base()
+    extra = {"DP2_KAFKA_PORT": str(port), "DP2_PORT_BASE": str(http_base)}
     started = dp2(tmp_path, "kafka", "start", "--nodes", "3", "--port", str(port), timeout=300)
     try:
         assert started.returncode == 0, started.stderr
         bootstrap = started.stdout.strip()
         assert bootstrap.count(",") == 2
-        asyncio.run(_produce_one(_admin(tmp_path, bootstrap), "replicated", replication=3))
-        kept = asyncio.run(_consume_all(_admin(tmp_path, bootstrap), "replicated"))
+        admin = _admin(tmp_path, bootstrap)
+        asyncio.run(_produce_one(admin, "replicated", replication=3))
+        kept = asyncio.run(_consume_all(admin, "replicated"))
         assert kept == [b"kept across restarts"]
         status = json.loads(dp2(tmp_path, "kafka", "status", "--port", str(port), "--json").stdout)
         assert [n["running"] for n in status[0]["nodes"]] == [True, True, True]
+        asyncio.run(_produce_one(admin, "dp2.deliver.legacy", replication=1))
+
+        up = dp2(tmp_path, "up", "--detach", timeout=400, **extra)
+        assert up.returncode == 0, up.stderr
+        assert "dp2.deliver.legacy has 1 replica(s) per partition where the cluster wants 3" in (
+            up.stderr
+        )
+        layout = asyncio.run(_layout(admin, "dp2.submitted"))
+        assert layout == ([3, 3, 3], "2"), layout
+        assert dp2(tmp_path, "down", timeout=300, **extra).returncode == 0
+
+        again = dp2(tmp_path, "up", "--detach", timeout=400, **extra)
+        assert again.returncode == 0, again.stderr
+        assert "Unable to bootstrap" not in again.stderr
+        status = json.loads(dp2(tmp_path, "kafka", "status", "--port", str(port), "--json").stdout)
+        assert [n["running"] for n in status[0]["nodes"]] == [True, True, True]
+        services = json.loads(dp2(tmp_path, "status", "--json", **extra).stdout)["services"]
+        assert all(s["health"] == "up" for s in services), services
     finally:
-        stopped = dp2(tmp_path, "kafka", "stop", "--port", str(port), timeout=300)
+        stopped = dp2(tmp_path, "down", timeout=300, **extra)
     assert stopped.returncode == 0, stopped.stderr
+
+
+def _free_http_base() -> int:
+    for base in range(43000, 60000, 61):
+        if all(_port_free(base + i) for i in range(30)):
+            return base
+    raise AssertionError("no free port range")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+async def _layout(access: KafkaAccess, topic: str) -> tuple[list[int], str | None]:
+    """(replicas per partition, min.insync.replicas) of ``topic``."""
+    admin = new_admin(access)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+        replicas = sorted(len(p["replicas"]) for p in described[0]["partitions"])
+        configs = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+    finally:
+        await admin.close()
+    entries = configs[0].resources[0][4]
+    isr = next((e[1] for e in entries if e[0] == "min.insync.replicas"), None)
+    return replicas, isr
 
 
 def test_missing_jdk_or_maven_gets_a_clear_message(tmp_path: Path) -> None:
