@@ -22,6 +22,7 @@ receipt carries the message UUID and the Kafka position; the business receipts
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from brokers.contacts.register import ContactRegister
@@ -77,6 +79,8 @@ from schemas.vocabulary import (
     SIGNER_CERT_HEADER,
     SUBMITTED_TOPIC,
 )
+
+log = logging.getLogger("dp2.sdk")
 
 
 class MessageError(Dp2Error):
@@ -320,23 +324,34 @@ class Dp2Client:
             (MESSAGE_UUID_HEADER, message_uuid.encode()),
             (SIGNER_CERT_HEADER, self._cert_der),
         ]
-        # Both records go out in the same batch; awaiting each in turn would
-        # make every send two broker round trips.
+        # The envelope first: SUBMITTED is said only of an envelope Kafka holds, and
+        # the answer is the envelope's: an error means it is not in dp2.submitted
+        # (send it again, with the same UUID: a duplicate is caught), a receipt means
+        # it is, whatever becomes of the event after it.
         try:
             delivery = await producer.send(SUBMITTED_TOPIC, raw, key=key.encode(), headers=headers)
+            metadata = await delivery
         except AUTHORIZATION_ERRORS as exc:  # nothing was sent: not even SUBMITTED
             raise refusal(exc, self._kafka, f"writing to {SUBMITTED_TOPIC}") from exc
+        except KafkaError as exc:
+            raise NotSubmitted(
+                f"Kafka did not take message {message_uuid}: {type(exc).__name__}"
+            ) from exc
         submitted = lifecycle_output(
             message_uuid, LifecycleState.SUBMITTED, self.actor, sender_id=sender_id
         )
-        event_delivery = await producer.send(
-            submitted.topic,
-            self._signer.sign_encoded(submitted.value),
-            key=submitted.key,
-            headers=[(context.HEADER, context.child_of(traceparent).encode())],
-        )
-        metadata = await delivery
-        await event_delivery
+        try:
+            event = await producer.send(
+                submitted.topic,
+                self._signer.sign_encoded(submitted.value),
+                key=submitted.key,
+                headers=[(context.HEADER, context.child_of(traceparent).encode())],
+            )
+        except KafkaError as exc:
+            log.warning("SUBMITTED of %s not sent: %r", message_uuid, exc)
+        else:
+            # Not awaited here (one round trip per send, not two); stop() flushes it.
+            event.add_done_callback(_log_failed_event)
         return Receipt(
             message_uuid=message_uuid,
             topic=metadata.topic,
@@ -432,10 +447,29 @@ class Dp2Client:
         return event
 
 
+class NotSubmitted(Dp2Error):
+    """Kafka did not acknowledge the envelope: the letter was not accepted."""
+
+    reason_code = "NOT_SUBMITTED"
+    hint = (
+        "Nothing was accepted; send it again with the same messageUUID (if it did "
+        "arrive after all, the resend is answered DUPLICATE, never delivered twice)."
+    )
+    retriable = True
+
+
+def _log_failed_event(future: asyncio.Future[Any]) -> None:
+    """A SUBMITTED that did not land: the letter is in Kafka all the same (the
+    validator's ACCEPTED or REJECTED follows); say so in the log."""
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("a SUBMITTED event was not sent: %r", future.exception())
+
+
 __all__ = [
     "Document",
     "Dp2Client",
     "MessageError",
+    "NotSubmitted",
     "Receipt",
     "build_message",
     "check_plain",
