@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 BENCH_STAMP := $(VENV)/.bench-stamp
 BENCH_ARGS ?=
 
-.PHONY: help install jars chromium run stop test test-fast bench lint format clean
+.PHONY: help install jars chromium postgresql run stop test test-fast bench lint format clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -38,7 +38,7 @@ run: install jars ## run the whole stack on 127.0.0.1 in the background; `make s
 stop: ## stop everything `make run` started
 	@test -x $(BIN)/dp2 && $(BIN)/dp2 down || true
 
-test: install jars chromium ## run every test against a real Kafka the tests start themselves
+test: install jars chromium postgresql ## run every test against a real Kafka the tests start themselves
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The dashboard tests drive Debian's chromium; Playwright must not download a browser.
@@ -46,6 +46,13 @@ chromium:
 	@command -v chromium >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; }
+
+# The stores' contract suites start a throw-away PostgreSQL from Debian's binaries
+# (initdb, pg_ctl; tests/postgres_server.py), which are not on PATH by default.
+postgresql:
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q postgresql; }
 
 test-fast: install ## unit tests only (no broker)
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)

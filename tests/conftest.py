@@ -13,6 +13,11 @@ Where the broker comes from, in order:
 The local broker is the secure one ``make run`` starts: mTLS on every listener
 with a session PKI (``kafka_pki``) and ACLs only. Tests reach it as the admin
 (``kafka_admin``) or as the identity a test is about.
+
+PostgreSQL, for the stores' contract suites and whatever else runs on it, is one
+real server per session as well (tests.postgres_server: ``DP2_TEST_DATABASE_URL``,
+or one started from the distribution's binaries); ``database_url`` is a fresh,
+empty database on it for one test.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from brokers.runtime.kafka import new_admin
 from brokers.runtime.settings import KafkaAccess, Settings
 from brokers.stack.access import ADMIN_IDENTITY
 from brokers.stack.kafka import ClusterSpec, LocalKafka, free_base_port
+from tests.postgres_server import fresh_database, postgres_server
 
 TopicFactory = Callable[..., Awaitable[str]]
 
@@ -98,6 +104,20 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory, kafka_pki: Path) -
         yield kafka.bootstrap
     finally:
         kafka.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[str]:
+    """URL of the session's real PostgreSQL server (its maintenance database)."""
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture
+def database_url(postgres: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    with fresh_database(postgres) as url:
+        yield url
 
 
 @pytest.fixture

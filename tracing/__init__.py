@@ -13,6 +13,7 @@ answer.
 
     lifecycle  the state machine shared by every service and the dashboard (pure)
     store      the TraceStore seam and its SQLite implementation
+    store_postgres   the TraceStore in PostgreSQL (DP2_DATABASE_URL), for several instances
     api        TraceService (ingest, metrics, logs) and its HTTP API
     service    the tracing service: workers, API and dashboard in one process
     client     what ``dp2 trace UUID [--json] [--follow]`` calls (brokers.cli.trace)

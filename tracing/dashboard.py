@@ -58,7 +58,7 @@ from tracing.pages import (
 from tracing.pages import escape as _e
 from tracing.pages import query_string as _qs
 from tracing.quarantine import QuarantineStore
-from tracing.store import BadQueryError, SqliteTraceStore
+from tracing.store import BadQueryError, TraceStore
 
 Handler = Callable[[web.Request, User], Awaitable[web.StreamResponse]]
 
@@ -68,7 +68,7 @@ class Dashboard:
 
     def __init__(
         self,
-        store: SqliteTraceStore,
+        store: TraceStore,
         deadletters: DeadLetterStore,
         users: Users,
         *,
@@ -385,7 +385,7 @@ shown: it may hold personal data.</p>{redrive}"""
             sender = user.cvr
         end = datetime.now(UTC) + timedelta(days=1)
         return stats.compute(
-            self._store.db,
+            self._store,
             kind=kind,
             start=end - timedelta(days=days),
             end=end,
@@ -407,7 +407,7 @@ shown: it may hold personal data.</p>{redrive}"""
         )
         senders = "".join(
             f"<option{' selected' if s == sender else ''}>{_e(s)}</option>"
-            for s in stats.senders(self._store.db)
+            for s in stats.senders(self._store)
         )
         pick = (
             f"<label>Authority <select name=sender><option value=''>all</option>{senders}"

@@ -6,6 +6,10 @@ they live in the process that keeps it. Only events the authority table accepts
 (brokers.security.authority) enter the trace; the others are quarantined
 (tracing.quarantine) with their reason. brokers.stack.registry names
 :func:`create` as the factory of ``dp2 run tracing``.
+
+With DP2_DATABASE_URL the trace store is PostgreSQL (tracing.store_postgres), so
+several instances answer every query; the evidence log, dead letters, quarantine
+and route book are still SQLite files of each instance (issue 17, not yet).
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ from tracing.dashboard import Dashboard
 from tracing.deadletters import DeadLetterStore
 from tracing.evidence import EvidenceLog
 from tracing.quarantine import QuarantineStore
-from tracing.store import SqliteTraceStore
+from tracing.store import SqliteTraceStore, TraceStore
+from tracing.store_postgres import PgTraceStore
 
 log = structlog.get_logger("dp2.tracing")
 #: How often a new tree head is signed over what was logged since the last one.
@@ -48,7 +53,12 @@ class TracingService(AsyncResource):
 
     def __init__(self, ctx: ServiceContext) -> None:
         settings = ctx.settings
-        self.store = SqliteTraceStore(ctx.data_dir / "trace.sqlite")
+        # DP2_DATABASE_URL: the trace in PostgreSQL, shared by every tracing instance.
+        self.store: TraceStore = (
+            PgTraceStore(settings.database_url)
+            if settings.database_url
+            else SqliteTraceStore(ctx.data_dir / "trace.sqlite")
+        )
         self.trace = TraceService(self.store, ctx.registry)
         self.deadletters = DeadLetterStore(ctx.data_dir / "deadletters.sqlite")
         self.quarantine = QuarantineStore(ctx.data_dir / "quarantine.sqlite")

@@ -43,7 +43,6 @@ import bisect
 import csv
 import io
 import itertools
-import sqlite3
 import statistics
 from collections import Counter
 from collections.abc import Iterator
@@ -55,7 +54,7 @@ from typing import Any
 from brokers.runtime.records import iso_z
 from schemas import codec
 from schemas.models import LifecycleEvent, LifecycleState
-from tracing.store import BadQueryError
+from tracing.store import BadQueryError, StatsRow, TraceStore
 
 S = LifecycleState
 KINDS = ("day", "week", "month")
@@ -136,7 +135,7 @@ def period_bounds(kind: str, moment: datetime) -> tuple[str, datetime, datetime]
 
 
 def compute(
-    db: sqlite3.Connection,
+    store: TraceStore,
     *,
     kind: str,
     start: datetime,
@@ -146,13 +145,13 @@ def compute(
 ) -> list[PeriodStats]:
     """One entry per period touching [start, end), oldest first, empty periods included.
 
-    `db` is a connection to a trace store's database (tracing.store). Each period
+    `store` is the trace store (SQLite or PostgreSQL: tracing.store). Each period
     counts all of its messages, also those before `start` or after `end` within it.
     """
     periods = _periods(kind, _utc(start), _utc(end))
     starts = [_micros(p_start) for _, p_start, _ in periods]
     tallies = [_Tally() for _ in periods]
-    for first_seen, rows in _messages(db, periods[0][1], periods[-1][2], sender):
+    for first_seen, rows in _messages(store, periods[0][1], periods[-1][2], sender):
         tallies[bisect.bisect_right(starts, first_seen) - 1].add(_facts(rows))
     return [
         tally.stats(label, p_start, p_end, sender, prices)
@@ -160,13 +159,9 @@ def compute(
     ]
 
 
-def senders(db: sqlite3.Connection) -> list[str]:
+def senders(store: TraceStore) -> list[str]:
     """The authorities (8-digit CVR senders) the trace has seen, in order."""
-    rows = db.execute(
-        "SELECT DISTINCT sender_id FROM summaries"
-        " WHERE sender_id GLOB '[0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]' ORDER BY sender_id"
-    ).fetchall()
-    return [row[0] for row in rows]
+    return store.authority_senders()
 
 
 FIELDS = (
@@ -295,26 +290,14 @@ class _Tally:
         )
 
 
-_Row = tuple[str, int, str, int, str | None, bytes | None]
+_Row = StatsRow
 
 
 def _messages(
-    db: sqlite3.Connection, since: datetime, until: datetime, sender: str | None
+    store: TraceStore, since: datetime, until: datetime, sender: str | None
 ) -> Iterator[tuple[int, list[_Row]]]:
     """(firstSeen, events in timeline order) of each message first seen in [since, until)."""
-    sql = (
-        "SELECT s.message_uuid, s.first_seen, e.state, e.occurred_at, e.reason_code,"
-        " CASE WHEN e.state IN ('DELIVERED', 'ROUTED') THEN e.record END"
-        " FROM summaries AS s JOIN events AS e ON e.message_uuid = s.message_uuid"
-        " WHERE s.first_seen >= ? AND s.first_seen < ?"
-    )
-    params: list[Any] = [_micros(since), _micros(until)]
-    if sender is not None:
-        sql += " AND s.sender_id = ?"
-        params.append(sender)
-    # Timeline order as in tracing.store, from the copied columns.
-    sql += " ORDER BY s.message_uuid, e.occurred_at, e.rank, e.sequence, e.event_id"
-    rows: Iterator[_Row] = iter(db.execute(sql, params))
+    rows = iter(store.stats_rows(since, until, sender))
     for _, group in itertools.groupby(rows, key=lambda row: row[0]):
         events = list(group)
         yield events[0][1], events

@@ -1,5 +1,9 @@
 """Where the trace keeps lifecycle events: the `TraceStore` seam and its SQLite implementation.
 
+The PostgreSQL implementation (tracing.store_postgres, chosen by DP2_DATABASE_URL)
+runs the same queries, written once here with ``?`` placeholders, so that both
+answer alike; tests/contract/test_trace_store_contract.py holds both to it.
+
 The store is a projection of dp2.lifecycle. It keeps every event (once per eventId,
 so a Kafka redelivery is harmless) and one summary row per message, and recomputes
 that row from all of the message's events on each add, using `tracing.lifecycle`.
@@ -20,6 +24,7 @@ from __future__ import annotations
 import base64
 import json
 import sqlite3
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -94,9 +99,155 @@ class TraceStore(Protocol):
         """Summaries newest first; `state` is the derived state, since <= firstSeen < until."""
         ...
 
+    def notifications(self, *, sender: str | None = None, limit: int = 100) -> list[LifecycleEvent]:
+        """The newest NOTIFIED and NOTIFICATION_FAILED events (one sender's if given)."""
+        ...
+
+    def throughput(self, since: datetime, sender: str | None = None) -> list[tuple[int, str, int]]:
+        """(minute since the epoch, state, events) from ``since`` on; one sender's if given."""
+        ...
+
+    def stats_rows(
+        self, since: datetime, until: datetime, sender: str | None
+    ) -> Iterable[StatsRow]:
+        """The events of messages first seen in [since, until), for tracing.stats:
+        (messageUUID, firstSeen, state, occurredAt, reasonCode, record of a DELIVERED
+        or ROUTED), grouped by message and in timeline order within each."""
+        ...
+
+    def authority_senders(self) -> list[str]:
+        """The 8-digit CVR senders of the trace's messages, in order."""
+        ...
+
     def close(self) -> None:
         """Release the store; safe to call twice."""
         ...
+
+
+#: One event as tracing.stats reads it (see TraceStore.stats_rows); times in microseconds.
+StatsRow = tuple[str, int, str, int, str | None, bytes | None]
+
+# The queries both implementations run (``?`` placeholders; tracing.store_postgres
+# turns them into ``%s``). Text compared with NULL is cast, for PostgreSQL's sake.
+SUMMARY_COLUMNS = (
+    "message_uuid, state, sender_id, recipient_ref, first_seen, last_update, event_count,"
+    " last_reason_code"
+)
+TIMELINE_SQL = "SELECT record FROM events WHERE message_uuid = ?"
+SUMMARY_SQL = f"SELECT {SUMMARY_COLUMNS} FROM summaries WHERE message_uuid = ?"  # noqa: S608 - constants
+# Timeline order as in lifecycle.timeline_key, from the copied columns.
+REFRESH_SQL = (
+    "SELECT state, occurred_at, sender_id, recipient_ref, reason_code FROM events"
+    " WHERE message_uuid = ? ORDER BY occurred_at, rank, sequence, event_id"
+)
+NOTIFICATIONS_SQL = (
+    "SELECT e.record FROM events e"
+    " LEFT JOIN summaries s ON s.message_uuid = e.message_uuid"
+    " WHERE e.state IN ('NOTIFIED', 'NOTIFICATION_FAILED')"
+    " AND (CAST(? AS TEXT) IS NULL OR s.sender_id = ?)"
+    " ORDER BY e.occurred_at DESC, e.event_id DESC LIMIT ?"
+)
+THROUGHPUT_SQL = (
+    "SELECT e.occurred_at / 60000000, e.state, COUNT(*) FROM events e"
+    " LEFT JOIN summaries s ON s.message_uuid = e.message_uuid"
+    " WHERE e.occurred_at >= ? AND (CAST(? AS TEXT) IS NULL OR s.sender_id = ?)"
+    " GROUP BY 1, 2 ORDER BY 1, 2"
+)
+
+
+def search_query(
+    *,
+    sender: str | None,
+    state: LifecycleState | None,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+    cursor: str | None,
+) -> tuple[str, list[Any]]:
+    """The SQL and parameters of `TraceStore.search` (one row more than `limit`)."""
+    if not 1 <= limit <= MAX_PAGE:
+        raise BadQueryError(f"limit {limit} is not from 1 to {MAX_PAGE}")
+    where: list[str] = []
+    params: list[Any] = []
+    for clause, value in (
+        ("sender_id = ?", sender),
+        ("state = ?", state.value if state is not None else None),
+        ("first_seen >= ?", micros(since) if since is not None else None),
+        ("first_seen < ?", micros(until) if until is not None else None),
+    ):
+        if value is not None:
+            where.append(clause)
+            params.append(value)
+    if cursor is not None:
+        first_seen, message_uuid = _decode_cursor(cursor)
+        where.append("(first_seen < ? OR (first_seen = ? AND message_uuid < ?))")
+        params += [first_seen, first_seen, message_uuid]
+    sql = f"SELECT {SUMMARY_COLUMNS} FROM summaries"  # noqa: S608 - constants and clauses above
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    # One row more than asked tells whether a next page exists.
+    sql += " ORDER BY first_seen DESC, message_uuid DESC LIMIT ?"
+    return sql, [*params, limit + 1]
+
+
+def page_of(rows: Sequence[tuple[Any, ...]], limit: int) -> Page:
+    """The page of `search_query`'s rows, with the cursor of the next one."""
+    items = [_summary_from_row(row) for row in rows[:limit]]
+    if len(rows) <= limit:
+        return Page(items, None)
+    last = items[-1]
+    return Page(items, _encode_cursor(micros(last.firstSeen), last.messageUUID))
+
+
+def stats_query(since: datetime, until: datetime, sender: str | None) -> tuple[str, list[Any]]:
+    """The SQL and parameters of `TraceStore.stats_rows`."""
+    sql = (
+        "SELECT s.message_uuid, s.first_seen, e.state, e.occurred_at, e.reason_code,"
+        " CASE WHEN e.state IN ('DELIVERED', 'ROUTED') THEN e.record END"
+        " FROM summaries AS s JOIN events AS e ON e.message_uuid = s.message_uuid"
+        " WHERE s.first_seen >= ? AND s.first_seen < ?"
+    )
+    params: list[Any] = [micros(since), micros(until)]
+    if sender is not None:
+        sql += " AND s.sender_id = ?"
+        params.append(sender)
+    sql += " ORDER BY s.message_uuid, e.occurred_at, e.rank, e.sequence, e.event_id"
+    return sql, params
+
+
+def summary_values(message_uuid: str, rows: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
+    """The summaries row of a message from its REFRESH_SQL rows (at least one)."""
+    reasons = [r[4] for r in rows if r[4] is not None]
+    return (
+        message_uuid,
+        lifecycle.current_state_of({LifecycleState(r[0]) for r in rows}).value,
+        _first(r[2] for r in rows),
+        _first(r[3] for r in rows),
+        rows[0][1],
+        max(r[1] for r in rows),
+        len(rows),
+        reasons[-1] if reasons else None,
+    )
+
+
+def event_values(event: LifecycleEvent) -> tuple[Any, ...]:
+    """The events row of `event`, in the order of the events table's columns."""
+    return (
+        event.eventId,
+        event.messageUUID,
+        event.state.value,
+        micros(event.occurredAt),
+        codec.encode(event),
+        *_summary_fields(event),
+    )
+
+
+def decode_events(records: Iterable[tuple[Any, ...]]) -> list[LifecycleEvent]:
+    return [codec.decode(bytes(row[0]), LifecycleEvent) for row in records]
+
+
+def summary_of(row: tuple[Any, ...] | None) -> MessageSummary | None:
+    return None if row is None else _summary_from_row(row)
 
 
 _SCHEMA = """
@@ -167,30 +318,20 @@ class SqliteTraceStore:
                 "INSERT OR IGNORE INTO events (event_id, message_uuid, state, occurred_at,"
                 " record, rank, sequence, sender_id, recipient_ref, reason_code)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    event.eventId,
-                    event.messageUUID,
-                    event.state.value,
-                    _micros(event.occurredAt),
-                    codec.encode(event),
-                    *_summary_fields(event),
-                ),
+                event_values(event),
             ).rowcount
             if inserted:
                 self._refresh_summary(db, event.messageUUID)
         return inserted == 1
 
     def timeline(self, message_uuid: str) -> list[LifecycleEvent]:
-        rows = self._conn.execute(
-            "SELECT record FROM events WHERE message_uuid = ?", (canonical_uuid(message_uuid),)
-        ).fetchall()
-        return lifecycle.order_timeline(codec.decode(row[0], LifecycleEvent) for row in rows)
+        rows = self._conn.execute(TIMELINE_SQL, (canonical_uuid(message_uuid),)).fetchall()
+        return lifecycle.order_timeline(decode_events(rows))
 
     def summary(self, message_uuid: str) -> MessageSummary | None:
-        row = self._conn.execute(
-            "SELECT * FROM summaries WHERE message_uuid = ?", (canonical_uuid(message_uuid),)
-        ).fetchone()
-        return None if row is None else _summary_from_row(row)
+        return summary_of(
+            self._conn.execute(SUMMARY_SQL, (canonical_uuid(message_uuid),)).fetchone()
+        )
 
     def search(
         self,
@@ -202,64 +343,30 @@ class SqliteTraceStore:
         limit: int = 50,
         cursor: str | None = None,
     ) -> Page:
-        if not 1 <= limit <= MAX_PAGE:
-            raise BadQueryError(f"limit {limit} is not from 1 to {MAX_PAGE}")
-        where: list[str] = []
-        params: list[Any] = []
-        for clause, value in (
-            ("sender_id = ?", sender),
-            ("state = ?", state.value if state is not None else None),
-            ("first_seen >= ?", _micros(since) if since is not None else None),
-            ("first_seen < ?", _micros(until) if until is not None else None),
-        ):
-            if value is not None:
-                where.append(clause)
-                params.append(value)
-        if cursor is not None:
-            first_seen, message_uuid = _decode_cursor(cursor)
-            where.append("(first_seen < ? OR (first_seen = ? AND message_uuid < ?))")
-            params += [first_seen, first_seen, message_uuid]
-        sql = "SELECT * FROM summaries"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        # One row more than asked tells whether a next page exists.
-        sql += " ORDER BY first_seen DESC, message_uuid DESC LIMIT ?"
-        rows = self._conn.execute(sql, [*params, limit + 1]).fetchall()
-        items = [_summary_from_row(row) for row in rows[:limit]]
-        if len(rows) <= limit:
-            return Page(items, None)
-        last = items[-1]
-        return Page(items, _encode_cursor(_micros(last.firstSeen), last.messageUUID))
-
-    @property
-    def db(self) -> sqlite3.Connection:
-        """The connection, for read-only projections over the same tables (tracing.stats)."""
-        return self._conn
+        sql, params = search_query(
+            sender=sender, state=state, since=since, until=until, limit=limit, cursor=cursor
+        )
+        return page_of(self._conn.execute(sql, params).fetchall(), limit)
 
     def notifications(self, *, sender: str | None = None, limit: int = 100) -> list[LifecycleEvent]:
-        """The newest NOTIFIED and NOTIFICATION_FAILED events (one sender's if given)."""
-        rows = self._conn.execute(
-            "SELECT e.record FROM events e"
-            " LEFT JOIN summaries s ON s.message_uuid = e.message_uuid"
-            " WHERE e.state IN ('NOTIFIED', 'NOTIFICATION_FAILED')"
-            " AND (? IS NULL OR s.sender_id = ?)"
-            " ORDER BY e.occurred_at DESC LIMIT ?",
-            (sender, sender, limit),
-        ).fetchall()
-        return [codec.decode(row[0], LifecycleEvent) for row in rows]
+        return decode_events(self._conn.execute(NOTIFICATIONS_SQL, (sender, sender, limit)))
 
     def throughput(self, since: datetime, sender: str | None = None) -> list[tuple[int, str, int]]:
-        """(minute since the epoch, state, events) from ``since`` on; one sender's if given."""
-        return [
-            (int(minute), str(state), int(count))
-            for minute, state, count in self._conn.execute(
-                "SELECT e.occurred_at / 60000000, e.state, COUNT(*) FROM events e"
-                " LEFT JOIN summaries s ON s.message_uuid = e.message_uuid"
-                " WHERE e.occurred_at >= ? AND (? IS NULL OR s.sender_id = ?)"
-                " GROUP BY 1, 2 ORDER BY 1",
-                (_micros(since), sender, sender),
-            )
-        ]
+        rows = self._conn.execute(THROUGHPUT_SQL, (micros(since), sender, sender))
+        return [(int(minute), str(state), int(count)) for minute, state, count in rows]
+
+    def stats_rows(
+        self, since: datetime, until: datetime, sender: str | None
+    ) -> Iterable[StatsRow]:
+        sql, params = stats_query(since, until, sender)
+        return iter(self._conn.execute(sql, params))
+
+    def authority_senders(self) -> list[str]:
+        rows = self._conn.execute(
+            "SELECT DISTINCT sender_id FROM summaries"
+            " WHERE sender_id GLOB '[0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]' ORDER BY sender_id"
+        ).fetchall()
+        return [row[0] for row in rows]
 
     def close(self) -> None:
         db, self._db = self._db, None
@@ -273,25 +380,10 @@ class SqliteTraceStore:
         self.close()
 
     def _refresh_summary(self, db: sqlite3.Connection, message_uuid: str) -> None:
-        # Timeline order as in lifecycle.timeline_key, from the copied columns.
-        rows = db.execute(
-            "SELECT state, occurred_at, sender_id, recipient_ref, reason_code FROM events"
-            " WHERE message_uuid = ? ORDER BY occurred_at, rank, sequence, event_id",
-            (message_uuid,),
-        ).fetchall()
-        reasons = [r[4] for r in rows if r[4] is not None]
+        rows = db.execute(REFRESH_SQL, (message_uuid,)).fetchall()
         db.execute(
             "INSERT OR REPLACE INTO summaries VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                message_uuid,
-                lifecycle.current_state_of({LifecycleState(r[0]) for r in rows}).value,
-                _first(r[2] for r in rows),
-                _first(r[3] for r in rows),
-                rows[0][1],
-                max(r[1] for r in rows),
-                len(rows),
-                reasons[-1] if reasons else None,
-            ),
+            summary_values(message_uuid, rows),
         )
 
     def _lowercase_uuids(self) -> None:
@@ -352,14 +444,14 @@ def _first(values: Any) -> str | None:
     return next((v for v in values if v is not None), None)
 
 
-def _micros(moment: datetime) -> int:
+def micros(moment: datetime) -> int:
     """Microseconds since the epoch; a naive time counts as UTC, as in schemas.codec."""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return (moment - _EPOCH) // timedelta(microseconds=1)
 
 
-def _from_micros(micros: int) -> datetime:
+def _frommicros(micros: int) -> datetime:
     return _EPOCH + timedelta(microseconds=micros)
 
 
@@ -370,8 +462,8 @@ def _summary_from_row(row: tuple[Any, ...]) -> MessageSummary:
         state=LifecycleState(state),
         senderID=sender,
         recipientRef=recipient,
-        firstSeen=_from_micros(first_seen),
-        lastUpdate=_from_micros(last_update),
+        firstSeen=_frommicros(first_seen),
+        lastUpdate=_frommicros(last_update),
         eventCount=count,
         lastReasonCode=reason,
     )

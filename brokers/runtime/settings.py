@@ -28,6 +28,7 @@ valid value looks like, instead of letting a typo surface later as a timeout.
 | DP2_PARTITIONS | per topic (3) | partitions of the topics that have more than one |
 | DP2_ACKS | ``all`` | producer acks: ``all`` (the guarantee the tests prove), ``1`` or ``0`` |
 | DP2_PRODUCER_TIMEOUT_MS | 30000 | how long a produce request may wait for the brokers |
+| DP2_DATABASE_URL | unset | ``postgresql://...``: every store in PostgreSQL; else SQLite files |
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from schemas.errors import ConfigError
 from schemas.values import is_ascii_digits, parse_ascii_int
@@ -59,6 +61,27 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
             hint=f"Set {name} to a number in that range, or unset it to use {default}.",
         )
     return value
+
+
+def is_database_url(url: str) -> bool:
+    """True when ``url`` names a PostgreSQL database (postgresql://...)."""
+    try:
+        return urlsplit(url).scheme in {"postgresql", "postgres"}
+    except ValueError:
+        return False
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password, for logs and errors."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "(an unreadable URL)"
+    if password is None:
+        return url
+    netloc = parts.netloc.replace(f":{password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
 
 
 @functools.lru_cache(maxsize=64)
@@ -191,6 +214,8 @@ class Settings:
     kafka_tls: bool = True
     pki_dir_override: Path | None = None
     topology: Topology = field(default_factory=Topology)
+    #: PostgreSQL for every store (several instances share it); None: SQLite files.
+    database_url: str | None = field(default=None, repr=False)
 
     @property
     def pki_dir(self) -> Path:
@@ -267,6 +292,13 @@ class Settings:
                     hint="Write it as 22-7 (from 22:00 to 07:00), or unset it.",
                 )
             quiet_hours = (int(start), int(end))
+        database_url = env.get("DP2_DATABASE_URL") or None
+        if database_url is not None and not is_database_url(database_url):
+            raise ConfigError(
+                f"DP2_DATABASE_URL={redacted(database_url)!r} is not a PostgreSQL URL",
+                hint="Write it as postgresql://user:password@host:5432/dbname, "
+                "or unset it to keep the stores in SQLite files under DP2_HOME.",
+            )
         deploy = PROJECT_ROOT / "deploy" / "kafka"
         return cls(
             home=home,
@@ -290,4 +322,5 @@ class Settings:
             kafka_tls=env.get("DP2_KAFKA_TLS", "1") not in {"0", "false", "no", "off"},
             pki_dir_override=Path(env["DP2_PKI"]).resolve() if env.get("DP2_PKI") else None,
             topology=Topology.from_env(env),
+            database_url=database_url,
         )

@@ -28,6 +28,8 @@ message is in. Here they are, for every worker:
   logged (``headers_dropped``), never carried on to the next hop.
 * **Trace context travels.** ``traceparent`` is read from each record and a child
   is written on every output; ``message_id`` is bound in structlog's contextvars.
+  Each record is an OpenTelemetry CONSUMER span (brokers.runtime.telemetry),
+  exported over OTLP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set.
 * **Metrics**: ``dp2_records_in_total``, ``dp2_records_out_total``,
   ``dp2_rejections_total{reason}``, ``dp2_deadletters_total{reason}``,
   ``dp2_processing_seconds`` and ``dp2_consumer_lag`` per service, in an injected
@@ -53,7 +55,7 @@ from aiokafka.errors import (
     UnknownProducerId,
 )
 
-from brokers.runtime import context
+from brokers.runtime import context, telemetry
 from brokers.runtime.headers import size_of, within_budget
 from brokers.runtime.kafka import (
     AUTHORIZATION_ERRORS,
@@ -279,6 +281,20 @@ class KafkaWorker:
         bound = {"service": self.name, "trace_id": context.trace_id(parent)}
         if message_uuid:
             bound["message_id"] = message_uuid
+        span = telemetry.process_span(record, self._group_id, message_uuid)
+        # The next hop's parent: this span when it is exported, else DP2's own child.
+        child_parent = telemetry.traceparent_of(span) or context.child_of(parent)
+        try:
+            produced = await self._handled(record, bound)
+        finally:
+            span.end()
+        child = (context.HEADER, child_parent.encode())
+        return [_budgeted(o, child) for o in produced]
+
+    async def _handled(
+        self, record: ConsumerRecord[bytes, bytes], bound: dict[str, Any]
+    ) -> list[Output]:
+        """The handler's outputs for ``record``, or its dead letter (see the docstring)."""
         with structlog.contextvars.bound_contextvars(**bound):
             started = time.perf_counter()
             try:
@@ -303,8 +319,7 @@ class KafkaWorker:
                 )
             finally:
                 self._metrics.processing.labels(self.name).observe(time.perf_counter() - started)
-        child = (context.HEADER, context.child_of(parent).encode())
-        return [_budgeted(o, child) for o in produced]
+        return produced
 
     def _dead_letter(self, record: ConsumerRecord[bytes, bytes], error: Dp2Error) -> list[Output]:
         source = source_of(record)

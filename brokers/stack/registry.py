@@ -18,6 +18,7 @@ from datetime import datetime
 from prometheus_client import CollectorRegistry
 
 from brokers.router import service as router_service
+from brokers.runtime import telemetry
 from brokers.runtime.host import Service, ServiceContext, ServiceHost
 from brokers.runtime.metrics import ServiceMetrics
 from brokers.runtime.settings import Settings
@@ -92,7 +93,9 @@ async def build_service(
 async def run_service(
     kind: str, settings: Settings, port: int, provider: str | None, connector: str | None = None
 ) -> None:
-    """Run one service until SIGTERM/SIGINT (``dp2 run``)."""
+    """Run one service until SIGTERM/SIGINT (``dp2 run``); its spans go to the OTLP
+    endpoint of OTEL_EXPORTER_OTLP_ENDPOINT when that is set (brokers.runtime.telemetry)."""
+    telemetry.configure(connector or (f"mailbox-{provider}" if provider else kind))
     host = await build_service(kind, settings, port=port, provider=provider, connector=connector)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

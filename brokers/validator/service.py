@@ -46,11 +46,13 @@ MALFORMED_RECORD and kept as a tombstone, so a re-drive sends a tombstone again.
 Message UUIDs are compared in lower case (schemas.models folds them when a record is
 decoded), so a resubmission in upper case is the same message: a DUPLICATE.
 
-Duplicates: the first submission of a UUID is recorded (SQLite, keyed by UUID,
-with the Kafka position it came from). A later submission of the same UUID from
-another position gets DUPLICATE on the first message's timeline, pointing at the
-first outcome, and is not forwarded. The same position seen again is a Kafka
-redelivery: the outputs are recomputed and re-sent with the same event ids.
+Duplicates: the first submission of a UUID is recorded (brokers.validator.submissions:
+SQLite, or PostgreSQL shared by every instance, keyed by UUID, with the Kafka
+position it came from). A later submission of the same UUID from another position
+gets DUPLICATE on the first message's timeline, pointing at the first outcome, and
+is not forwarded; so does one that another instance recorded first while this one
+judged it. The same position seen again is a Kafka redelivery: the outputs are
+recomputed and re-sent with the same event ids.
 """
 
 from __future__ import annotations
@@ -58,14 +60,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from aiokafka import ConsumerRecord
 from cryptography import x509
 
 from brokers.contacts.register import ContactRegister
-from brokers.runtime import context, headers, sqlite
+from brokers.runtime import context, headers
 from brokers.runtime.blobstore import BlobStore, FileBlobStore, MemoryBlobStore
 from brokers.runtime.host import ServiceContext
 from brokers.runtime.records import (
@@ -86,6 +87,7 @@ from brokers.validator.rules import (
     check_sender,
     reject,
 )
+from brokers.validator.submissions import First, SubmissionLog, open_submission_log
 from schemas import codec
 from schemas.errors import Dp2Error, MalformedRecordError
 from schemas.models import (
@@ -93,46 +95,7 @@ from schemas.models import (
     Envelope,
     LifecycleState,
 )
-from schemas.values import canonical_uuid
 from schemas.vocabulary import ACCEPTED_TOPIC, SIGNER_CERT_HEADER, SUBMITTED_TOPIC
-
-
-class SubmissionLog:
-    """First outcome per message UUID: what makes a resubmission a DUPLICATE."""
-
-    def __init__(self, path: Path | str) -> None:
-        self._db = sqlite.connect(str(path))
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS submissions (message_uuid TEXT PRIMARY KEY,"
-            " source TEXT NOT NULL, outcome TEXT NOT NULL, reason_code TEXT,"
-            " first_at TEXT NOT NULL)"
-        )
-        self._db.commit()
-        # A log from before UUIDs were folded: the first submission of each stands.
-        sqlite.migrate_once(
-            self._db,
-            "lowercase-message-uuids",
-            lambda: sqlite.lowercase_column(
-                self._db, "submissions", "message_uuid", keep_first="first_at, rowid"
-            ),
-        )
-
-    def first(self, message_uuid: str) -> tuple[str, str, str | None, str] | None:
-        row = self._db.execute(
-            "SELECT source, outcome, reason_code, first_at FROM submissions WHERE message_uuid = ?",
-            (canonical_uuid(message_uuid),),
-        ).fetchone()
-        return (row[0], row[1], row[2], row[3]) if row else None
-
-    def record(self, message_uuid: str, source: str, outcome: str, reason: str | None) -> None:
-        self._db.execute(
-            "INSERT OR IGNORE INTO submissions VALUES (?, ?, ?, ?, ?)",
-            (canonical_uuid(message_uuid), source, outcome, reason, datetime.now(UTC).isoformat()),
-        )
-        self._db.commit()
-
-    def close(self) -> None:
-        self._db.close()
 
 
 class Validator:
@@ -195,23 +158,11 @@ class Validator:
             return [unverified_rejection(record, self.actor, exc, message_uuid)]
         first = self._submissions.first(message_uuid)
         if first is not None and first[0] != source:
-            first_source, outcome, reason, first_at = first
-            return [
-                lifecycle_output(
-                    message_uuid,
-                    LifecycleState.DUPLICATE,
-                    self.actor,
-                    reason_code="DUPLICATE",
-                    reason_text=(
-                        f"this UUID was first submitted at {first_at} and {outcome}"
-                        + (f" ({reason})" if reason else "")
-                        + "; the first outcome stands and nothing is delivered twice"
-                    ),
-                    related=message_uuid,
-                    attributes={"firstSource": first_source, "firstOutcome": outcome},
-                    **common,
-                )
-            ]
+            return [self._duplicate(message_uuid, first, common)]
+        return self._decided(record, message_uuid, await self._content_rejection(envelope), common)
+
+    async def _content_rejection(self, envelope: Envelope) -> Dp2Error | None:
+        """What is wrong with a signed submission's content, or None: limits, then blobs."""
         try:
             self._check_content(envelope)
             if any(isinstance(f.content, BlobContent) for f in sealing.files_of(envelope.body)):
@@ -219,14 +170,49 @@ class Validator:
         except Dp2Error as exc:
             if exc.retriable:
                 raise
-            self._submissions.record(message_uuid, source, "REJECTED", exc.reason_code)
-            return [rejection_output(message_uuid, self.actor, exc, **common)]
-        self._submissions.record(message_uuid, source, "ACCEPTED", None)
+            return exc
+        return None
+
+    def _decided(
+        self,
+        record: ConsumerRecord[bytes, bytes],
+        message_uuid: str,
+        rejection: Dp2Error | None,
+        common: dict[str, Any],
+    ) -> list[Output]:
+        """Record the outcome; it stands unless another instance recorded the UUID first."""
+        source = common["source"]
+        outcome, reason = ("ACCEPTED", None) if rejection is None else ("REJECTED", rejection)
+        first = self._submissions.record(
+            message_uuid, source, outcome, reason.reason_code if reason else None
+        )
+        if first[0] != source:
+            return [self._duplicate(message_uuid, first, common)]
+        if rejection is not None:
+            return [rejection_output(message_uuid, self.actor, rejection, **common)]
         forward_headers = [(k, v) for k, v in (record.headers or ()) if k != context.HEADER]
         return [
             Output(ACCEPTED_TOPIC, record.value, key=record.key, headers=forward_headers),
             lifecycle_output(message_uuid, LifecycleState.ACCEPTED, self.actor, **common),
         ]
+
+    def _duplicate(self, message_uuid: str, first: First, common: dict[str, Any]) -> Output:
+        """DUPLICATE on the first message's timeline, pointing at its outcome."""
+        first_source, outcome, reason, first_at = first
+        return lifecycle_output(
+            message_uuid,
+            LifecycleState.DUPLICATE,
+            self.actor,
+            reason_code="DUPLICATE",
+            reason_text=(
+                f"this UUID was first submitted at {first_at} and {outcome}"
+                + (f" ({reason})" if reason else "")
+                + "; the first outcome stands and nothing is delivered twice"
+            ),
+            related=message_uuid,
+            attributes={"firstSource": first_source, "firstOutcome": outcome},
+            **common,
+        )
 
     def _signer_certificate(
         self, envelope: Envelope, record: ConsumerRecord[bytes, bytes]
@@ -271,7 +257,7 @@ class ValidatorService(AsyncResource):
     name = "validator"
 
     def __init__(self, ctx: ServiceContext) -> None:
-        self._submissions = SubmissionLog(ctx.data_dir / "validator.sqlite")
+        self._submissions = open_submission_log(ctx.settings, ctx.data_dir)
         self._directory = ContactRegister(ctx.settings.kafka)
         validator = Validator(
             TrustStore(ctx.settings.pki_dir),

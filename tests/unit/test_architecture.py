@@ -219,6 +219,8 @@ def test_the_vendor_sdk_is_light() -> None:
         "brokers.runtime.host",
         "brokers.runtime.worker",
         "brokers.runtime.sqlite",
+        "brokers.runtime.postgres",
+        "psycopg",
         "brokers.stack",
         "tracing",
     }

@@ -32,7 +32,8 @@ from brokers.validator.rules import (
     check_limits,
     check_message_uuid,
 )
-from brokers.validator.service import SubmissionLog, Validator
+from brokers.validator.service import Validator
+from brokers.validator.submissions import SqliteSubmissionLog
 from connectors.apps import AccessError
 from connectors.apps import _int as apps_int
 from connectors.esdh.connector import _drop as esdh_drop
@@ -325,7 +326,7 @@ def record(value: bytes | None, offset: int) -> ConsumerRecord[bytes, bytes]:
 async def test_an_upper_case_resubmission_is_a_duplicate(tmp_path: Path) -> None:
     """The same letter again with its UUID in upper case is DUPLICATE on the lower-case
     timeline, keyed by the lower-case UUID, and is not forwarded."""
-    log = SubmissionLog(tmp_path / "validator.sqlite")
+    log = SqliteSubmissionLog(tmp_path / "validator.sqlite")
     log.record(UUID, "dp2.submitted/0/1", "ACCEPTED", None)
     pki = Pki(tmp_path / "pki")
     pki.init()
@@ -345,7 +346,7 @@ async def test_an_upper_case_resubmission_is_a_duplicate(tmp_path: Path) -> None
 
 async def test_a_tombstone_is_malformed_for_the_validator(tmp_path: Path) -> None:
     """A record without a value is MALFORMED_RECORD, raised for the worker to dead-letter."""
-    log = SubmissionLog(tmp_path / "validator.sqlite")
+    log = SqliteSubmissionLog(tmp_path / "validator.sqlite")
     validator = Validator(TrustStore(tmp_path / "pki"), log, directory={})
     with pytest.raises(MalformedRecordError) as caught:
         await validator.handle(record(None, 1))
@@ -355,7 +356,7 @@ async def test_a_tombstone_is_malformed_for_the_validator(tmp_path: Path) -> Non
 
 async def test_a_path_as_uuid_is_rejected_under_its_own_id(tmp_path: Path) -> None:
     """A messageUUID like /../../x is REJECTED INVALID_MESSAGE_UUID and not recorded."""
-    log = SubmissionLog(tmp_path / "validator.sqlite")
+    log = SqliteSubmissionLog(tmp_path / "validator.sqlite")
     validator = Validator(TrustStore(tmp_path / "pki"), log, directory={})
     envelope = sealed()
     bad = dataclasses.replace(
@@ -456,7 +457,7 @@ def _forget_migrations(path: Path, *statements: tuple[str, tuple[Any, ...]]) -> 
 def test_the_submission_log_merges_spellings_keeping_the_first(tmp_path: Path) -> None:
     """Two spellings of one UUID become one row: the first submission's outcome stands."""
     path = tmp_path / "validator.sqlite"
-    SubmissionLog(path).close()
+    SqliteSubmissionLog(path).close()
     _forget_migrations(
         path,
         (
@@ -465,7 +466,7 @@ def test_the_submission_log_merges_spellings_keeping_the_first(tmp_path: Path) -
         ),
         ("INSERT INTO submissions VALUES (?, 'a/0/2', 'REJECTED', 'X', '2026-01-02')", (UUID,)),
     )
-    log = SubmissionLog(path)
+    log = SqliteSubmissionLog(path)
     assert log.first(UUID) == ("a/0/1", "ACCEPTED", None, "2026-01-01")
     count = log._db.execute("SELECT COUNT(*) FROM submissions").fetchone()[0]
     assert count == 1

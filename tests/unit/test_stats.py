@@ -29,7 +29,6 @@ import csv
 import io
 import json
 import re
-import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
@@ -51,7 +50,7 @@ from tracing.stats import (
     to_csv,
     to_json,
 )
-from tracing.store import BadQueryError, SqliteTraceStore
+from tracing.store import BadQueryError, SqliteTraceStore, TraceStore
 
 S = LifecycleState
 ROOT = Path(__file__).resolve().parents[2]
@@ -154,15 +153,26 @@ def known_set() -> list[LifecycleEvent]:
     return t.events
 
 
+def add_known_set(store: TraceStore) -> TraceStore:
+    """`store` with the known set added, newest first and one event twice."""
+    events = known_set()
+    for event in reversed(events):  # arrival order must not matter
+        store.add(event)
+    store.add(events[0])  # a Kafka redelivery must not count twice
+    return store
+
+
 @pytest.fixture
-def db() -> Iterator[sqlite3.Connection]:
-    """A trace store holding the known set, added newest first and one event twice."""
+def empty() -> Iterator[TraceStore]:
+    """An empty trace store (tests/contract runs these cases on PostgreSQL too)."""
     with SqliteTraceStore(":memory:") as store:
-        events = known_set()
-        for event in reversed(events):  # arrival order must not matter
-            store.add(event)
-        store.add(events[0])  # a Kafka redelivery must not count twice
-        yield store.db
+        yield store
+
+
+@pytest.fixture
+def db(empty: TraceStore) -> TraceStore:
+    """A trace store holding the known set."""
+    return add_known_set(empty)
 
 
 def only(stats: list[PeriodStats]) -> PeriodStats:
@@ -170,7 +180,7 @@ def only(stats: list[PeriodStats]) -> PeriodStats:
     return stats[0]
 
 
-def test_whole_week_for_everyone_matches_the_hand_count(db: sqlite3.Connection) -> None:
+def test_whole_week_for_everyone_matches_the_hand_count(db: TraceStore) -> None:
     """Every figure of the week over all senders equals the one worked out by hand."""
     s = only(compute(db, kind="week", start=DAY1, end=DAY2))
     assert (s.period, s.start, s.end, s.sender) == ("2026-W49", DAY1, WEEK_END, None)
@@ -190,7 +200,7 @@ def test_whole_week_for_everyone_matches_the_hand_count(db: sqlite3.Connection) 
 
 
 def test_days_split_by_first_event_and_late_reads_stay_in_their_day(
-    db: sqlite3.Connection,
+    db: TraceStore,
 ) -> None:
     """Each day counts the messages first seen that day, with everything that befell them later."""
     day1, day2 = compute(db, kind="day", start=DAY1, end=DAY2 + timedelta(hours=1))
@@ -226,7 +236,7 @@ def test_days_split_by_first_event_and_late_reads_stay_in_their_day(
     assert day1.savings + day2.savings == Decimal("51.45")
 
 
-def test_months_split_at_the_month_boundary(db: sqlite3.Connection) -> None:
+def test_months_split_at_the_month_boundary(db: TraceStore) -> None:
     """A window over the turn of the month gives November and December, each whole."""
     nov, dec = compute(
         db, kind="month", start=DAY1 + timedelta(hours=5), end=DAY2 + timedelta(hours=1)
@@ -245,7 +255,7 @@ def test_months_split_at_the_month_boundary(db: sqlite3.Connection) -> None:
     )
 
 
-def test_an_authority_sees_only_its_own_messages(db: sqlite3.Connection) -> None:
+def test_an_authority_sees_only_its_own_messages(db: TraceStore) -> None:
     """Filtering by a CVR counts that sender's messages and nobody else's."""
     a = only(compute(db, kind="week", start=DAY1, end=DAY2, sender=A))
     assert a.sender == A
@@ -269,7 +279,7 @@ def test_an_authority_sees_only_its_own_messages(db: sqlite3.Connection) -> None
     assert (stranger.messages, stranger.digital_share, stranger.rejections) == (0, None, {})
 
 
-def test_prices_are_configurable(db: sqlite3.Connection) -> None:
+def test_prices_are_configurable(db: TraceStore) -> None:
     """Other unit prices change cost and savings and nothing else."""
     prices = Prices(physical=Decimal("10.00"), digital=Decimal("0.50"))
     s = only(compute(db, kind="week", start=DAY1, end=DAY2, prices=prices))
@@ -285,7 +295,7 @@ def test_nonsense_prices_fail_fast() -> None:
             Prices(physical=bad)
 
 
-def test_every_period_of_the_window_is_listed_even_empty(db: sqlite3.Connection) -> None:
+def test_every_period_of_the_window_is_listed_even_empty(db: TraceStore) -> None:
     """Periods without messages are listed with zeros and no shares, oldest first."""
     stats = compute(db, kind="day", start=DAY1 - timedelta(days=1), end=DAY2 + timedelta(days=2))
     assert [s.period for s in stats] == ["2026-11-29", "2026-11-30", "2026-12-01", "2026-12-02"]
@@ -294,22 +304,23 @@ def test_every_period_of_the_window_is_listed_even_empty(db: sqlite3.Connection)
     assert (empty.digital_share, empty.read_rate, empty.notification_success) == (None, None, None)
 
 
-def test_senders_lists_only_authorities() -> None:
+def test_senders_lists_only_authorities(empty: TraceStore) -> None:
     """senders() lists 8-digit CVRs in order; a citizen's pseudonym counts only under "all"."""
     t = Timeline()
     t.digital("m1", B, DAY1)
     t.digital("m2", A, DAY1)
     t.digital("m3", "pseudo-4f1c9a", DAY1)  # a citizen writing to an authority
     t.ev("m4", S.SUBMITTED, DAY1, sender=None)  # no sender known yet
-    with SqliteTraceStore(":memory:") as store:
-        for event in t.events:
-            store.add(event)
-        assert senders(store.db) == [B, A]  # 12345678 before 29189846
-        everyone = only(compute(store.db, kind="day", start=DAY1, end=DAY2))
-        assert (everyone.messages, everyone.digital) == (4, 3)
+    for event in t.events:
+        empty.add(event)
+    assert senders(empty) == [B, A]  # 12345678 before 29189846
+    everyone = only(compute(empty, kind="day", start=DAY1, end=DAY2))
+    assert (everyone.messages, everyone.digital) == (4, 3)
 
 
-def test_channel_rules_for_messages_in_transit_failed_or_printed_after_delivery() -> None:
+def test_channel_rules_for_messages_in_transit_failed_or_printed_after_delivery(
+    empty: TraceStore,
+) -> None:
     """A message counts once: PRINTED over DELIVERED over its last ROUTED not followed by FAILED."""
     t = Timeline()
     t.submitted("in-transit", A, DAY1)
@@ -326,10 +337,9 @@ def test_channel_rules_for_messages_in_transit_failed_or_printed_after_delivery(
     # Clocks differ: the app says it was read 5 s before the mailbox says delivered.
     t.digital("skewed", A, DAY1 + timedelta(hours=1), read_after_s=-5)
     t.digital("says-nemsms", A, DAY1, label="NEMSMS fees from 2027")  # a letter, not a NemSMS
-    with SqliteTraceStore(":memory:") as store:
-        for event in t.events:
-            store.add(event)
-        s = only(compute(store.db, kind="day", start=DAY1, end=DAY2))
+    for event in t.events:
+        empty.add(event)
+    s = only(compute(empty, kind="day", start=DAY1, end=DAY2))
     assert s.messages == 7
     # digital: in-transit, skewed, says-nemsms; print: resent-on-paper, print-pending;
     # none: failed, scheduled
@@ -363,7 +373,7 @@ def test_period_bounds_use_utc_iso_weeks_and_calendar_months() -> None:
     assert period_bounds("day", datetime(2026, 12, 1, 0, 30))[0] == "2026-12-01"
 
 
-def test_malformed_queries_are_refused(db: sqlite3.Connection) -> None:
+def test_malformed_queries_are_refused(db: TraceStore) -> None:
     """An unknown period kind, an empty window or far too many periods raise BadQueryError."""
     with pytest.raises(BadQueryError, match="year"):
         compute(db, kind="year", start=DAY1, end=DAY2)
@@ -375,7 +385,7 @@ def test_malformed_queries_are_refused(db: sqlite3.Connection) -> None:
         compute(db, kind="month", start=datetime(9999, 12, 2), end=datetime(9999, 12, 30))
 
 
-def test_json_export_round_trips_with_money_as_strings(db: sqlite3.Connection) -> None:
+def test_json_export_round_trips_with_money_as_strings(db: TraceStore) -> None:
     """to_json survives json.dumps/loads, with kroner to 2 decimals and Z times."""
     rows = to_json(compute(db, kind="week", start=DAY1, end=DAY2, sender=A))
     assert json.loads(json.dumps(rows)) == rows
@@ -389,7 +399,7 @@ def test_json_export_round_trips_with_money_as_strings(db: sqlite3.Connection) -
     assert row["rejections"] == {"INVALID_CVR": 1}
 
 
-def test_csv_export_has_a_header_and_a_row_per_period(db: sqlite3.Connection) -> None:
+def test_csv_export_has_a_header_and_a_row_per_period(db: TraceStore) -> None:
     """to_csv writes the field names, then one row per period with rejections as CODE:n;CODE:n."""
     text = to_csv(compute(db, kind="day", start=DAY1, end=DAY2 + timedelta(hours=1)))
     header, day1, day2 = list(csv.reader(io.StringIO(text)))
