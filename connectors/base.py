@@ -279,6 +279,7 @@ async def build_connector_service(
         workers=workers,
         app=web.Application(client_max_size=_MAX_REQUEST_BYTES),
         on_stop=on_stop,
+        host=settings.bind_host,
     )
 
 

@@ -112,8 +112,10 @@ class ServiceHost:
         on_start: Sequence[Callable[[], Awaitable[None]]] = (),
         on_stop: Sequence[Callable[[], Awaitable[None]]] = (),
         checks: Sequence[Callable[[], Mapping[str, Any]]] = (),
+        host: str = "127.0.0.1",
     ) -> None:
         self.name = name
+        self._host = host  # DP2_BIND_HOST: 0.0.0.0 in a container, for probes and scrapes
         self._checks = list(checks)
         self.workers = list(workers)
         self._registry = registry
@@ -136,6 +138,7 @@ class ServiceHost:
         workers: Sequence[KafkaWorker] = (),
         app: web.Application | None = None,
         on_stop: Sequence[Callable[[], Awaitable[None]]] = (),
+        host: str = "127.0.0.1",
     ) -> ServiceHost:
         """Host ``service``: its start/stop around its workers, its routes, its health;
         ``on_stop``: more to close after the service stopped."""
@@ -153,6 +156,7 @@ class ServiceHost:
             on_start=[service.start],
             on_stop=[service.stop, *on_stop],
             checks=[service.health],
+            host=host,
         )
 
     async def start(self) -> None:
@@ -164,10 +168,11 @@ class ServiceHost:
             await worker.start()
         self._runner = web.AppRunner(self._app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self._port)
+        site = web.TCPSite(self._runner, self._host, self._port)
         await site.start()
         port = self._runner.addresses[0][1]  # the real port when 0 asked for any
-        self.url = f"http://127.0.0.1:{port}"
+        local = "127.0.0.1" if self._host in {"0.0.0.0", "::"} else self._host  # noqa: S104
+        self.url = f"http://{local}:{port}"
         log.info("service_started", service=self.name, url=self.url)
 
     async def stop(self) -> None:

@@ -28,13 +28,15 @@ valid value looks like, instead of letting a typo surface later as a timeout.
 | DP2_PARTITIONS | per topic (3) | partitions of the topics that have more than one |
 | DP2_ACKS | ``all`` | producer acks: ``all`` (the guarantee the tests prove), ``1`` or ``0`` |
 | DP2_PRODUCER_TIMEOUT_MS | 30000 | how long a produce request may wait for the brokers |
-| DP2_DATABASE_URL | unset | ``postgresql://...``: every store in PostgreSQL; else SQLite files |
+| DP2_BIND_HOST | ``127.0.0.1`` | where the HTTP ports listen (``0.0.0.0`` in a container) |
+| DP2_DATABASE_URL | unset | ``postgresql://...``: trace store, submission log in PostgreSQL |
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import ipaddress
 import os
 import ssl
 from collections.abc import Mapping
@@ -216,6 +218,7 @@ class Settings:
     topology: Topology = field(default_factory=Topology)
     #: PostgreSQL for every store (several instances share it); None: SQLite files.
     database_url: str | None = field(default=None, repr=False)
+    bind_host: str = "127.0.0.1"
 
     @property
     def pki_dir(self) -> Path:
@@ -299,6 +302,14 @@ class Settings:
                 hint="Write it as postgresql://user:password@host:5432/dbname, "
                 "or unset it to keep the stores in SQLite files under DP2_HOME.",
             )
+        bind_host = env.get("DP2_BIND_HOST") or "127.0.0.1"
+        try:
+            ipaddress.ip_address(bind_host)
+        except ValueError:
+            raise ConfigError(
+                f"DP2_BIND_HOST={bind_host!r} is not an IP address",
+                hint="Use 127.0.0.1 (this machine only, the default) or 0.0.0.0 (a container).",
+            ) from None
         deploy = PROJECT_ROOT / "deploy" / "kafka"
         return cls(
             home=home,
@@ -323,4 +334,5 @@ class Settings:
             pki_dir_override=Path(env["DP2_PKI"]).resolve() if env.get("DP2_PKI") else None,
             topology=Topology.from_env(env),
             database_url=database_url,
+            bind_host=bind_host,
         )

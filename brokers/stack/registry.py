@@ -87,7 +87,7 @@ async def build_service(
         provider=provider,
         clock=clock,
     )
-    return ServiceHost.serve(factory(ctx), registry, port=port)
+    return ServiceHost.serve(factory(ctx), registry, port=port, host=settings.bind_host)
 
 
 async def run_service(
