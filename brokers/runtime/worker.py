@@ -41,7 +41,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -136,6 +138,8 @@ class KafkaWorker:
         #: Failed rounds in a row (0: healthy); the producer is replaced along the way.
         self.failures = 0
         self.producers_replaced = 0
+        #: Outputs of a failed round that Kafka did take, by (topic, key, value digest).
+        self._already_acked: Counter[tuple[str, bytes | None, bytes]] = Counter()
 
     async def __aenter__(self) -> KafkaWorker:
         await self.start()
@@ -271,6 +275,7 @@ class KafkaWorker:
                 if count % 50 == 0:
                     await asyncio.sleep(0)
         await self._produce(outputs)
+        self._already_acked.clear()  # the batch is through: nothing to skip any more
         # Outputs acknowledged: only now are the inputs done.
         await consumer.commit({tp: records[-1].offset + 1 for tp, records in batch.items()})
         self.processed += count
@@ -364,21 +369,44 @@ class KafkaWorker:
             await self._send_all(round_)
 
     async def _send_all(self, outputs: list[Output]) -> None:
-        futures = []
-        for output in outputs:
-            if output.rejection is not None:
-                self._metrics.rejections.labels(self.name, output.rejection).inc()
-            futures.append(
-                await self._producer.send(
+        """Produce ``outputs`` and await every acknowledgement.
+
+        When a round fails part-way, the records Kafka did take are remembered: the
+        retry of the same batch recomputes the same outputs and sends only the rest,
+        so a flaky broker does not multiply a batch's records on the healthy
+        partitions. (Lifecycle events are recomputed with a new time, so they are
+        sent again; their event ids are the same and every reader de-duplicates.)
+        """
+        sent: list[tuple[Output, asyncio.Future[Any]]] = []
+        skip = Counter(self._already_acked)  # taken in an earlier try of this batch
+        try:
+            for output in outputs:
+                if skip:  # only while retrying: no hashing on the hot path
+                    identity = _identity(output)
+                    if skip[identity] > 0:
+                        skip[identity] -= 1
+                        continue
+                if output.rejection is not None:
+                    self._metrics.rejections.labels(self.name, output.rejection).inc()
+                future = await self._producer.send(
                     output.topic,
                     None if output.tombstone else output.value,
                     key=output.key,
                     headers=output.headers,
                 )
-            )
-            self._metrics.records_out.labels(self.name, output.topic).inc()
-        for future in futures:
-            await future
+                sent.append((output, future))
+                self._metrics.records_out.labels(self.name, output.topic).inc()
+            for _, future in sent:
+                await future
+        except KafkaError:
+            # What was handed to the producer may still land: let it settle first.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._kafka.topology.producer_timeout_ms / 1000):
+                    await asyncio.gather(*(f for _, f in sent), return_exceptions=True)
+            for output, future in sent:
+                if future.done() and not future.cancelled() and future.exception() is None:
+                    self._already_acked[_identity(output)] += 1
+            raise
 
     async def _update_lag(self, consumer: AIOKafkaConsumer) -> None:
         for tp in consumer.assignment():
@@ -389,6 +417,12 @@ class KafkaWorker:
             self._metrics.lag.labels(self.name, tp.topic, str(tp.partition)).set(
                 max(highwater - position, 0)
             )
+
+
+def _identity(output: Output) -> tuple[str, bytes | None, bytes]:
+    """What makes two outputs the same record (headers aside: the traceparent differs)."""
+    value = b"" if output.tombstone else output.value
+    return output.topic, output.key, hashlib.sha256(value).digest()
 
 
 def _budgeted(output: Output, traceparent: tuple[str, bytes]) -> Output:

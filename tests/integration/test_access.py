@@ -307,6 +307,56 @@ async def test_a_worker_whose_writes_keep_failing_is_degraded_and_replaces_its_p
         await worker.stop()
 
 
+async def test_a_retried_round_does_not_send_again_what_kafka_took(stack: Stack) -> None:
+    """A round whose one record lands (dp2.submitted, which a provider may write) and
+    whose other is refused (dp2.accepted) is retried, but the landed record is written
+    once, however often the round is retried."""
+    marker = uuid.uuid4().hex.encode()
+    handled: list[int] = []
+
+    async def handler(record: ConsumerRecord[bytes, bytes]) -> list[Output]:
+        handled.append(record.offset)
+        if len(handled) > 1 and handled[-1] != handled[0]:
+            return []  # only the first record's round matters here
+        return [
+            Output(SUBMITTED_TOPIC, b"landed once " + marker, key=marker),
+            Output(ACCEPTED_TOPIC, b"refused", key=marker),
+        ]
+
+    worker = KafkaWorker(
+        "partial",
+        stack.kafka(f"provider-{PROVIDER}"),
+        [DIRECTORY_TOPIC],
+        group_id=f"dp2.mailbox-{PROVIDER}.partial-{uuid.uuid4().hex[:6]}",
+        handler=handler,
+        metrics=ServiceMetrics(CollectorRegistry()),
+        batch_size=1,
+    )
+    await worker.start()
+    try:
+        async with asyncio.timeout(90):
+            while handled.count(handled[0] if handled else -1) < 4:
+                await asyncio.sleep(0.25)
+    finally:
+        await worker.stop()
+    landed = await _records_with(stack.admin, SUBMITTED_TOPIC, marker)
+    assert landed == 1, f"the landed record was written {landed} times over 4 rounds"
+
+
+async def _records_with(access: KafkaAccess, topic: str, key: bytes) -> int:
+    consumer = new_consumer(access, topic, group_id=None, auto_offset_reset="earliest")
+    await consumer.start()
+    count, idle = 0, 0
+    try:
+        while idle < 3:
+            batch = await consumer.getmany(timeout_ms=1000)
+            idle = 0 if batch else idle + 1
+            count += sum(1 for rs in batch.values() for r in rs if r.key == key)
+    finally:
+        await consumer.stop()
+    return count
+
+
 async def test_the_acls_on_the_broker_are_exactly_the_deployments(stack: Stack) -> None:
     """What dp2 up applied is what acl_matrix derives from the PKI and connectors.toml."""
     await stack.apply_acls()
