@@ -42,6 +42,13 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
             choices=(1, 3),
             help="run the embedded Kafka as this many nodes (default: as last time, else 1)",
         )
+        parser.add_argument(
+            "--instances",
+            type=int,
+            choices=(1, 2, 3),
+            default=1,
+            help="processes of each scalable service (validator, router, mailboxes, notifier)",
+        )
         parser.set_defaults(func=cmd_up)
     elif command == "down":
         parser.set_defaults(func=cmd_down)
@@ -144,6 +151,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
             # No relay and no SMS provider (the embedded default): capture them locally.
             capture=not (settings.smtp_host or settings.sms_providers),
             notifier_env=_notifier_env(),
+            instances=args.instances,
             connectors=[
                 (name, connector_config[name].get("port")) for name in configured(settings)
             ],

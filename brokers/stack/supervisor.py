@@ -60,10 +60,12 @@ class ServiceSpec:
     connector: str | None = None
     #: Environment of this service's process on top of dp2 up's own.
     env: tuple[tuple[str, str], ...] = ()
+    #: What ``dp2 run`` runs, when the name is not it (a second instance: validator-2).
+    kind: str | None = None
 
     @property
     def argv(self) -> list[str]:
-        kind, extra = self.name, []
+        kind, extra = self.kind or self.name, []
         if self.provider:
             kind, extra = "mailbox", ["--provider", self.provider]
         elif self.connector:
@@ -78,15 +80,27 @@ def stack_services(
     capture: bool = False,
     connectors: Sequence[tuple[str, int | None]] = (),
     notifier_env: Mapping[str, str] | None = None,
+    instances: int = 1,
 ) -> list[ServiceSpec]:
     """The services of ``dp2 up``: the core, a mailbox per provider, the notifier —
     with ``capture``, also the local SMTP and SMS capture it sends to — then every
     configured connector (on its own ``port`` from connectors.toml, or the next
     free one). ``notifier_env``: the notifier's environment when it sends to the
-    capture (no digest window unless the caller's environment sets one)."""
+    capture (no digest window unless the caller's environment sets one).
+
+    ``instances``: how many processes of each scalable service (validator, router,
+    the mailboxes, the notifier) run in one consumer group, sharing their stores in
+    DP2_HOME (SQLite, one writer at a time, across processes) — the second is
+    ``validator-2``. Tracing stays one: its evidence log has one writer."""
     specs = [ServiceSpec(name, port_base + offset) for name, offset in PORT_OFFSETS.items()]
     specs += [ServiceSpec(f"mailbox-{p}", 0, provider=p) for p in providers]
     specs.append(ServiceSpec("notifier", 0))
+    scalable = [s for s in specs if s.name != "tracing"]
+    specs += [
+        dataclasses.replace(s, name=f"{s.name}-{n}", port=0, kind=s.kind or s.name)
+        for n in range(2, instances + 1)
+        for s in scalable
+    ]
     if capture:
         specs.append(ServiceSpec("capture", 0))
     specs += [ServiceSpec(f"connector-{n}", port or 0, connector=n) for n, port in connectors]
@@ -109,7 +123,9 @@ def stack_services(
             **(notifier_env or {}),
         }
         numbered = [
-            dataclasses.replace(s, env=tuple(env.items())) if s.name == "notifier" else s
+            dataclasses.replace(s, env=tuple(env.items()))
+            if (s.kind or s.name) == "notifier"
+            else s
             for s in numbered
         ]
     return numbered

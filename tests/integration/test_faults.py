@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -120,9 +120,77 @@ def test_a_broker_killed_under_load_loses_nothing_and_duplicates_nothing(
     assert down.returncode == 0, down.stderr
 
 
-async def _load_with_a_fault(settings: Settings, kill: Any, restart: Any) -> dict[str, Any]:
-    """Send LETTERS at RATE, killing a broker at KILL_AT_S and restarting it
-    DOWN_FOR_S later; then wait for every letter's DELIVERED and NOTIFIED."""
+def test_killing_an_instance_of_each_service_under_load_loses_nothing(tmp_path: Path) -> None:
+    """``dp2 up --instances 2``: two processes of the validator, router, mailbox and
+    notifier in one consumer group each, sharing their stores. SIGKILL the first
+    instance of every one of them under load: the second takes the partitions over;
+    then ``dp2 up`` again restarts what is down. Every letter is delivered once and
+    notified."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "connectors.toml").write_text("# the fault test runs no connectors\n")
+    env = {
+        **os.environ,
+        "DP2_HOME": str(home),
+        "DP2_KAFKA_PORT": str(free_base_port()),
+        "DP2_PORT_BASE": str(_free_http_base()),
+    }
+    for name in ("DP2_KAFKA_BOOTSTRAP", "DP2_SMTP_HOST", "DP2_SMS_PROVIDERS", "DP2_PKI"):
+        env.pop(name, None)
+
+    def dp2(*args: str, timeout: float = 400) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "brokers.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    victims = ["validator", "router", "mailbox-mitpost", "notifier"]
+    try:
+        up = dp2("up", "--instances", "2", "--detach", "--demo")
+        assert up.returncode == 0, up.stderr
+        running = {s["name"] for s in json.loads(dp2("status", "--json").stdout)["services"]}
+        assert {f"{v}-2" for v in victims} <= running, running
+        settings = Settings.from_env(env)
+
+        def kill_first_instances() -> int:
+            for victim in victims:
+                info = json.loads((home / "run" / f"{victim}.json").read_text())
+                os.kill(info["pid"], signal.SIGKILL)
+            return len(victims)
+
+        def start_again() -> None:
+            again = dp2("up", "--instances", "2", "--detach")
+            assert again.returncode == 0, again.stderr
+
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+        # Down long enough that the letters can only be the second instances' work.
+        report = asyncio.run(
+            _load_with_a_fault(settings, kill_first_instances, start_again, down_for=30.0)
+        )
+        receipted: set[str] = report.pop("receipted_uuids")
+        report["killed"] = victims
+        print(f"[faults] {json.dumps(report)}", file=sys.stderr)
+        assert len(receipted) == LETTERS
+        assert report["undelivered"] == 0 and report["unnotified"] == 0, report
+        assert report["delivered_before_restart"] == LETTERS, "the second instances took over"
+        stored = _mailbox_rows(home, receipted)
+        assert set(stored) == receipted and set(stored.values()) == {1}, "each stored once"
+        services = json.loads(dp2("status", "--json").stdout)["services"]
+        assert all(s["health"] in ("up", "degraded") for s in services), services
+    finally:
+        down = dp2("down")
+    assert down.returncode == 0, down.stderr
+
+
+async def _load_with_a_fault(
+    settings: Settings, kill: Any, restart: Any, down_for: float = DOWN_FOR_S
+) -> dict[str, Any]:
+    """Send LETTERS at RATE, calling ``kill`` at KILL_AT_S and ``restart`` ``down_for``
+    seconds later; then wait for every letter's DELIVERED and NOTIFIED."""
     letters = [
         build_message(
             sender_cvr="29189846",
@@ -154,12 +222,12 @@ async def _load_with_a_fault(settings: Settings, kill: Any, restart: Any) -> dic
 
         started = time.monotonic()
         tasks: list[asyncio.Task[None]] = []
-        fault = asyncio.create_task(_fault(kill, restart))
+        fault = asyncio.create_task(_fault(kill, restart, down_for))
         for n, message in enumerate(letters):
             await asyncio.sleep(max(0.0, started + n / RATE - time.monotonic()))
             tasks.append(asyncio.create_task(send(message)))
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=300)
-        killed_pid = await fault
+        killed_pid, restarted_at = await fault
         delivered_at: dict[str, datetime] = {}
         undelivered = unnotified = 0
 
@@ -182,8 +250,9 @@ async def _load_with_a_fault(settings: Settings, kill: Any, restart: Any) -> dic
     return {
         "letters": LETTERS,
         "rate_per_s": RATE,
-        "killed_broker_pid": killed_pid,
-        "down_for_s": DOWN_FOR_S,
+        "killed": killed_pid,
+        "down_for_s": down_for,
+        "delivered_before_restart": sum(1 for t in times if t < restarted_at),
         "resends": resends,
         "receipted": len(receipted),
         "undelivered": undelivered,
@@ -193,12 +262,13 @@ async def _load_with_a_fault(settings: Settings, kill: Any, restart: Any) -> dic
     }
 
 
-async def _fault(kill: Any, restart: Any) -> int:
+async def _fault(kill: Any, restart: Any, down_for: float) -> tuple[int, datetime]:
     await asyncio.sleep(KILL_AT_S)
-    pid = await asyncio.to_thread(kill)
-    await asyncio.sleep(DOWN_FOR_S)
+    what = await asyncio.to_thread(kill)
+    await asyncio.sleep(down_for)
+    restarted_at = datetime.now(UTC)
     await asyncio.to_thread(restart)
-    return int(pid)
+    return int(what), restarted_at
 
 
 def _mailbox_rows(home: Path, uuids: set[str]) -> dict[str, int]:
