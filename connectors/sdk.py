@@ -324,6 +324,11 @@ class Dp2Client:
             (MESSAGE_UUID_HEADER, message_uuid.encode()),
             (SIGNER_CERT_HEADER, self._cert_der),
         ]
+        # Its time is the submission's, so the timeline shows it before ACCEPTED even
+        # when the validator's event lands first (SUBMITTED is written after the ack).
+        submitted = lifecycle_output(
+            message_uuid, LifecycleState.SUBMITTED, self.actor, sender_id=sender_id
+        )
         # The envelope first: SUBMITTED is said only of an envelope Kafka holds, and
         # the answer is the envelope's: an error means it is not in dp2.submitted
         # (send it again, with the same UUID: a duplicate is caught), a receipt means
@@ -337,9 +342,6 @@ class Dp2Client:
             raise NotSubmitted(
                 f"Kafka did not take message {message_uuid}: {type(exc).__name__}"
             ) from exc
-        submitted = lifecycle_output(
-            message_uuid, LifecycleState.SUBMITTED, self.actor, sender_id=sender_id
-        )
         try:
             event = await producer.send(
                 submitted.topic,

@@ -43,7 +43,7 @@ from tracing.access import (
     User,
     Users,
 )
-from tracing.deadletters import DeadLetterStore
+from tracing.deadletters import DeadLetters
 from tracing.pages import (
     CHART_JS,
     frame,
@@ -57,7 +57,7 @@ from tracing.pages import (
 )
 from tracing.pages import escape as _e
 from tracing.pages import query_string as _qs
-from tracing.quarantine import QuarantineStore
+from tracing.quarantine import Quarantine
 from tracing.store import BadQueryError, TraceStore
 
 Handler = Callable[[web.Request, User], Awaitable[web.StreamResponse]]
@@ -69,13 +69,13 @@ class Dashboard:
     def __init__(
         self,
         store: TraceStore,
-        deadletters: DeadLetterStore,
+        deadletters: DeadLetters,
         users: Users,
         *,
         run_dir: Path,
         producer: AIOKafkaProducer | None = None,
         prices: stats.Prices | None = None,
-        quarantine: QuarantineStore | None = None,
+        quarantine: Quarantine | None = None,
         signer_of: Callable[[str], str] = lambda fingerprint: fingerprint[:16],
         receipt_of: Callable[[str], dict[str, Any] | None] = lambda uuid: None,
     ) -> None:

@@ -12,6 +12,12 @@ A tombstone (a record without a value) is kept as a tombstone (``value`` NULL) a
 re-driven as one; an empty value stays an empty value. Letters parked before this
 distinction was kept have an empty value either way. Message UUIDs are kept in lower
 case, as everywhere (schemas.values.canonical_uuid).
+
+Where: ``deadletters.sqlite`` (the embedded default), or with DP2_DATABASE_URL the
+schema ``deadletters`` in PostgreSQL, shared by every tracing instance, so each
+instance's dashboard lists every dead letter, whichever instance parked it. A dead
+letter is kept once, keyed by where it came from (a second instance reading the
+same parked record adds nothing).
 """
 
 from __future__ import annotations
@@ -21,11 +27,13 @@ import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 from brokers.runtime import sqlite
+from brokers.runtime.postgres import Database, Migration
+from brokers.runtime.settings import Settings
 from schemas.errors import Dp2Error
 from schemas.values import canonical_uuid
 from schemas.vocabulary import (
@@ -89,7 +97,67 @@ class DeadLetter:
         }
 
 
+class DeadLetters(Protocol):
+    """Every dead letter, by where it came from: kept, listed, inspected, re-driven."""
+
+    def park(self, record: ConsumerRecord[bytes, bytes]) -> bool:
+        """Keep one dead letter; False if it was kept already."""
+        ...
+
+    def list(self, *, include_redriven: bool = True, limit: int = 200) -> list[DeadLetter]:
+        """The newest first."""
+        ...
+
+    def get(self, source: str) -> DeadLetter | None:
+        """The dead letter from ``source`` (topic/partition/offset), if kept."""
+        ...
+
+    async def redrive(self, source: str, producer: AIOKafkaProducer, by: str) -> DeadLetter:
+        """Send the original record back to its topic, and note who did it and when."""
+        ...
+
+    def close(self) -> None:
+        """Release the store; safe to call twice."""
+        ...
+
+
+def _park_values(record: ConsumerRecord[bytes, bytes]) -> tuple[Any, ...]:
+    """The row of one dead letter (its ten columns before the re-drive's two)."""
+    headers = {k: v for k, v in (record.headers or ())}
+    text = {k: v.decode("utf-8", "replace") for k, v in headers.items()}
+    source = text.get(SOURCE_HEADER) or f"{record.topic}/{record.partition}/{record.offset}"
+    return (
+        source,
+        source.rsplit("/", 2)[0],
+        text.get(SERVICE_HEADER),
+        text.get(REASON_CODE_HEADER),
+        text.get(REASON_HEADER),
+        canonical_uuid(text[MESSAGE_UUID_HEADER]) if MESSAGE_UUID_HEADER in text else None,
+        record.key,
+        record.value,  # None: a tombstone, kept as one
+        _encode_headers(record.headers or ()),
+        datetime.now(UTC).isoformat(),
+    )
+
+
+def _unknown() -> Dp2Error:
+    return Dp2Error(
+        "there is no dead letter from that source",
+        reason_code="UNKNOWN_DEAD_LETTER",
+        hint="Pick one from the dead-letter list.",
+    )
+
+
+async def _send_back(producer: AIOKafkaProducer, row: tuple[Any, ...]) -> None:
+    """Produce a kept (topic, key, value, headers) again, without the parking headers."""
+    topic, key, value, headers = row
+    kept = [(k, v) for k, v in _decode_headers(headers) if k not in _PARKING_HEADERS]
+    await producer.send_and_wait(topic, value, key=key, headers=kept)
+
+
 class DeadLetterStore:
+    """`DeadLetters` in one SQLite file (the embedded default)."""
+
     def __init__(self, path: Path | str) -> None:
         self._db = sqlite.connect(str(path))
         self._db.executescript(_SCHEMA)
@@ -107,23 +175,9 @@ class DeadLetterStore:
 
     def park(self, record: ConsumerRecord[bytes, bytes]) -> bool:
         """Keep one dead letter (a redelivery of the same one changes nothing)."""
-        headers = {k: v for k, v in (record.headers or ())}
-        text = {k: v.decode("utf-8", "replace") for k, v in headers.items()}
-        source = text.get(SOURCE_HEADER) or f"{record.topic}/{record.partition}/{record.offset}"
         cursor = self._db.execute(
             "INSERT OR IGNORE INTO deadletters VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
-            (
-                source,
-                source.rsplit("/", 2)[0],
-                text.get(SERVICE_HEADER),
-                text.get(REASON_CODE_HEADER),
-                text.get(REASON_HEADER),
-                canonical_uuid(text[MESSAGE_UUID_HEADER]) if MESSAGE_UUID_HEADER in text else None,
-                record.key,
-                record.value,  # None: a tombstone, kept as one
-                _encode_headers(record.headers or ()),
-                datetime.now(UTC).isoformat(),
-            ),
+            _park_values(record),
         )
         self._db.commit()
         return cursor.rowcount == 1
@@ -145,14 +199,8 @@ class DeadLetterStore:
             "SELECT topic, key, value, headers FROM deadletters WHERE source = ?", (source,)
         ).fetchone()
         if row is None:
-            raise Dp2Error(
-                "there is no dead letter from that source",
-                reason_code="UNKNOWN_DEAD_LETTER",
-                hint="Pick one from the dead-letter list.",
-            )
-        topic, key, value, headers = row
-        kept = [(k, v) for k, v in _decode_headers(headers) if k not in _PARKING_HEADERS]
-        await producer.send_and_wait(topic, value, key=key, headers=kept)
+            raise _unknown()
+        await _send_back(producer, row)
         self._db.execute(
             "UPDATE deadletters SET redriven_at = ?, redriven_by = ? WHERE source = ?",
             (datetime.now(UTC).isoformat(), by, source),
@@ -168,6 +216,87 @@ _SELECT = (
     " coalesce(length(value), 0), headers, parked_at, redriven_at, redriven_by,"
     " value IS NULL FROM deadletters"
 )
+
+MIGRATIONS = (
+    Migration(
+        1,
+        "deadletters",
+        """
+        CREATE TABLE deadletters (
+            source       TEXT COLLATE "C" PRIMARY KEY,  -- topic/partition/offset
+            topic        TEXT NOT NULL,
+            service      TEXT,
+            reason_code  TEXT,
+            reason       TEXT,
+            message_uuid TEXT COLLATE "C",
+            key          BYTEA,
+            value        BYTEA,  -- NULL: a tombstone
+            headers      TEXT NOT NULL,
+            parked_at    TEXT NOT NULL,
+            redriven_at  TEXT,
+            redriven_by  TEXT
+        );
+        CREATE INDEX deadletters_newest ON deadletters (parked_at);
+        """,
+    ),
+)
+
+
+class PgDeadLetterStore:
+    """`DeadLetters` in PostgreSQL, shared by every tracing instance."""
+
+    def __init__(self, url: str) -> None:
+        self._db = Database(url, "deadletters", MIGRATIONS)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def park(self, record: ConsumerRecord[bytes, bytes]) -> bool:
+        with self._db.use() as conn:
+            inserted = conn.execute(
+                "INSERT INTO deadletters VALUES"
+                " (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, NULL, NULL)"
+                " ON CONFLICT (source) DO NOTHING",
+                _park_values(record),
+            ).rowcount
+        return inserted == 1
+
+    def list(self, *, include_redriven: bool = True, limit: int = 200) -> list[DeadLetter]:
+        with self._db.use() as conn:
+            rows = conn.execute(
+                _SELECT + " WHERE %s OR redriven_at IS NULL ORDER BY parked_at DESC LIMIT %s",
+                (include_redriven, limit),
+            ).fetchall()
+        return [_letter(r) for r in rows]
+
+    def get(self, source: str) -> DeadLetter | None:
+        with self._db.use() as conn:
+            row = conn.execute(_SELECT + " WHERE source = %s", (source,)).fetchone()
+        return None if row is None else _letter(row)
+
+    async def redrive(self, source: str, producer: AIOKafkaProducer, by: str) -> DeadLetter:
+        with self._db.use() as conn:
+            row = conn.execute(
+                "SELECT topic, key, value, headers FROM deadletters WHERE source = %s", (source,)
+            ).fetchone()
+        if row is None:
+            raise _unknown()
+        await _send_back(producer, row)
+        with self._db.use() as conn:
+            conn.execute(
+                "UPDATE deadletters SET redriven_at = %s, redriven_by = %s WHERE source = %s",
+                (datetime.now(UTC).isoformat(), by, source),
+            )
+        letter = self.get(source)
+        assert letter is not None  # noqa: S101 - read back what was just updated
+        return letter
+
+
+def open_deadletters(settings: Settings, path: Path) -> DeadLetters:
+    """PostgreSQL when DP2_DATABASE_URL is set, else the SQLite file ``path``."""
+    if settings.database_url:
+        return PgDeadLetterStore(settings.database_url)
+    return DeadLetterStore(path)
 
 
 def _letter(row: sqlite3.Row | tuple[Any, ...]) -> DeadLetter:

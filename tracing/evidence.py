@@ -12,6 +12,11 @@ which leaves are that message's — so a dropped event is as visible as a change
 one. ``dp2 receipt verify FILE`` needs only the CA certificate; ``dp2 log verify``
 checks the whole stored log and names the first entry that does not hold.
 
+This module is the format and its checking; tracing.evidence_log keeps the entries,
+in SQLite (the embedded default) or in PostgreSQL (DP2_DATABASE_URL, shared by
+every tracing instance). :func:`verify_log` reads either: a SQLite file, or the
+database URL of a log in PostgreSQL.
+
 Receipt format (JSON, version 1)::
 
     {"version": 1, "messageUUID": "...",
@@ -29,22 +34,26 @@ what failed.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from psycopg import sql
 
-from brokers.runtime.records import iso_z
-from brokers.runtime.sqlite import connect
+from brokers.runtime.postgres import StoreUnavailable
+from brokers.runtime.settings import redacted
 from brokers.security import signing
 from brokers.security.authority import EventJudge, RouteBook
 from brokers.security.pki import Identity
-from brokers.security.signing import SecurityError, certificate_fingerprint
+from brokers.security.signing import SecurityError
 from brokers.security.trust import principal_name, sender_cvrs
 from schemas import codec
 from schemas.errors import Dp2Error
@@ -52,15 +61,8 @@ from schemas.models import LifecycleEvent
 from tracing import merkle
 
 LOG_SIGNER = "service:dp2-tracing"
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS entries (
-    idx INTEGER PRIMARY KEY, message_uuid TEXT NOT NULL, event BLOB NOT NULL,
-    leaf BLOB NOT NULL, signer TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS entries_by_message ON entries (message_uuid);
-CREATE TABLE IF NOT EXISTS heads (
-    size INTEGER PRIMARY KEY, root BLOB NOT NULL, at TEXT NOT NULL, signature BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS certs (fingerprint TEXT PRIMARY KEY, der BLOB NOT NULL);
-"""
+#: The PostgreSQL schema of the log (tracing.evidence_log.PgEvidenceLog).
+EVIDENCE_SCHEMA = "evidence"
 
 
 class ReceiptInvalid(Dp2Error):
@@ -82,7 +84,7 @@ class TreeHead:
     signature: bytes
 
 
-def _head_input(size: int, root: bytes, at: str) -> bytes:
+def head_input(size: int, root: bytes, at: str) -> bytes:
     return b"dp2-tree-head|" + str(size).encode() + b"|" + root + b"|" + at.encode()
 
 
@@ -102,124 +104,42 @@ def _unb64(text: Any, what: str) -> bytes:
         raise ReceiptInvalid(f"{what} is not base64") from None
 
 
-class EvidenceLog:
-    """The tracing service's append-only log of believed events (one writer)."""
-
-    def __init__(self, path: Path | str) -> None:
-        self._db: sqlite3.Connection = connect(path)
-        self._db.executescript(_SCHEMA)
-        self._leaves: list[bytes] = [
-            bytes(row[0]) for row in self._db.execute("SELECT leaf FROM entries ORDER BY idx")
-        ]
-        # The few signers sign every event: keep each certificate once, not per event.
-        self._kept: set[str] = {
-            str(row[0]) for row in self._db.execute("SELECT fingerprint FROM certs")
-        }
-
-    @property
-    def size(self) -> int:
-        return len(self._leaves)
-
-    def append(self, event: LifecycleEvent, raw: bytes, signer: x509.Certificate) -> int:
-        """Log one believed event as it was read (its bytes carry its signature)."""
-        index = len(self._leaves)
-        leaf = merkle.leaf_hash(raw)
-        fingerprint = self._keep(signer)
-        self._db.execute(
-            "INSERT INTO entries VALUES (?, ?, ?, ?, ?)",
-            (index, event.messageUUID, raw, leaf, fingerprint),
-        )
-        self._db.commit()
-        self._leaves.append(leaf)
-        return index
-
-    def keep_certificate(self, cert: x509.Certificate) -> None:
-        """Keep a certificate next to the entries (the log's own: dp2 log verify checks heads)."""
-        self._keep(cert)
-        self._db.commit()
-
-    def _keep(self, cert: x509.Certificate) -> str:
-        fingerprint = certificate_fingerprint(cert)
-        if fingerprint not in self._kept:
-            self._db.execute(
-                "INSERT OR IGNORE INTO certs VALUES (?, ?)",
-                (fingerprint, cert.public_bytes(Encoding.DER)),
-            )
-            self._kept.add(fingerprint)
-        return fingerprint
-
-    def latest_head(self) -> TreeHead | None:
-        row = self._db.execute(
-            "SELECT size, root, at, signature FROM heads ORDER BY size DESC LIMIT 1"
-        ).fetchone()
-        return None if row is None else TreeHead(row[0], bytes(row[1]), row[2], bytes(row[3]))
-
-    def sign_head(self, identity: Identity) -> TreeHead | None:
-        """A signed head over everything logged, unless the latest one covers it already."""
-        latest = self.latest_head()
-        if latest is not None and latest.size == self.size:
-            return latest
-        if self.size == 0:
-            return None
-        root = merkle.root(self._leaves)
-        at = iso_z(datetime.now(UTC))
-        signature = signing.sign_bytes(identity.private_key, _head_input(self.size, root, at))
-        self._db.execute(
-            "INSERT OR IGNORE INTO heads VALUES (?, ?, ?, ?)", (self.size, root, at, signature)
-        )
-        self._db.commit()
-        return TreeHead(self.size, root, at, signature)
-
-    def receipt(self, message_uuid: str, identity: Identity) -> dict[str, Any] | None:
-        """The self-contained receipt of one message (None if nothing of it was logged)."""
-        rows = self._db.execute(
-            "SELECT idx, event, signer FROM entries WHERE message_uuid = ? ORDER BY idx",
-            (message_uuid.lower(),),
-        ).fetchall()
-        if not rows:
-            return None
-        head = self.sign_head(identity)
-        assert head is not None  # noqa: S101 - there is at least one entry
-        leaves = self._leaves[: head.size]
-        indices = [int(r[0]) for r in rows if int(r[0]) < head.size]
-        fingerprints = {str(r[2]) for r in rows}
-        certs = {
-            fp: _b64(bytes(der))
-            for fp, der in self._db.execute(
-                f"SELECT fingerprint, der FROM certs WHERE fingerprint IN "  # noqa: S608
-                f"({','.join('?' * len(fingerprints))})",
-                sorted(fingerprints),
-            )
-        }
-        statement = signing.sign_bytes(
-            identity.private_key,
-            _statement_input(message_uuid.lower(), indices, head.size, head.root),
-        )
-        return {
-            "version": 1,
-            "messageUUID": message_uuid.lower(),
-            "events": [
-                {
-                    "index": int(idx),
-                    "event": _b64(bytes(raw)),
-                    "proof": [_b64(p) for p in merkle.inclusion_proof(int(idx), leaves)],
-                }
-                for idx, raw, _ in rows
-                if int(idx) < head.size
-            ],
-            "treeHead": {
-                "size": head.size,
-                "root": _b64(head.root),
-                "at": head.at,
-                "signature": _b64(head.signature),
-            },
-            "statement": _b64(statement),
-            "certificates": certs,
-            "logCertificate": _b64(identity.certificate.public_bytes(Encoding.DER)),
-        }
-
-    def close(self) -> None:
-        self._db.close()
+def receipt_document(
+    message_uuid: str,
+    entries: Sequence[tuple[int, bytes, str]],
+    head: TreeHead,
+    leaves: Sequence[bytes],
+    *,
+    certificates: dict[str, bytes],
+    identity: Identity,
+) -> dict[str, Any]:
+    """The receipt (format above) of a message's ``entries`` (index, event bytes, signer
+    fingerprint) below the signed ``head``; ``leaves`` are the head's leaf hashes."""
+    indices = [index for index, _, _ in entries]
+    statement = signing.sign_bytes(
+        identity.private_key, _statement_input(message_uuid, indices, head.size, head.root)
+    )
+    return {
+        "version": 1,
+        "messageUUID": message_uuid,
+        "events": [
+            {
+                "index": index,
+                "event": _b64(raw),
+                "proof": [_b64(p) for p in merkle.inclusion_proof(index, leaves)],
+            }
+            for index, raw, _ in entries
+        ],
+        "treeHead": {
+            "size": head.size,
+            "root": _b64(head.root),
+            "at": head.at,
+            "signature": _b64(head.signature),
+        },
+        "statement": _b64(statement),
+        "certificates": {fp: _b64(der) for fp, der in certificates.items()},
+        "logCertificate": _b64(identity.certificate.public_bytes(Encoding.DER)),
+    }
 
 
 # --- checking, offline --------------------------------------------------------------------
@@ -289,7 +209,7 @@ def verify_receipt(doc: dict[str, Any], ca: x509.Certificate) -> list[LifecycleE
         raise ReceiptInvalid(f"the tree head is signed by {principal_name(log_cert)}")
     try:
         signing.verify_bytes(
-            log_cert.public_key(), _unb64(head["signature"], "head"), _head_input(size, root, at)
+            log_cert.public_key(), _unb64(head["signature"], "head"), head_input(size, root, at)
         )
         indices = [int(e["index"]) for e in entries]
         signing.verify_bytes(
@@ -324,60 +244,125 @@ class LogReport:
     heads: int
 
 
-def verify_log(path: Path, ca: x509.Certificate) -> LogReport:
+#: A stored log: certificates (fingerprint -> DER), entries (index, message UUID, event,
+#: leaf, signer fingerprint) in index order, and heads (size, root, at, signature).
+StoredLog = tuple[dict[str, bytes], Iterable[tuple[int, str, bytes, bytes, str]], list[Any]]
+
+
+def verify_log(source: Path | str, ca: x509.Certificate) -> LogReport:
     """Check every entry and every signed head of a stored log (LogInvalid names the first
-    entry or head that does not hold)."""
+    entry or head that does not hold). ``source`` is the SQLite file of the embedded
+    default, or the ``postgresql://`` URL (DP2_DATABASE_URL) of a log in PostgreSQL."""
+    reader = _postgres_log if _is_url(source) else _sqlite_log
+    with reader(str(source)) as stored:
+        return check_log(*stored, ca)
+
+
+def _is_url(source: Path | str) -> bool:
+    return isinstance(source, str) and source.startswith(("postgresql://", "postgres://"))
+
+
+@contextlib.contextmanager
+def _sqlite_log(path: str) -> Iterator[StoredLog]:
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         certs = {
-            str(fp): signing.load_certificate_der(bytes(der))
-            for fp, der in db.execute("SELECT fingerprint, der FROM certs")
+            str(fp): bytes(der) for fp, der in db.execute("SELECT fingerprint, der FROM certs")
         }
-        leaves: list[bytes] = []
-        for expected, (idx, message_uuid, raw, leaf, signer) in enumerate(
-            db.execute("SELECT idx, message_uuid, event, leaf, signer FROM entries ORDER BY idx")
-        ):
-            where = f"entry {idx} (message {message_uuid})"
-            if idx != expected:
-                raise LogInvalid(f"entry {expected} is missing (the next is {idx})")
-            if merkle.leaf_hash(bytes(raw)) != bytes(leaf):
-                raise LogInvalid(f"{where} does not match its leaf hash: it was rewritten")
-            cert = certs.get(str(signer))
-            if cert is None:
-                raise LogInvalid(f"{where}: its signer's certificate is missing")
-            try:
-                _issued_by(cert, ca)
-                event = codec.decode(bytes(raw), LifecycleEvent)
-                signing.verify_event(event, cert)
-            except (SecurityError, Dp2Error) as exc:
-                raise LogInvalid(f"{where}: its signature does not hold ({exc})") from exc
-            if event.messageUUID != message_uuid:
-                raise LogInvalid(f"{where}: filed under another message")
-            leaves.append(bytes(leaf))
         heads = db.execute("SELECT size, root, at, signature FROM heads ORDER BY size").fetchall()
-        log_cert = _log_certificate(certs)
-        for size, root, at, signature in heads:
-            if size > len(leaves):
-                raise LogInvalid(f"the head of size {size} covers entries that are gone")
-            if merkle.root(leaves[:size]) != bytes(root):
-                raise LogInvalid(
-                    f"the signed head of size {size} does not match the entries: "
-                    + _first_difference(leaves, size, bytes(root))
-                )
-            if log_cert is not None:
-                try:
-                    signing.verify_bytes(
-                        log_cert.public_key(), bytes(signature), _head_input(size, bytes(root), at)
-                    )
-                except SecurityError as exc:
-                    raise LogInvalid(f"the head of size {size} is not signed by the log") from exc
-        return LogReport(entries=len(leaves), heads=len(heads))
+        entries = db.execute(
+            "SELECT idx, message_uuid, event, leaf, signer FROM entries ORDER BY idx"
+        )
+        yield certs, entries, heads
     finally:
         db.close()
 
 
-def _log_certificate(certs: dict[str, x509.Certificate]) -> x509.Certificate | None:
-    return next((c for c in certs.values() if principal_name(c) == LOG_SIGNER), None)
+@contextlib.contextmanager
+def _postgres_log(url: str) -> Iterator[StoredLog]:
+    """The log of the ``evidence`` schema, read in one read-only snapshot (the heads are
+    read first, so every entry they cover is in it however many instances append)."""
+    try:
+        conn = psycopg.connect(url, connect_timeout=10)
+    except psycopg.Error as exc:
+        raise StoreUnavailable(f"cannot connect to {redacted(url)}: {exc}") from exc
+    try:
+        conn.read_only = True
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        with conn.transaction():
+            conn.execute(
+                sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(EVIDENCE_SCHEMA))
+            )
+            try:
+                heads = conn.execute(
+                    "SELECT size, root, at, signature FROM heads ORDER BY size"
+                ).fetchall()
+            except psycopg.errors.UndefinedTable as exc:
+                raise LogInvalid(f"{redacted(url)} holds no evidence log") from exc
+            certs = {
+                str(fp): bytes(der)
+                for fp, der in conn.execute("SELECT fingerprint, der FROM certs").fetchall()
+            }
+            with conn.cursor(name="entries") as entries:  # streamed, not all in memory
+                entries.execute(
+                    "SELECT idx, message_uuid, event, leaf, signer FROM entries ORDER BY idx"
+                )
+                yield certs, entries, heads
+    finally:
+        conn.close()
+
+
+def check_log(
+    certificates: dict[str, bytes],
+    entries: Iterable[tuple[int, str, bytes, bytes, str]],
+    heads: list[Any],
+    ca: x509.Certificate,
+) -> LogReport:
+    """Check a stored log, whichever store holds it (see verify_log)."""
+    certs = {fp: signing.load_certificate_der(der) for fp, der in certificates.items()}
+    leaves: list[bytes] = []
+    for expected, (idx, message_uuid, raw, leaf, signer) in enumerate(entries):
+        where = f"entry {idx} (message {message_uuid})"
+        if idx != expected:
+            raise LogInvalid(f"entry {expected} is missing (the next is {idx})")
+        if merkle.leaf_hash(bytes(raw)) != bytes(leaf):
+            raise LogInvalid(f"{where} does not match its leaf hash: it was rewritten")
+        cert = certs.get(str(signer))
+        if cert is None:
+            raise LogInvalid(f"{where}: its signer's certificate is missing")
+        try:
+            _issued_by(cert, ca)
+            event = codec.decode(bytes(raw), LifecycleEvent)
+            signing.verify_event(event, cert)
+        except (SecurityError, Dp2Error) as exc:
+            raise LogInvalid(f"{where}: its signature does not hold ({exc})") from exc
+        if event.messageUUID != message_uuid:
+            raise LogInvalid(f"{where}: filed under another message")
+        leaves.append(bytes(leaf))
+    # Several instances (or a renewed certificate) may have signed heads: any of the
+    # log's certificates that this CA issued will do.
+    log_certs = [c for c in certs.values() if principal_name(c) == LOG_SIGNER]
+    for size, root, at, signature in heads:
+        if size > len(leaves):
+            raise LogInvalid(f"the head of size {size} covers entries that are gone")
+        if merkle.root(leaves[:size]) != bytes(root):
+            raise LogInvalid(
+                f"the signed head of size {size} does not match the entries: "
+                + _first_difference(leaves, size, bytes(root))
+            )
+        if log_certs and not any(
+            _signed_by(c, bytes(signature), head_input(size, bytes(root), at)) for c in log_certs
+        ):
+            raise LogInvalid(f"the head of size {size} is not signed by the log")
+    return LogReport(entries=len(leaves), heads=len(heads))
+
+
+def _signed_by(cert: x509.Certificate, signature: bytes, data: bytes) -> bool:
+    try:
+        signing.verify_bytes(cert.public_key(), signature, data)
+    except SecurityError:
+        return False
+    return True
 
 
 def _first_difference(leaves: list[bytes], size: int, root: bytes) -> str:

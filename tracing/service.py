@@ -7,9 +7,12 @@ they live in the process that keeps it. Only events the authority table accepts
 (tracing.quarantine) with their reason. brokers.stack.registry names
 :func:`create` as the factory of ``dp2 run tracing``.
 
-With DP2_DATABASE_URL the trace store is PostgreSQL (tracing.store_postgres), so
-several instances answer every query; the evidence log, dead letters, quarantine
-and route book are still SQLite files of each instance (issue 17, not yet).
+With DP2_DATABASE_URL every store of the service is in PostgreSQL: the trace store
+(tracing.store_postgres), the evidence log (tracing.evidence_log), the dead letters,
+the quarantine and the route book, so several instances of tracing, each given some
+partitions, together keep one trace, one verifiable log with gap-free indices, one
+quarantine and one dead-letter list, and every instance answers every query and
+hands out every receipt. Unset, each is a SQLite file under ``$DP2_HOME/data``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from brokers.runtime.host import ServiceContext
 from brokers.runtime.kafka import new_producer
 from brokers.runtime.records import Output, source_of
 from brokers.runtime.tasks import AsyncResource, PeriodicTask
-from brokers.security.authority import EventJudge, RouteBook, report_refusal
+from brokers.security.authority import EventJudge, open_route_book, report_refusal
 from brokers.security.pki import Pki
 from brokers.security.trust import TrustStore, principal_name
 from schemas import codec
@@ -35,9 +38,9 @@ from schemas.vocabulary import DEADLETTER_TOPIC, LIFECYCLE_TOPIC
 from tracing.access import Users
 from tracing.api import TraceService, make_app
 from tracing.dashboard import Dashboard
-from tracing.deadletters import DeadLetterStore
-from tracing.evidence import EvidenceLog
-from tracing.quarantine import QuarantineStore
+from tracing.deadletters import open_deadletters
+from tracing.evidence_log import open_evidence_log
+from tracing.quarantine import open_quarantine
 from tracing.store import SqliteTraceStore, TraceStore
 from tracing.store_postgres import PgTraceStore
 
@@ -60,9 +63,9 @@ class TracingService(AsyncResource):
             else SqliteTraceStore(ctx.data_dir / "trace.sqlite")
         )
         self.trace = TraceService(self.store, ctx.registry)
-        self.deadletters = DeadLetterStore(ctx.data_dir / "deadletters.sqlite")
-        self.quarantine = QuarantineStore(ctx.data_dir / "quarantine.sqlite")
-        self.evidence = EvidenceLog(ctx.data_dir / "evidence.sqlite")
+        self.deadletters = open_deadletters(settings, ctx.data_dir / "deadletters.sqlite")
+        self.quarantine = open_quarantine(settings, ctx.data_dir / "quarantine.sqlite")
+        self.evidence = open_evidence_log(settings, ctx.data_dir / "evidence.sqlite")
         # The log signs its tree heads as this service (its Kafka identity).
         self._identity = (
             Pki(settings.pki_dir).identity(settings.kafka_identity)
@@ -74,7 +77,9 @@ class TracingService(AsyncResource):
         self.tree_heads = PeriodicTask(
             "tracing-tree-head", self._sign_head, TREE_HEAD_INTERVAL_S, metrics=ctx.metrics
         )
-        self._routes = RouteBook(ctx.data_dir / "tracing-routes.sqlite")
+        self._routes = open_route_book(
+            settings, ctx.data_dir / "tracing-routes.sqlite", book="tracing"
+        )
         self._trust = TrustStore(settings.pki_dir)
         self._judge = EventJudge(self._trust, self._routes)
         self._quarantined = Counter(
@@ -144,7 +149,11 @@ class TracingService(AsyncResource):
         event = codec.decode(record.value or b"", LifecycleEvent)
         verdict = self._judge.judge(event)
         if verdict.ok:
-            if self.trace.ingest(event) and verdict.certificate is not None:
+            self.trace.ingest(event)
+            if verdict.certificate is not None:
+                # Logged once per event id: a record read again (a retried batch, a
+                # partition moved to another instance) keeps its first index, and one
+                # whose trace row was stored before a crash is logged now.
                 self.evidence.append(event, record.value or b"", verdict.certificate)
         elif self.quarantine.add(event, verdict, source_of(record)):  # once per position
             report_refusal(log, self._quarantined, event, verdict, "event_quarantined")

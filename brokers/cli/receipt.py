@@ -32,7 +32,11 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
         sub = parser.add_subparsers(dest="log_command", required=True, metavar="ACTION")
         check = sub.add_parser("verify", help="check every entry and tree head of the log")
         check.add_argument("--ca", help="the CA certificate (default: this deployment's)")
-        check.add_argument("--log", help="the log file (default: $DP2_HOME/data/evidence.sqlite)")
+        check.add_argument(
+            "--log",
+            help="the log: a file or a postgresql:// URL "
+            "(default: DP2_DATABASE_URL, else $DP2_HOME/data/evidence.sqlite)",
+        )
         check.set_defaults(func=cmd_log_verify)
         return
     parser.add_argument("uuid", metavar="UUID|verify", help="a message UUID, or: verify FILE")
@@ -100,7 +104,15 @@ def cmd_receipt(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_log_verify(settings: Settings, args: argparse.Namespace) -> int:
-    log = Path(args.log) if args.log else settings.home / "data" / "evidence.sqlite"
+    # The log in PostgreSQL (DP2_DATABASE_URL, or --log postgresql://...), else the file.
+    given: str | None = args.log or settings.database_url
+    log: Path | str = (
+        given
+        if given and given.startswith(("postgresql://", "postgres://"))
+        else Path(given)
+        if given
+        else settings.home / "data" / "evidence.sqlite"
+    )
     try:
         report = verify_log(log, _ca(settings, args.ca))
     except LogInvalid as exc:

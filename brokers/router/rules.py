@@ -7,13 +7,6 @@ module's docstring for the routes.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from schemas.vocabulary import PRINT_PROVIDER, PRINT_TOPIC, SCHEDULED_TOPIC, TRACEPARENT_HEADER
-
-if TYPE_CHECKING:
-    from brokers.router.service import ScheduleStore
-
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +16,7 @@ from aiokafka import ConsumerRecord
 
 from brokers.contacts.records import recipient_ref
 from brokers.contacts.register import ContactRegister
+from brokers.router.schedule import Schedule
 from brokers.runtime.records import Output, lifecycle_output
 from brokers.security import signing
 from brokers.security.pseudonyms import Pseudonymizer
@@ -30,7 +24,13 @@ from brokers.security.trust import TrustStore
 from schemas import codec
 from schemas.errors import Dp2Error
 from schemas.models import ContactStatus, Envelope, LifecycleEvent, LifecycleState
-from schemas.vocabulary import provider_topic
+from schemas.vocabulary import (
+    PRINT_PROVIDER,
+    PRINT_TOPIC,
+    SCHEDULED_TOPIC,
+    TRACEPARENT_HEADER,
+    provider_topic,
+)
 
 log = structlog.get_logger("dp2.router")
 
@@ -52,7 +52,7 @@ class Router:
         contacts: ContactRegister,
         trust: TrustStore,
         pseudonyms: Pseudonymizer,
-        schedule: ScheduleStore,
+        schedule: Schedule,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._contacts = contacts
@@ -205,7 +205,13 @@ class Router:
                 reason_code="RECALL_NOT_ALLOWED",
                 hint="Recall with the certificate of the sender or its authorised vendor.",
             )
-        self._schedule.mark(message_uuid, "recalled")
+        if not self._schedule.mark(message_uuid, "recalled"):
+            # Another router instance released (or recalled) it since the check above.
+            raise Dp2Error(
+                f"message {message_uuid} is no longer waiting for delivery",
+                reason_code="NOT_RECALLABLE",
+                hint="Only a scheduled message can be recalled, before its delivery date.",
+            )
         return lifecycle_output(
             message_uuid, LifecycleState.RECALLED, self.actor, sender_id=sender_id
         )

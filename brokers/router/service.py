@@ -9,10 +9,12 @@ the validator lets each scale and fail on its own.
   (channel print);
 * an envelope sealed for the print provider → ``dp2.print`` even for a REGISTERED
   recipient: the sender chose paper (SF1601's Fysisk Post; the key id is signed);
-* ``doNotDeliverUntilDate`` in the future → held in a durable schedule (SQLite, and
-  the envelope on ``dp2.scheduled``) with SCHEDULED; released on the date (ROUTED
-  then follows) unless its sender recalls it first (RECALLED; it is never
-  delivered).
+* ``doNotDeliverUntilDate`` in the future → held in a durable schedule
+  (brokers.router.schedule: SQLite, or PostgreSQL with DP2_DATABASE_URL; and the
+  envelope on ``dp2.scheduled``) with SCHEDULED; released on the date (ROUTED then
+  follows) unless its sender recalls it first (RECALLED; it is never delivered).
+  Releases and recalls are claimed in the schedule, so several router instances
+  release each letter once, and never one that was recalled.
 
 The envelope must be encrypted for the provider it is routed to; one encrypted for
 another provider (the register changed after the sender looked) is FAILED with
@@ -22,22 +24,19 @@ letter sealed for a mailbox can never fall back to paper on its own.
 
 from __future__ import annotations
 
-from datetime import date
-from pathlib import Path
 from typing import Any
 
 from aiokafka import ConsumerRecord
 
 from brokers.contacts.register import ContactRegister
 from brokers.router.rules import Router
-from brokers.runtime import sqlite
+from brokers.router.schedule import open_schedule
 from brokers.runtime.host import ServiceContext
 from brokers.runtime.kafka import ensure_topics, new_producer
 from brokers.runtime.records import Output, lifecycle_first
 from brokers.runtime.tasks import AsyncResource, PeriodicTask
 from brokers.security.pseudonyms import Pseudonymizer, pseudonym_key
 from brokers.security.trust import TrustStore
-from schemas.values import canonical_uuid
 from schemas.vocabulary import (
     ACCEPTED_TOPIC,
     COMMANDS_TOPIC,
@@ -46,70 +45,6 @@ from schemas.vocabulary import (
     provider_of,
     provider_topic,
 )
-
-
-class ScheduleStore:
-    """Messages waiting for their ``doNotDeliverUntilDate``; survives restarts."""
-
-    def __init__(self, path: Path | str) -> None:
-        self._db = sqlite.connect(str(path))
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS scheduled ("
-            " message_uuid TEXT PRIMARY KEY, due TEXT NOT NULL, sender_id TEXT NOT NULL,"
-            " recipient_ref TEXT NOT NULL, envelope BLOB NOT NULL,"
-            " state TEXT NOT NULL DEFAULT 'waiting')"
-        )
-        self._db.commit()
-        # Two spellings of one UUID are one letter: one already released or recalled
-        # stays so, and the other is never delivered.
-        sqlite.migrate_once(
-            self._db,
-            "lowercase-message-uuids",
-            lambda: sqlite.lowercase_column(
-                self._db,
-                "scheduled",
-                "message_uuid",
-                keep_first="CASE state WHEN 'released' THEN 0 WHEN 'recalled' THEN 1 ELSE 2 END,"
-                " rowid",
-            ),
-        )
-
-    def hold(self, message_uuid: str, due: date, sender_id: str, ref: str, raw: bytes) -> bool:
-        """Store a message until ``due``; False if it was already held (redelivery)."""
-        cursor = self._db.execute(
-            "INSERT OR IGNORE INTO scheduled (message_uuid, due, sender_id, recipient_ref,"
-            " envelope) VALUES (?, ?, ?, ?, ?)",
-            (canonical_uuid(message_uuid), due.isoformat(), sender_id, ref, raw),
-        )
-        self._db.commit()
-        return cursor.rowcount == 1
-
-    def due(self, today: date) -> list[tuple[str, bytes]]:
-        return list(
-            self._db.execute(
-                "SELECT message_uuid, envelope FROM scheduled"
-                " WHERE state = 'waiting' AND due <= ? ORDER BY due",
-                (today.isoformat(),),
-            )
-        )
-
-    def mark(self, message_uuid: str, state: str, only_if: str = "waiting") -> bool:
-        cursor = self._db.execute(
-            "UPDATE scheduled SET state = ? WHERE message_uuid = ? AND state = ?",
-            (state, canonical_uuid(message_uuid), only_if),
-        )
-        self._db.commit()
-        return cursor.rowcount == 1
-
-    def sender_of(self, message_uuid: str) -> tuple[str, str] | None:
-        row = self._db.execute(
-            "SELECT sender_id, state FROM scheduled WHERE message_uuid = ?",
-            (canonical_uuid(message_uuid),),
-        ).fetchone()
-        return (row[0], row[1]) if row else None
-
-    def close(self) -> None:
-        self._db.close()
 
 
 class RouterService(AsyncResource):
@@ -122,7 +57,8 @@ class RouterService(AsyncResource):
         settings = ctx.settings
         self._kafka = settings.kafka
         self._contacts = ContactRegister(self._kafka)
-        self._schedule = ScheduleStore(ctx.data_dir / "router.sqlite")
+        # DP2_DATABASE_URL: the schedule in PostgreSQL, shared by every router instance.
+        self._schedule = open_schedule(settings, ctx.data_dir / "router.sqlite")
         self.router = Router(
             contacts=self._contacts,
             trust=TrustStore(settings.pki_dir),

@@ -20,7 +20,10 @@ authority table:
 | NOTIFIED, NOTIFICATION_FAILED | service:dp2-notifier |
 
 "Routed to" is learnt from the router's own verified ROUTED event of that message
-(:class:`RouteBook`, persisted so a restart does not forget it). An event that
+(a :class:`Routes` book, persisted so a restart does not forget it: a SQLite file of
+the service, or with DP2_DATABASE_URL one table in PostgreSQL (schema ``routes``)
+shared by every instance of the service, so an instance that gets a message's
+DELIVERED after its partition moved knows the route another instance learnt). An event that
 fails — unsigned, a bad signature, an unknown, revoked or expired signer, the
 wrong actor for the state or for the message — gets a :class:`Verdict` with its
 own reason code; the caller quarantines it and acts on nothing in it.
@@ -40,6 +43,8 @@ from typing import Any, Final, Protocol
 from cryptography import x509
 from prometheus_client import Counter
 
+from brokers.runtime.postgres import Database, Migration
+from brokers.runtime.settings import Settings
 from brokers.runtime.sqlite import connect
 from brokers.security import signing
 from brokers.security.signing import SecurityError
@@ -85,8 +90,24 @@ class Verdict:
     certificate: x509.Certificate | None = None  # the signer's, when the event is believed
 
 
-class RouteBook:
+class Routes(Protocol):
     """Where the router sent each message (from its verified ROUTED events)."""
+
+    def remember(self, message_uuid: str, provider: str) -> None:
+        """Note the provider a verified ROUTED names (the latest one stands)."""
+        ...
+
+    def provider_of(self, message_uuid: str) -> str | None:
+        """The provider the message was routed to, or None when no ROUTED was seen."""
+        ...
+
+    def close(self) -> None:
+        """Release the book; safe to call twice."""
+        ...
+
+
+class RouteBook:
+    """`Routes` in one SQLite file, or in memory (a receipt's offline check)."""
 
     def __init__(self, path: Path | str = ":memory:") -> None:
         self._db: sqlite3.Connection = connect(path)
@@ -111,6 +132,57 @@ class RouteBook:
         self._db.close()
 
 
+_ROUTES_MIGRATIONS = (
+    Migration(
+        1,
+        "routes",
+        """
+        CREATE TABLE routes (
+            book         TEXT COLLATE "C" NOT NULL,  -- the service that learnt it
+            message_uuid TEXT COLLATE "C" NOT NULL,
+            provider     TEXT NOT NULL,
+            PRIMARY KEY (book, message_uuid)
+        );
+        """,
+    ),
+)
+
+
+class PgRouteBook:
+    """`Routes` in PostgreSQL, shared by every instance of one service (``book``)."""
+
+    def __init__(self, url: str, book: str) -> None:
+        self._db = Database(url, "routes", _ROUTES_MIGRATIONS)
+        self._book = book
+
+    def remember(self, message_uuid: str, provider: str) -> None:
+        with self._db.use() as conn:
+            conn.execute(
+                "INSERT INTO routes VALUES (%s, %s, %s) ON CONFLICT (book, message_uuid)"
+                " DO UPDATE SET provider = EXCLUDED.provider",
+                (self._book, message_uuid.lower(), provider),
+            )
+
+    def provider_of(self, message_uuid: str) -> str | None:
+        with self._db.use() as conn:
+            row = conn.execute(
+                "SELECT provider FROM routes WHERE book = %s AND message_uuid = %s",
+                (self._book, message_uuid.lower()),
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def open_route_book(settings: Settings, path: Path, book: str) -> Routes:
+    """PostgreSQL when DP2_DATABASE_URL is set (the rows of ``book``, e.g. the service's
+    name), else the SQLite file ``path``."""
+    if settings.database_url:
+        return PgRouteBook(settings.database_url, book)
+    return RouteBook(path)
+
+
 class Certificates(Protocol):
     """What the judge asks of a trust store (brokers.security.trust.TrustStore, or the
     offline one of a receipt, tracing.evidence.OfflineTrust)."""
@@ -127,7 +199,7 @@ class Certificates(Protocol):
 class EventJudge:
     """Checks each lifecycle event against the authority table (feed it in topic order)."""
 
-    def __init__(self, trust: Certificates | TrustStore, routes: RouteBook) -> None:
+    def __init__(self, trust: Certificates | TrustStore, routes: Routes) -> None:
         self._trust = trust
         self._routes = routes
 

@@ -48,6 +48,9 @@ from connectors.base import read_config
 from schemas.errors import Dp2Error
 from schemas.vocabulary import TOPICS, provider_topic
 
+#: How long dp2 up waits for every service to answer /healthz (a busy 2-core machine
+#: starting a dozen processes and three brokers needs more than a minute).
+HEALTHY_WITHIN_S = 120.0
 #: Offsets from DP2_PORT_BASE (default 8470); mailboxes follow the router.
 PORT_OFFSETS = {"tracing": 0, "validator": 1, "router": 2}
 
@@ -167,12 +170,12 @@ def start_processes(
             )
         )
         say(f"{spec.name}: started pid {process.pid} on http://127.0.0.1:{spec.port}")
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + HEALTHY_WITHIN_S
     for spec in specs:
         while health(f"http://127.0.0.1:{spec.port}") not in ("up", "degraded"):
             if time.monotonic() > deadline:
                 raise Dp2Error(
-                    f"{spec.name} did not become healthy within 60 s",
+                    f"{spec.name} did not become healthy within {HEALTHY_WITHIN_S:.0f} s",
                     reason_code="SERVICE_UNHEALTHY",
                     hint=f"Read {logs / (spec.name + '.log')}.",
                 )

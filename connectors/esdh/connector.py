@@ -71,7 +71,7 @@ from brokers.runtime.kafka import new_producer
 from brokers.runtime.records import Output, iso_z, lifecycle_output
 from brokers.runtime.tasks import AsyncResource, PeriodicTask
 from brokers.runtime.worker import KafkaWorker
-from brokers.security.authority import EventJudge, RouteBook, report_refusal
+from brokers.security.authority import EventJudge, open_route_book, report_refusal
 from brokers.security.pki import EventSigner, Pki, provider_identity_name
 from brokers.security.pseudonyms import Pseudonymizer, pseudonym_key
 from brokers.security.trust import TrustStore
@@ -166,7 +166,9 @@ class EsdhConnector(AsyncResource):
             self, context.settings, self._client, self._pseudonyms, context.data_dir
         )
         self._tokens = AuthorityTokens.from_home(context.settings.home)
-        self._routes = RouteBook(context.data_dir / "routes.sqlite")
+        self._routes = open_route_book(
+            context.settings, context.data_dir / "routes.sqlite", book=f"connector:{context.name}"
+        )
         self._judge = EventJudge(TrustStore(context.settings.pki_dir), self._routes)
         self._unbelieved = Counter(
             "dp2_esdh_unbelieved_events",

@@ -7,12 +7,15 @@ Why it is built this way:
   marked it non-sensitive, the NemSMS text). Channels, addresses and language come
   from the contact register. Never document content, never a CPR number.
 * **Exactly-once effect.** Every (message UUID, channel) is a row in a durable
-  SQLite outbox, inserted once however often DELIVERED arrives. Before a send the
-  row is marked ``sending`` (recorded), after the send the NOTIFIED event is
-  acknowledged by Kafka, and only then is the row ``sent``. A crash in between
-  leaves ``sending``: the restart sends again *with the same idempotency key*
-  (HTTP ``Idempotency-Key``/reference for SMS providers, the same ``Message-ID``
-  for e-mail), which providers and mailboxes use to drop the repeat.
+  outbox (connectors.notify.outbox: SQLite, or PostgreSQL with DP2_DATABASE_URL,
+  shared by every notifier instance), inserted once however often DELIVERED
+  arrives. Before a send the row is *claimed* — moved to ``sending`` with this
+  notifier as its owner and a lease, in one statement, so of two notifiers only
+  one sends it — after the send the NOTIFIED event is acknowledged by Kafka, and
+  only then is the row ``sent``. A crash in between leaves ``sending``: once the
+  lease runs out (``lease_s``) a notifier sends again *with the same idempotency
+  key* (HTTP ``Idempotency-Key``/reference for SMS providers, the same
+  ``Message-ID`` for e-mail), which providers and mailboxes use to drop the repeat.
 * **Digest.** A row waits ``digest_window_s`` (default 5 minutes); when the first
   row of a recipient and channel falls due, every pending row of that pair goes
   out as one notification that names the count. A window of 0 turns it off.
@@ -31,18 +34,17 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
-from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from brokers.contacts.register import ContactRegister
-from brokers.runtime import sqlite
 from brokers.runtime.records import Output, lifecycle_output
+from brokers.runtime.tasks import cancel_and_wait
 from connectors.notify import templates
 from connectors.notify.channels import EmailSender, NotificationError, SmsRouter
+from connectors.notify.outbox import NotificationOutbox, Row
 from schemas import codec
 from schemas.models import LifecycleEvent, LifecycleState, NotificationChannel
 
@@ -50,26 +52,6 @@ log = structlog.get_logger("dp2.notify")
 
 #: How much of a notification's words NOTIFIED carries for the dashboard.
 MAX_SHOWN_TEXT = 200
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
-    key TEXT PRIMARY KEY,            -- message UUID | channel: the idempotency key
-    message_uuid TEXT NOT NULL,
-    recipient_ref TEXT NOT NULL,
-    channel TEXT NOT NULL,
-    address TEXT NOT NULL,
-    language TEXT NOT NULL,
-    sender_label TEXT,
-    label TEXT,
-    nemsms_text TEXT,
-    state TEXT NOT NULL DEFAULT 'pending',   -- pending | sending | sent | failed
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_at REAL NOT NULL,
-    first_failure_at REAL,
-    reason_code TEXT
-);
-CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_at);
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,99 +68,10 @@ class NotifierConfig:
     # repeats what was in flight, so N in flight means up to N repeats per crash
     # (SMS providers drop them by idempotency key; e-mail has only its Message-ID).
     concurrency: int = 1
-
-
-@dataclass(frozen=True, slots=True)
-class Row:
-    key: str
-    message_uuid: str
-    recipient_ref: str
-    channel: str
-    address: str
-    language: str
-    sender_label: str | None
-    label: str | None
-    nemsms_text: str | None
-    state: str
-    attempts: int
-    next_at: float
-    first_failure_at: float | None
-
-
-class Outbox:
-    """The durable record of every notification: what makes sends exactly-once."""
-
-    def __init__(self, path: Path | str) -> None:
-        self._db = sqlite.connect(path)
-        self._db.executescript(_SCHEMA)
-
-    def add(self, row: Row) -> bool:
-        cursor = self._db.execute(
-            "INSERT OR IGNORE INTO outbox (key, message_uuid, recipient_ref, channel, address,"
-            " language, sender_label, label, nemsms_text, next_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                row.key,
-                row.message_uuid,
-                row.recipient_ref,
-                row.channel,
-                row.address,
-                row.language,
-                row.sender_label,
-                row.label,
-                row.nemsms_text,
-                row.next_at,
-            ),
-        )
-        self._db.commit()
-        return cursor.rowcount == 1
-
-    def due_groups(self, now: float, digest: bool = True) -> list[list[Row]]:
-        """Every pending row of a (recipient, channel) pair whose first row is due;
-        without ``digest`` every due row on its own."""
-        due = self._db.execute(
-            "SELECT DISTINCT recipient_ref, channel FROM outbox"
-            " WHERE state IN ('pending', 'sending') AND next_at <= ?",
-            (now,),
-        ).fetchall()
-        groups = []
-        for recipient_ref, channel in due:
-            rows = [
-                Row(*r)
-                for r in self._db.execute(
-                    "SELECT key, message_uuid, recipient_ref, channel, address, language,"
-                    " sender_label, label, nemsms_text, state, attempts, next_at,"
-                    " first_failure_at FROM outbox WHERE recipient_ref = ? AND channel = ?"
-                    " AND state IN ('pending', 'sending') ORDER BY key",
-                    (recipient_ref, channel),
-                )
-            ]
-            # A NemSMS is its own message: never folded into a digest.
-            plain = [r for r in rows if r.nemsms_text is None]
-            groups += [[r] for r in rows if r.nemsms_text is not None and r.next_at <= now]
-            if not digest:
-                groups += [[r] for r in plain if r.next_at <= now]
-            elif plain and min(r.next_at for r in plain) <= now:
-                groups.append(plain)
-        return groups
-
-    def mark(self, keys: Sequence[str], state: str, **fields: Any) -> None:
-        assignments = ", ".join(["state = ?", *(f"{name} = ?" for name in fields)])
-        self._db.executemany(
-            f"UPDATE outbox SET {assignments} WHERE key = ?",  # noqa: S608 - names are ours
-            [(state, *fields.values(), key) for key in keys],
-        )
-        self._db.commit()
-
-    def retry_backlog(self) -> int:
-        """Notifications that failed at least once and wait for another try."""
-        row = self._db.execute(
-            "SELECT COUNT(*) FROM outbox WHERE state = 'pending' AND first_failure_at IS NOT NULL"
-        ).fetchone()
-        return int(row[0])
-
-    def close(self) -> None:
-        self._db.close()
+    # How long a claim of outbox rows holds without being renewed (connectors.notify.
+    # outbox). The owner renews it every third of it while it sends; only a notifier
+    # that died stops renewing, and its rows are sent by another after this long.
+    lease_s: float = 30.0
 
 
 class NotifierMetrics:
@@ -213,7 +106,7 @@ class Notifier:
     def __init__(
         self,
         *,
-        outbox: Outbox,
+        outbox: NotificationOutbox,
         contacts: ContactRegister,
         email: EmailSender | None,
         sms: SmsRouter | None,
@@ -288,7 +181,11 @@ class Notifier:
             async with slots:
                 return await self._dispatch_group(producer, rows)
 
-        results = await asyncio.gather(*(one(rows) for rows in groups), return_exceptions=True)
+        renewing = asyncio.create_task(self._renew_claims()) if groups else None
+        try:
+            results = await asyncio.gather(*(one(rows) for rows in groups), return_exceptions=True)
+        finally:
+            await cancel_and_wait(renewing)
         for result in results:
             if isinstance(result, BaseException):
                 if isinstance(result, asyncio.CancelledError):
@@ -298,14 +195,28 @@ class Notifier:
         self._metrics.retry_backlog.set(self._outbox.retry_backlog())
         return sum(1 for r in results if r is True)
 
+    async def _renew_claims(self) -> None:
+        """While sends are in flight, keep this notifier's claims from running out."""
+        while True:
+            await asyncio.sleep(self._config.lease_s / 3)
+            self._outbox.renew(self._clock() + self._config.lease_s)
+
     async def _dispatch_group(self, producer: AIOKafkaProducer, rows: list[Row]) -> bool:
-        """Send one notification (one row, or a digest of several); True when sent."""
+        """Send one notification (one row, or a digest of several); True when sent.
+
+        Only the rows this notifier claims are sent: another notifier sharing the
+        outbox may have claimed some or all of them (connectors.notify.outbox)."""
+        now = self._clock()
+        keys = [r.key for r in rows]
         held_until = self._quiet_until(rows[0].channel)
         if held_until is not None:
-            self._outbox.mark([r.key for r in rows], "pending", next_at=held_until)
+            self._outbox.defer(keys, now, held_until)
+            return False
+        claimed = set(self._outbox.claim(keys, now, now + self._config.lease_s))
+        rows = [r for r in rows if r.key in claimed]
+        if not rows:
             return False
         keys = [r.key for r in rows]
-        self._outbox.mark(keys, "sending", attempts=rows[0].attempts + 1)
         try:
             provider, shown = await self._send(rows)
         except NotificationError as exc:
@@ -324,7 +235,7 @@ class Notifier:
             for r in rows
         ]
         await _produce(producer, outputs)
-        self._outbox.mark(keys, "sent")
+        self._outbox.settle(keys, "sent")
         self._metrics.sent.labels(rows[0].channel, provider).inc()
         log.info(
             "notification_sent", channel=rows[0].channel, provider=provider, messages=len(rows)
@@ -388,7 +299,7 @@ class Notifier:
                 self._config.backoff_cap_s, self._config.backoff_base_s * 2 ** rows[0].attempts
             )
             delay *= random.uniform(0.5, 1.5)  # noqa: S311 - jitter, not cryptography
-            self._outbox.mark(
+            self._outbox.settle(
                 keys,
                 "pending",
                 next_at=now + delay,
@@ -408,7 +319,7 @@ class Notifier:
             for r in rows
         ]
         await _produce(producer, outputs)
-        self._outbox.mark(keys, "failed", reason_code=error.reason_code)
+        self._outbox.settle(keys, "failed", reason_code=error.reason_code)
         self._metrics.failed.labels(rows[0].channel, error.reason_code).inc()
 
     def _failed_output(

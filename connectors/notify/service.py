@@ -1,8 +1,10 @@
 """The notifier as a service: DELIVERED in, SMS and e-mail out, NOTIFIED on the trace.
 
-Wiring only (connectors.notify.notifier holds the rules and the outbox): the
-contact register, the SMTP sender and SMS providers from settings, a worker on
-``dp2.lifecycle`` and the periodic dispatch of due notifications.
+Wiring only (connectors.notify.notifier holds the rules, connectors.notify.outbox
+the outbox): the contact register, the SMTP sender and SMS providers from settings,
+a worker on ``dp2.lifecycle`` and the periodic dispatch of due notifications. With
+DP2_DATABASE_URL the outbox and the route book are in PostgreSQL, so several
+notifier instances share them and each notification is still sent once.
 brokers.stack.registry names :func:`create` as the factory of ``dp2 run notifier``.
 """
 
@@ -21,10 +23,11 @@ from brokers.runtime.host import ServiceContext
 from brokers.runtime.kafka import new_producer
 from brokers.runtime.records import Output
 from brokers.runtime.tasks import AsyncResource, PeriodicTask
-from brokers.security.authority import EventJudge, RouteBook, report_refusal
+from brokers.security.authority import EventJudge, open_route_book, report_refusal
 from brokers.security.trust import TrustStore
 from connectors.notify.channels import EmailSender, HttpSmsProvider, SmsProvider, SmsRouter
-from connectors.notify.notifier import Notifier, NotifierConfig, NotifierMetrics, Outbox
+from connectors.notify.notifier import Notifier, NotifierConfig, NotifierMetrics
+from connectors.notify.outbox import open_outbox
 from schemas import codec
 from schemas.models import LifecycleEvent, LifecycleState
 from schemas.vocabulary import CONTACTS_TOPIC, LIFECYCLE_TOPIC
@@ -43,8 +46,11 @@ class NotifierService(AsyncResource):
         self._registry = ctx.registry
         # Notification channels are contact details, not directory entries.
         self._contacts = ContactRegister(settings.kafka, topic=CONTACTS_TOPIC)
-        self._outbox = Outbox(ctx.data_dir / "notifier.sqlite")
-        self._routes = RouteBook(ctx.data_dir / "notifier-routes.sqlite")
+        # DP2_DATABASE_URL: outbox and route book in PostgreSQL, shared by every instance.
+        self._outbox = open_outbox(settings, ctx.data_dir / "notifier.sqlite")
+        self._routes = open_route_book(
+            settings, ctx.data_dir / "notifier-routes.sqlite", book="notifier"
+        )
         self._judge = EventJudge(TrustStore(settings.pki_dir), self._routes)
         self._unbelieved = Counter(
             "dp2_notifier_unbelieved_events",

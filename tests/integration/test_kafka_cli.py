@@ -154,6 +154,8 @@ def test_three_node_cluster_replicates_and_dp2_up_comes_back_on_it(tmp_path: Pat
         assert [n["running"] for n in status[0]["nodes"]] == [True, True, True]
         asyncio.run(_produce_one(admin, "dp2.deliver.legacy", replication=1))
 
+        # The core services only: this is about the cluster, not the connectors.
+        (tmp_path / "connectors.toml").write_text("# no connectors\n")
         up = dp2(tmp_path, "up", "--detach", timeout=400, **extra)
         assert up.returncode == 0, up.stderr
         assert "dp2.deliver.legacy has 1 replica(s) per partition where the cluster wants 3" in (

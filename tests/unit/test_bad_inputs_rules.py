@@ -19,7 +19,7 @@ from aiokafka import ConsumerRecord
 from prometheus_client import CollectorRegistry
 
 from brokers.contacts.records import ContactFileError, _check_id
-from brokers.router.service import ScheduleStore
+from brokers.router.schedule import ScheduleStore
 from brokers.runtime.metrics import ServiceMetrics
 from brokers.runtime.settings import Settings
 from brokers.runtime.worker import KafkaWorker

@@ -16,7 +16,7 @@ import pytest
 
 from brokers.contacts.register import ContactRegister
 from brokers.router.rules import Router
-from brokers.router.service import ScheduleStore
+from brokers.router.schedule import ScheduleStore
 from brokers.security.pki import Pki
 from brokers.security.pseudonyms import Pseudonymizer
 from brokers.security.trust import TrustStore
