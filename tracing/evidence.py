@@ -43,10 +43,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from psycopg import sql
 
 from brokers.runtime.postgres import StoreUnavailable
 from brokers.runtime.settings import redacted
@@ -282,6 +280,9 @@ def _sqlite_log(path: str) -> Iterator[StoredLog]:
 def _postgres_log(url: str) -> Iterator[StoredLog]:
     """The log of the ``evidence`` schema, read in one read-only snapshot (the heads are
     read first, so every entry they cover is in it however many instances append)."""
+    import psycopg  # noqa: PLC0415 - only for a log in PostgreSQL (brokers.runtime.postgres)
+    from psycopg import sql  # noqa: PLC0415
+
     try:
         conn = psycopg.connect(url, connect_timeout=10)
     except psycopg.Error as exc:

@@ -29,15 +29,17 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
-
-import psycopg
-from psycopg import sql
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
 from brokers.runtime.settings import redacted
 from schemas.errors import Dp2Error
 
-Connection = psycopg.Connection[tuple[Any, ...]]
+if TYPE_CHECKING:
+    import psycopg
+
+# psycopg is imported where a connection is made, not here: every service imports the
+# stores' modules, and only a deployment with DP2_DATABASE_URL pays its ~10 MB.
+Connection: TypeAlias = "psycopg.Connection[tuple[Any, ...]]"
 
 #: The schema that holds DP2's own bookkeeping (the migrations done).
 META_SCHEMA = "dp2"
@@ -133,6 +135,9 @@ class Database:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        import psycopg  # noqa: PLC0415 - only with DP2_DATABASE_URL (see the top)
+        from psycopg import sql  # noqa: PLC0415
+
         try:
             conn: Connection = psycopg.connect(self._url, autocommit=True, connect_timeout=10)
         except psycopg.Error as exc:
@@ -151,6 +156,8 @@ class Database:
 
 @contextlib.contextmanager
 def _translated(database: Database) -> Iterator[None]:
+    import psycopg  # noqa: PLC0415 - only with DP2_DATABASE_URL (see the top)
+
     try:
         yield
     except psycopg.OperationalError as exc:
@@ -159,6 +166,8 @@ def _translated(database: Database) -> Iterator[None]:
 
 def migrate(conn: Connection, store: str, migrations: Sequence[Migration]) -> int:
     """Apply the migrations of ``store`` that the database lacks; the count applied."""
+    from psycopg import sql  # noqa: PLC0415 - only with DP2_DATABASE_URL (see the top)
+
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, _MIGRATION_LOCK))
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(META_SCHEMA)))
@@ -196,6 +205,8 @@ def migrate(conn: Connection, store: str, migrations: Sequence[Migration]) -> in
 
 def applied(conn: Connection, store: str) -> list[tuple[int, str]]:
     """The (version, name) of the store's migrations done, oldest first."""
+    from psycopg import sql  # noqa: PLC0415 - only with DP2_DATABASE_URL (see the top)
+
     rows = conn.execute(
         sql.SQL(
             "SELECT version, name FROM {}.schema_migrations WHERE store = %s ORDER BY version"

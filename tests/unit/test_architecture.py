@@ -233,6 +233,14 @@ def test_the_runtime_never_imports_the_benchmark(statement: str) -> None:
     assert not any(m.startswith("brokers.bench") for m in _fresh_interpreter_modules(statement))
 
 
+def test_the_services_load_the_postgresql_driver_only_when_they_use_it() -> None:
+    """Every service imports its stores' modules; psycopg (~10 MB of every process's RSS)
+    is loaded only when a store connects to DP2_DATABASE_URL."""
+    loaded = _fresh_interpreter_modules("import brokers.stack.registry")
+    assert "brokers.runtime.postgres" in loaded, "the stores are there"
+    assert not any(m == "psycopg" or m.startswith("psycopg.") for m in loaded)
+
+
 def test_modules_stay_small_or_say_why() -> None:
     """A module over 500 lines says in its docstring why it is one module."""
     long = []
