@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -82,7 +83,7 @@ class VerifiableLog(Protocol):
         ...
 
 
-class _MerkleLog:
+class _MerkleLog(ABC):
     """What both backends share: the leaf cache, heads and receipts over their storage."""
 
     def __init__(self) -> None:
@@ -91,26 +92,33 @@ class _MerkleLog:
         self._kept: set[str] = set()
 
     # --- the storage of a backend -----------------------------------------------------
+    @abstractmethod
     def _insert(self, event_id: str, values: tuple[str, bytes, bytes, str], der: bytes) -> int:
-        raise NotImplementedError
+        """Implemented by each backend."""
 
+    @abstractmethod
     def _leaves_from(self, start: int) -> list[tuple[int, bytes]]:
-        raise NotImplementedError
+        """Implemented by each backend."""
 
+    @abstractmethod
     def _store_certificate(self, fingerprint: str, der: bytes) -> None:
-        raise NotImplementedError
+        """Implemented by each backend."""
 
+    @abstractmethod
     def _latest(self) -> TreeHead | None:
-        raise NotImplementedError
+        """Implemented by each backend."""
 
+    @abstractmethod
     def _store_head(self, head: TreeHead) -> TreeHead:
-        raise NotImplementedError
+        """Implemented by each backend."""
 
+    @abstractmethod
     def _entries_of(self, message_uuid: str, below: int) -> list[Entry]:
-        raise NotImplementedError
+        """Implemented by each backend."""
 
+    @abstractmethod
     def _certificates(self, fingerprints: Sequence[str]) -> dict[str, bytes]:
-        raise NotImplementedError
+        """Implemented by each backend."""
 
     # --- the log ----------------------------------------------------------------------
     @property

@@ -23,6 +23,7 @@ half-way), since it runs one dispatch round at a time.
 from __future__ import annotations
 
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import astuple, dataclass
 from pathlib import Path
@@ -103,16 +104,18 @@ _CLAIMABLE = (
 _SETTLED_FIELDS = frozenset({"next_at", "first_failure_at", "reason_code"})
 
 
-class _SharedOutbox:
+class _SharedOutbox(ABC):
     """The rules of both backends, in SQL with ``?`` placeholders (translated for psycopg)."""
 
     owner: str
 
+    @abstractmethod
     def _run(self, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        raise NotImplementedError
+        """Implemented by each backend."""
 
+    @abstractmethod
     def _count(self, query: str, params: Sequence[Any]) -> int:
-        raise NotImplementedError
+        """Implemented by each backend."""
 
     def add(self, row: Row) -> bool:
         values = astuple(row)

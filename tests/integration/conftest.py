@@ -30,6 +30,7 @@ from brokers.security.pki import Pki
 from brokers.security.pseudonyms import Pseudonymizer, pseudonym_key
 from brokers.security.trust import TrustStore
 from brokers.stack.access import REGISTER_IDENTITY
+from brokers.stack.kafka import port_is_free
 from brokers.stack.registry import build_service
 from brokers.stack.supervisor import prepare_kafka
 from connectors.authorities import AuthorityTokens
@@ -330,3 +331,13 @@ async def esdh(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> AsyncI
         finally:
             await host.stop()
             await peer.stop()
+
+
+def free_http_base(first: int) -> int:
+    """A free range of 30 HTTP ports from ``first`` on for a ``dp2 up`` stack: the
+    services' ports and the local capture's SMTP port (DP2_PORT_BASE + 25). Each test
+    file starts at its own ``first``, so stacks of different tests never overlap."""
+    for base in range(first, 60000, 59):
+        if all(port_is_free(base + i) for i in range(30)):
+            return base
+    raise AssertionError("no free port range")

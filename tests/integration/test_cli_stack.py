@@ -14,16 +14,10 @@ from typing import Any
 
 import pytest
 
-from brokers.stack.kafka import free_base_port, port_is_free
+from brokers.stack.kafka import free_base_port
+from tests.integration.conftest import free_http_base
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
-
-
-def _free_http_base() -> int:
-    for base in range(31000, 60000, 37):
-        if all(port_is_free(base + i) for i in range(6)):
-            return base
-    raise AssertionError("no free port range")
 
 
 def test_whole_stack_from_the_command_line(tmp_path: Path) -> None:
@@ -32,7 +26,7 @@ def test_whole_stack_from_the_command_line(tmp_path: Path) -> None:
         **os.environ,
         "DP2_HOME": str(tmp_path),
         "DP2_KAFKA_PORT": str(free_base_port()),
-        "DP2_PORT_BASE": str(_free_http_base()),
+        "DP2_PORT_BASE": str(free_http_base(31000)),
         "DP2_LOG_FORMAT": "json",
     }
     env.pop("DP2_KAFKA_BOOTSTRAP", None)

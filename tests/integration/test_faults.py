@@ -15,6 +15,7 @@ delivered — and any record the delivery topic carries twice are printed for th
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import logging
@@ -34,11 +35,12 @@ import pytest
 from brokers.runtime.kafka import new_consumer
 from brokers.runtime.settings import Settings
 from brokers.stack.access import ADMIN_IDENTITY
-from brokers.stack.kafka import free_base_port, port_is_free
+from brokers.stack.kafka import free_base_port
 from connectors.sdk import Document, Dp2Client, NotSubmitted, build_message
 from schemas import codec
 from schemas.errors import Dp2Error
 from schemas.models import Envelope
+from tests.integration.conftest import free_http_base
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -46,13 +48,6 @@ LETTERS = 240
 RATE = 15.0  # letters a second, as in the measurement
 KILL_AT_S, DOWN_FOR_S = 4.0, 10.0
 CITIZEN = "0101901234"  # the demo register's citizen on digital post (mitpost)
-
-
-def _free_http_base() -> int:
-    for base in range(47000, 60000, 67):
-        if all(port_is_free(base + i) for i in range(30)):
-            return base
-    raise AssertionError("no free port range")
 
 
 def test_a_broker_killed_under_load_loses_nothing_and_duplicates_nothing(
@@ -67,20 +62,12 @@ def test_a_broker_killed_under_load_loses_nothing_and_duplicates_nothing(
         **os.environ,
         "DP2_HOME": str(home),
         "DP2_KAFKA_PORT": str(kafka_port),
-        "DP2_PORT_BASE": str(_free_http_base()),
+        "DP2_PORT_BASE": str(free_http_base(47000)),
     }
     for name in ("DP2_KAFKA_BOOTSTRAP", "DP2_SMTP_HOST", "DP2_SMS_PROVIDERS", "DP2_PKI"):
         env.pop(name, None)
 
-    def dp2(*args: str, timeout: float = 400) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "brokers.cli", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+    dp2 = functools.partial(_dp2, env)
 
     try:
         up = dp2("up", "--nodes", "3", "--detach", "--demo")
@@ -133,20 +120,12 @@ def test_killing_an_instance_of_each_service_under_load_loses_nothing(tmp_path: 
         **os.environ,
         "DP2_HOME": str(home),
         "DP2_KAFKA_PORT": str(free_base_port()),
-        "DP2_PORT_BASE": str(_free_http_base()),
+        "DP2_PORT_BASE": str(free_http_base(47000)),
     }
     for name in ("DP2_KAFKA_BOOTSTRAP", "DP2_SMTP_HOST", "DP2_SMS_PROVIDERS", "DP2_PKI"):
         env.pop(name, None)
 
-    def dp2(*args: str, timeout: float = 400) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "brokers.cli", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+    dp2 = functools.partial(_dp2, env)
 
     victims = ["validator", "router", "mailbox-mitpost", "notifier"]
     try:
@@ -184,6 +163,17 @@ def test_killing_an_instance_of_each_service_under_load_loses_nothing(tmp_path: 
     finally:
         down = dp2("down")
     assert down.returncode == 0, down.stderr
+
+
+def _dp2(env: dict[str, str], *args: str, timeout: float = 400) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "brokers.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 async def _load_with_a_fault(

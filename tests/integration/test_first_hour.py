@@ -23,20 +23,13 @@ from pathlib import Path
 import pytest
 from playwright.async_api import async_playwright
 
-from brokers.stack.kafka import free_base_port, port_is_free
+from brokers.stack.kafka import free_base_port
+from tests.integration.conftest import free_http_base
 from tests.integration.test_dashboard import ARTIFACTS, CHROMIUM
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 MARK = "@@step"
-
-
-def _free_http_base() -> int:
-    """A range for the services' ports and the capture's SMTP port (base + 25)."""
-    for base in range(41000, 60000, 53):
-        if all(port_is_free(base + i) for i in range(30)):
-            return base
-    raise AssertionError("no free port range")
 
 
 def _steps(printed: str) -> list[tuple[str, list[str]]]:
@@ -57,7 +50,7 @@ def test_the_printed_try_it_list_works_step_by_step(tmp_path: Path) -> None:
         **os.environ,
         "DP2_HOME": str(tmp_path / "home"),
         "DP2_KAFKA_PORT": str(free_base_port()),
-        "DP2_PORT_BASE": str(_free_http_base()),
+        "DP2_PORT_BASE": str(free_http_base(41000)),
     }
     for name in ("DP2_KAFKA_BOOTSTRAP", "DP2_SMTP_HOST", "DP2_SMS_PROVIDERS", "DP2_PKI"):
         env.pop(name, None)

@@ -19,6 +19,7 @@ from brokers.runtime.kafka import new_admin, new_consumer, new_producer
 from brokers.runtime.settings import KafkaAccess
 from brokers.stack.access import ADMIN_IDENTITY
 from brokers.stack.kafka import free_base_port
+from tests.integration.conftest import free_http_base
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -139,7 +140,7 @@ def test_three_node_cluster_replicates_and_dp2_up_comes_back_on_it(tmp_path: Pat
     3 and min.insync.replicas 2, warns about a topic with fewer replicas, and after
     `dp2 down` the next `dp2 up` brings the 3-node cluster back."""
     port = free_base_port(nodes=3)
-    http_base = _free_http_base()
+    http_base = free_http_base(43000)
     extra = {"DP2_KAFKA_PORT": str(port), "DP2_PORT_BASE": str(http_base)}
     started = dp2(tmp_path, "kafka", "start", "--nodes", "3", "--port", str(port), timeout=300)
     try:
@@ -175,18 +176,6 @@ def test_three_node_cluster_replicates_and_dp2_up_comes_back_on_it(tmp_path: Pat
     finally:
         stopped = dp2(tmp_path, "down", timeout=300, **extra)
     assert stopped.returncode == 0, stopped.stderr
-
-
-def _free_http_base() -> int:
-    for base in range(43000, 60000, 61):
-        if all(_port_free(base + i) for i in range(30)):
-            return base
-    raise AssertionError("no free port range")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) != 0
 
 
 async def _layout(access: KafkaAccess, topic: str) -> tuple[list[int], str | None]:
