@@ -20,7 +20,9 @@ the rules of Danish Digital Post:
 - every access — allowed or refused — is written to an audit trail the owner can
   read (``GET /audit``); identities there are pseudonyms.
 
-State of its own (SQLite in its data dir): read marks, delegations, replies, audit.
+State of its own: read marks, delegations, replies, audit — in ``apps.sqlite`` in its
+data dir or, with DP2_DATABASE_URL, the PostgreSQL schema ``apps_<connector>``; the
+mailbox is read through connectors.mailbox's store, on the same backend.
 
 Why one module over 500 lines: the mailbox-app API is one connector — its routes,
 consent rules and audit trail share one store and one identity check.
@@ -29,7 +31,6 @@ consent rules and audit trail share one store and one identity check.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -40,10 +41,11 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from brokers.contacts.register import ContactRegister
-from brokers.runtime import sqlite
 from brokers.runtime.blobstore import FileBlobStore
 from brokers.runtime.kafka import new_producer
+from brokers.runtime.postgres import Migration
 from brokers.runtime.records import lifecycle_output
+from brokers.runtime.sqlstore import Tables, open_store, schema_name
 from brokers.runtime.tasks import AsyncResource
 from brokers.security import sealing
 from brokers.security.pki import EventSigner, Pki, provider_identity_name
@@ -59,9 +61,9 @@ from connectors.citizens import (
     bearer,
     citizen_message,
 )
-from connectors.mailbox import documents_dir
+from connectors.mailbox import MailboxStore, documents_dir
 from connectors.sdk import Document, Dp2Client
-from schemas import codec, memo
+from schemas import memo
 from schemas.errors import Dp2Error
 from schemas.models import (
     CaseID,
@@ -71,7 +73,7 @@ from schemas.models import (
     LifecycleState,
     ReplyData,
 )
-from schemas.values import canonical_uuid, is_ascii_digits, parse_ascii_int
+from schemas.values import is_ascii_digits, parse_ascii_int
 
 log = structlog.get_logger("dp2.apps")
 
@@ -87,6 +89,27 @@ CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT
     actor_ref TEXT NOT NULL, mailbox_ref TEXT, action TEXT NOT NULL, message_uuid TEXT,
     outcome TEXT NOT NULL);
 """
+_POSTGRES = (
+    Migration(
+        1,
+        "reads, delegations, replies, audit",
+        """
+        CREATE TABLE reads (owner_ref TEXT NOT NULL, message_uuid TEXT NOT NULL,
+            read_at TEXT NOT NULL, PRIMARY KEY (owner_ref, message_uuid));
+        CREATE TABLE delegations (owner_ref TEXT NOT NULL, owner_cpr TEXT NOT NULL,
+            delegate_ref TEXT NOT NULL, granted_at TEXT NOT NULL, revoked_at TEXT,
+            PRIMARY KEY (owner_ref, delegate_ref));
+        CREATE INDEX delegations_delegate ON delegations (delegate_ref);
+        CREATE TABLE replies (original_uuid TEXT NOT NULL, reply_uuid TEXT PRIMARY KEY,
+            sent_at TEXT NOT NULL);
+        CREATE TABLE audit (seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            at TEXT NOT NULL, actor_ref TEXT NOT NULL, mailbox_ref TEXT,
+            action TEXT NOT NULL, message_uuid TEXT, outcome TEXT NOT NULL);
+        CREATE INDEX audit_mailbox ON audit (mailbox_ref, seq);
+        """,
+    ),
+)
+TABLES = Tables(_SCHEMA, _POSTGRES)
 
 
 class AccessError(Dp2Error):
@@ -124,9 +147,14 @@ class AppsConnector(AsyncResource):
         self._pseudonyms = Pseudonymizer(pseudonym_key(settings.home))
         self._mailbox_path = settings.home / "data" / f"mailbox-{self.provider}.sqlite"
         self._documents = FileBlobStore(documents_dir(self._mailbox_path))  # read only
-        self._mailbox: sqlite3.Connection | None = None
-        self._db = sqlite.connect(str(context.data_dir / "apps.sqlite"))
-        self._db.executescript(_SCHEMA)
+        self._database_url = settings.database_url
+        self._mailbox: MailboxStore | None = None
+        self._db = open_store(
+            settings.database_url,
+            context.data_dir / "apps.sqlite",
+            schema_name("apps", context.name),
+            TABLES,
+        )
         self._identity = Pki(settings.pki_dir).identity(provider_identity_name(self.provider))
         self._contacts = ContactRegister(settings.kafka)
         self._client = Dp2Client.from_settings(
@@ -163,7 +191,7 @@ class AppsConnector(AsyncResource):
             "check": "apps",
             "status": "ok" if self._started else "failing",
             "mailbox": self.provider,
-            "mailboxStore": self._mailbox_path.exists(),
+            "mailboxStore": self._database_url is not None or self._mailbox_path.exists(),
         }
 
     def routes(self) -> Iterable[web.AbstractRouteDef]:
@@ -192,11 +220,11 @@ class AppsConnector(AsyncResource):
         me = self._pseudonyms.ref("CPR", citizen.cpr)
         if mailbox in ("me", me):
             return citizen.cpr, me, True
-        row = self._db.execute(
+        row = self._db.one(
             "SELECT owner_cpr FROM delegations WHERE owner_ref = ? AND delegate_ref = ?"
             " AND revoked_at IS NULL",
             (mailbox, me),
-        ).fetchone()
+        )
         if row is None:  # not granted, revoked, or no such mailbox: all look the same
             raise AccessError(
                 404,
@@ -206,40 +234,33 @@ class AppsConnector(AsyncResource):
             )
         return str(row[0]), mailbox, False
 
-    def _store(self) -> sqlite3.Connection:
+    def _store(self) -> MailboxStore:
+        """The mailbox's store, opened once it exists (the mailbox service creates it)."""
         if self._mailbox is None:
-            if not self._mailbox_path.exists():
+            if self._database_url is None and not self._mailbox_path.exists():
                 raise AccessError(
                     503,
                     "the mailbox store is not there yet",
                     reason_code="MAILBOX_UNAVAILABLE",
                     hint=f"Start the mailbox service for provider {self.provider}.",
                 )
-            self._mailbox = sqlite3.connect(f"file:{self._mailbox_path}?mode=ro", uri=True)
+            self._mailbox = MailboxStore(self._mailbox_path, self._database_url)
         return self._mailbox
 
     def _message(self, owner_cpr: str, message_uuid: str) -> Envelope:
-        row = (
-            self._store()
-            .execute(
-                "SELECT envelope FROM messages WHERE message_uuid = ? AND recipient_id = ?",
-                (canonical_uuid(message_uuid), owner_cpr),
-            )
-            .fetchone()
-        )
-        if row is None:
+        message = self._store().get(message_uuid, recipient_id=owner_cpr)
+        if message is None:
             raise _not_found()
-        return codec.decode(row[0], Envelope)
+        return message
 
     def _audit_write(
         self, citizen: Citizen, mailbox_ref: str | None, action: str, uuid: str | None, outcome: str
     ) -> None:
-        self._db.execute(
+        self._db.run(
             "INSERT INTO audit (at, actor_ref, mailbox_ref, action, message_uuid, outcome)"
             " VALUES (?, ?, ?, ?, ?, ?)",
             (_now(), self._pseudonyms.ref("CPR", citizen.cpr), mailbox_ref, action, uuid, outcome),
         )
-        self._db.commit()
 
     async def _guarded(self, request: web.Request, action: str, work: Any) -> web.StreamResponse:
         """Authenticate, run ``work(citizen)``, audit the outcome, answer errors as JSON."""
@@ -269,24 +290,13 @@ class AppsConnector(AsyncResource):
             limit = _int(request.query.get("limit", "20"), "limit", 1, 100)
             cursor = request.query.get("cursor")
             before = _int(cursor, "cursor", 1, 2**62) if cursor is not None else None
-            rows = (
-                self._store()
-                .execute(  # newest first: the store's insertion order
-                    "SELECT message_uuid, received_at, envelope, rowid FROM messages"
-                    " WHERE recipient_id = ? AND (? IS NULL OR rowid < ?)"
-                    " ORDER BY rowid DESC LIMIT ?",
-                    (cpr, before, before, limit + 1),
-                )
-                .fetchall()
-            )
+            rows = self._store().page(cpr, before, limit + 1)  # newest first
             read = {
                 r[0]
-                for r in self._db.execute(
-                    "SELECT message_uuid FROM reads WHERE owner_ref = ?", (ref,)
-                )
+                for r in self._db.all("SELECT message_uuid FROM reads WHERE owner_ref = ?", (ref,))
             }
             items = [
-                _summary(codec.decode(envelope, Envelope), received, uuid in read)
+                _summary(envelope, received, uuid in read)
                 for uuid, received, envelope, _ in rows[:limit]
             ]
             more = len(rows) > limit
@@ -346,10 +356,10 @@ class AppsConnector(AsyncResource):
 
     def _is_read(self, owner_ref: str, message_uuid: str) -> bool:
         return (
-            self._db.execute(
+            self._db.one(
                 "SELECT 1 FROM reads WHERE owner_ref = ? AND message_uuid = ?",
                 (owner_ref, message_uuid),
-            ).fetchone()
+            )
             is not None
         )
 
@@ -360,11 +370,10 @@ class AppsConnector(AsyncResource):
             if not owner:
                 raise _read_only()
             first = not self._is_read(ref, message.header.messageUUID)
-            self._db.execute(
-                "INSERT OR IGNORE INTO reads VALUES (?, ?, ?)",
+            self._db.run(
+                "INSERT INTO reads VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                 (ref, message.header.messageUUID, _now()),
             )
-            self._db.commit()
             contact = self._contacts.get(ref)
             consent = bool(contact and contact.readReceiptsConsent)
             if consent:
@@ -433,11 +442,10 @@ class AppsConnector(AsyncResource):
                     reason_code="BACKBONE_UNAVAILABLE",
                     hint="Try again in a little while.",
                 ) from exc
-            self._db.execute(
-                "INSERT OR IGNORE INTO replies VALUES (?, ?, ?)",
+            self._db.run(
+                "INSERT INTO replies VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                 (header.messageUUID, receipt.message_uuid, _now()),
             )
-            self._db.commit()
             await self._event(
                 original,
                 LifecycleState.REPLIED,
@@ -480,16 +488,16 @@ class AppsConnector(AsyncResource):
     async def _access(self, request: web.Request) -> web.StreamResponse:
         async def work(citizen: Citizen) -> tuple[int, Any]:
             me = self._pseudonyms.ref("CPR", citizen.cpr)
-            granted = self._db.execute(
+            granted = self._db.all(
                 "SELECT delegate_ref, granted_at FROM delegations WHERE owner_ref = ?"
                 " AND revoked_at IS NULL",
                 (me,),
-            ).fetchall()
-            received = self._db.execute(
+            )
+            received = self._db.all(
                 "SELECT owner_ref, granted_at FROM delegations WHERE delegate_ref = ?"
                 " AND revoked_at IS NULL",
                 (me,),
-            ).fetchall()
+            )
             return 200, {
                 "me": me,
                 "granted": [{"delegate": d, "grantedAt": at} for d, at in granted],
@@ -521,13 +529,12 @@ class AppsConnector(AsyncResource):
                 )
             me = self._pseudonyms.ref("CPR", citizen.cpr)
             delegate_ref = self._pseudonyms.ref("CPR", delegate)
-            self._db.execute(
+            self._db.run(
                 "INSERT INTO delegations VALUES (?, ?, ?, ?, NULL) ON CONFLICT"
                 " (owner_ref, delegate_ref) DO UPDATE SET granted_at = excluded.granted_at,"
                 " revoked_at = NULL",
                 (me, citizen.cpr, delegate_ref, _now()),
             )
-            self._db.commit()
             return 201, {"delegate": delegate_ref, "mailbox": me, "access": "read"}
 
         return await self._guarded(request, "grant-access", work)
@@ -535,12 +542,11 @@ class AppsConnector(AsyncResource):
     async def _revoke(self, request: web.Request) -> web.StreamResponse:
         async def work(citizen: Citizen) -> tuple[int, Any]:
             me = self._pseudonyms.ref("CPR", citizen.cpr)
-            changed = self._db.execute(
+            changed = self._db.run(
                 "UPDATE delegations SET revoked_at = ? WHERE owner_ref = ? AND delegate_ref = ?"
                 " AND revoked_at IS NULL",
                 (_now(), me, request.match_info["delegate"]),
-            ).rowcount
-            self._db.commit()
+            )
             if not changed:
                 raise AccessError(
                     404,
@@ -555,12 +561,12 @@ class AppsConnector(AsyncResource):
     async def _audit(self, request: web.Request) -> web.StreamResponse:
         async def work(citizen: Citizen) -> tuple[int, Any]:
             me = self._pseudonyms.ref("CPR", citizen.cpr)
-            rows = self._db.execute(
+            rows = self._db.all(
                 "SELECT at, actor_ref, action, message_uuid, outcome FROM audit"
                 " WHERE mailbox_ref = ? OR (mailbox_ref = 'me' AND actor_ref = ?)"
                 " ORDER BY seq DESC LIMIT 500",
                 (me, me),
-            ).fetchall()
+            )
             return 200, {
                 "entries": [
                     {

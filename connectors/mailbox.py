@@ -19,13 +19,14 @@ the folder is never deleted by a failed delivery: its address may be shared with
 letter already stored, and a redelivery writes the same bytes to the same name.
 
 Exactly once, under Kafka redelivery: the store's primary key is the message UUID
-in lower case (``INSERT OR IGNORE``; an upper-case spelling is the same letter), and
+in lower case (``ON CONFLICT DO NOTHING``; an upper-case spelling is the same letter), and
 the DELIVERED event's id is derived from provider and message, so re-processing after
 a crash re-emits the *same* event, which the trace keeps once.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +38,8 @@ from brokers.runtime import sqlite
 from brokers.runtime.blobstore import FileBlobStore
 from brokers.runtime.host import ServiceContext
 from brokers.runtime.kafka import ensure_topics
+from brokers.runtime.postgres import Migration
+from brokers.runtime.sqlstore import SqliteStore, Tables, open_store, schema_name
 from brokers.runtime.tasks import AsyncResource
 from connectors import documents
 from connectors.delivery import DeliveryHandler
@@ -55,27 +58,49 @@ def documents_dir(store_path: Path) -> Path:
     return store_path.with_name(store_path.stem + ".documents")
 
 
+def _lowercase_uuids(db: sqlite3.Connection) -> None:
+    """A SQLite mailbox from before UUIDs were folded: a letter stored twice is kept once."""
+    sqlite.lowercase_column(db, "messages", "message_uuid", keep_first="received_at, rowid")
+
+
+_SQLITE = """
+CREATE TABLE IF NOT EXISTS messages (message_uuid TEXT PRIMARY KEY,
+    recipient_id TEXT NOT NULL, sender_id TEXT NOT NULL, label TEXT NOT NULL,
+    received_at TEXT NOT NULL, envelope BLOB NOT NULL);
+"""
+_POSTGRES = (
+    Migration(
+        1,
+        "messages",
+        """
+        CREATE TABLE messages (
+            seq BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,
+            message_uuid TEXT COLLATE "C" PRIMARY KEY, recipient_id TEXT NOT NULL,
+            sender_id TEXT NOT NULL, label TEXT NOT NULL, received_at TEXT NOT NULL,
+            envelope BYTEA NOT NULL);
+        CREATE INDEX messages_recipient ON messages (recipient_id, seq);
+        """,
+    ),
+)
+TABLES = Tables(_SQLITE, _POSTGRES, (("lowercase-message-uuids", _lowercase_uuids),))
+
+
 class MailboxStore:
     """Delivered messages of one provider, plain, keyed by message UUID; big documents
-    in :attr:`documents`, named from the stored envelope by reference."""
+    in :attr:`documents`, named from the stored envelope by reference.
 
-    def __init__(self, path: Path | str) -> None:
-        self.documents = FileBlobStore(documents_dir(Path(path)))
-        self._db = sqlite.connect(str(path))
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS messages (message_uuid TEXT PRIMARY KEY,"
-            " recipient_id TEXT NOT NULL, sender_id TEXT NOT NULL, label TEXT NOT NULL,"
-            " received_at TEXT NOT NULL, envelope BLOB NOT NULL)"
-        )
-        self._db.commit()
-        # A mailbox from before UUIDs were folded: a letter stored twice is kept once.
-        sqlite.migrate_once(
-            self._db,
-            "lowercase-message-uuids",
-            lambda: sqlite.lowercase_column(
-                self._db, "messages", "message_uuid", keep_first="received_at, rowid"
-            ),
-        )
+    The rows are in ``mailbox-<provider>.sqlite`` or, with DP2_DATABASE_URL, in the
+    PostgreSQL schema ``mailbox_<provider>``, shared by every instance of the mailbox
+    and by the apps connector that reads it (the documents folder is then a volume
+    they share, as the blob store is).
+    """
+
+    def __init__(self, path: Path | str, database_url: str | None = None) -> None:
+        path = Path(path)
+        self.documents = FileBlobStore(documents_dir(path))
+        self._db = open_store(database_url, path, schema_name(path.stem), TABLES)
+        # The order letters arrived in: SQLite's rowid, PostgreSQL's identity column.
+        self._position = "rowid" if isinstance(self._db, SqliteStore) else "seq"
 
     async def receive(self, message: Envelope) -> None:
         """The Receiver side of connectors.delivery: store it (a repeat changes nothing)."""
@@ -87,38 +112,61 @@ class MailboxStore:
 
         Big documents are in :attr:`documents` already (the envelope names them), so
         the row is small; an envelope handed over with every file inline (a caller
-        other than the delivery handler) is still written into a zeroblob of its size
-        a piece at a time (SQLite's incremental blob I/O): bound as a parameter, SQLite
+        other than the delivery handler) is still written into SQLite as a zeroblob of
+        its size a piece at a time (incremental blob I/O): bound as a parameter, SQLite
         would copy a big letter twice more on its way to the page.
         """
         header = envelope.header
         encoded = memoryview(codec.encode(envelope))
-        with self._db:  # one transaction: the row appears whole or not at all
-            cursor = self._db.execute(
-                "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?, zeroblob(?))",
-                (
-                    canonical_uuid(header.messageUUID),
-                    header.recipient.recipientID,
-                    header.sender.senderID,
-                    header.label,
-                    datetime.now(UTC).isoformat(),
-                    len(encoded),
-                ),
-            )
+        row = (
+            canonical_uuid(header.messageUUID),
+            header.recipient.recipientID,
+            header.sender.senderID,
+            header.label,
+            datetime.now(UTC).isoformat(),
+        )
+        insert = (
+            "INSERT INTO messages (message_uuid, recipient_id, sender_id, label, received_at,"
+            " envelope) VALUES (?, ?, ?, ?, ?, {}) ON CONFLICT DO NOTHING"
+        )
+        if not isinstance(self._db, SqliteStore):
+            return self._db.run(insert.format("?"), (*row, bytes(encoded))) == 1
+        db = self._db.connection
+        with db:  # one transaction: the row appears whole or not at all
+            cursor = db.execute(insert.format("zeroblob(?)"), (*row, len(encoded)))
             if cursor.rowcount != 1:
                 return False
             assert cursor.lastrowid is not None  # noqa: S101 - the row was just inserted
-            with self._db.blobopen("messages", "envelope", cursor.lastrowid) as blob:
+            with db.blobopen("messages", "envelope", cursor.lastrowid) as blob:
                 for start in range(0, len(encoded), _PIECE):
                     blob.write(encoded[start : start + _PIECE])
         return True
 
-    def get(self, message_uuid: str) -> Envelope | None:
-        """The stored envelope; a file kept by reference is read with ``chunks``."""
-        row = self._db.execute(
-            "SELECT envelope FROM messages WHERE message_uuid = ?", (canonical_uuid(message_uuid),)
-        ).fetchone()
-        return codec.decode(row[0], Envelope) if row else None
+    def get(self, message_uuid: str, recipient_id: str | None = None) -> Envelope | None:
+        """The stored envelope (only if addressed to ``recipient_id``, when given); a file
+        kept by reference is read with ``chunks``."""
+        query, params = (
+            "SELECT envelope FROM messages WHERE message_uuid = ?",
+            [canonical_uuid(message_uuid)],
+        )
+        if recipient_id is not None:
+            query, params = query + " AND recipient_id = ?", [*params, recipient_id]
+        row = self._db.one(query, params)
+        return codec.decode(bytes(row[0]), Envelope) if row else None
+
+    def page(
+        self, recipient_id: str, before: int | None, limit: int
+    ) -> list[tuple[str, str, Envelope, int]]:
+        """A recipient's letters, newest first: (UUID, received at, envelope, position),
+        from those older than position ``before`` when it is given."""
+        position = self._position  # the store's own column name, never input
+        older = f" AND {position} < ?" if before is not None else ""
+        rows = self._db.all(
+            f"SELECT message_uuid, received_at, envelope, {position} FROM messages"  # noqa: S608
+            f" WHERE recipient_id = ?{older} ORDER BY {position} DESC LIMIT ?",
+            [recipient_id, *([before] if before is not None else []), limit],
+        )
+        return [(r[0], r[1], codec.decode(bytes(r[2]), Envelope), int(r[3])) for r in rows]
 
     def chunks(self, file: File) -> Iterator[bytes]:
         """A stored file's bytes in pieces, checked as they are read (BLOB_CORRUPT)."""
@@ -130,13 +178,13 @@ class MailboxStore:
 
     def count(self, message_uuid: str | None = None) -> int:
         if message_uuid is None:
-            return int(self._db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
-        return int(
-            self._db.execute(
+            row = self._db.one("SELECT COUNT(*) FROM messages")
+        else:
+            row = self._db.one(
                 "SELECT COUNT(*) FROM messages WHERE message_uuid = ?",
                 (canonical_uuid(message_uuid),),
-            ).fetchone()[0]
-        )
+            )
+        return int(row[0]) if row else 0
 
     def close(self) -> None:
         self._db.close()
@@ -174,7 +222,9 @@ class MailboxService(AsyncResource):
         self.name = f"mailbox-{provider}"
         self._kafka = ctx.settings.kafka
         self._topic = provider_topic(provider)
-        self.store = MailboxStore(ctx.data_dir / f"mailbox-{provider}.sqlite")
+        self.store = MailboxStore(
+            ctx.data_dir / f"mailbox-{provider}.sqlite", ctx.settings.database_url
+        )
         self._delivery = DeliveryHandler.for_provider(
             ctx.settings,
             provider,

@@ -3,7 +3,8 @@
 Why it exists: the traceability dashboard shows who sent what to whom and when —
 operators see everything (still only pseudonyms, never a CPR number), an
 authority's own staff see only their CVR's messages and figures. Users live in
-``$DP2_HOME/dashboard-users.json``, passwords hashed with scrypt (salted, n=2^14),
+``$DP2_HOME/dashboard-users.json`` (or, with DP2_DATABASE_URL, in PostgreSQL, so
+that every instance of tracing shares them), passwords hashed with scrypt (salted, n=2^14),
 managed with::
 
     dp2 dashboard user add NAME --role operator|authority [--cvr CVR] [--password ...]
@@ -16,7 +17,7 @@ would have expired; changing the key logs everyone out.
 The trace API (tracing.api) takes the same sessions or a bearer token
 (``Authorization: Bearer dp2t.…``) from ``dp2 dashboard token NAME``: the token
 names a user, whose role and CVR are read from the users file on every request
-(deleting the user ends its tokens). ``dp2 trace`` on the deployment's own machine
+(``dp2 dashboard user remove NAME`` ends its tokens). ``dp2 trace`` on the deployment's own machine
 mints a short-lived operator token from the key it can read (:meth:`Users.local_token`).
 
 The one visibility rule — an operator sees everything, an authority only its own
@@ -42,7 +43,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from brokers.runtime.postgres import Migration
 from brokers.runtime.private import create_private, private_dir
+from brokers.runtime.settings import Settings
+from brokers.runtime.sqlstore import PostgresStore, Tables
 from brokers.security.tokens import read_claims, secret_key_file, sign_claims
 from schemas.errors import Dp2Error
 from schemas.values import is_ascii_digits
@@ -158,19 +162,125 @@ def _hash(password: str, salt: bytes) -> str:
     return f"scrypt${salt.hex()}${digest.hex()}"
 
 
-class Users:
-    """The users file: add, authenticate, and read a session cookie."""
+class _UserFiles:
+    """Users and ended sessions as two JSON files in ``$DP2_HOME`` (the embedded default)."""
 
     def __init__(self, home: Path) -> None:
-        self._path = home / USERS_FILE
-        self._key = secret_key_file(home / KEY_FILE)
+        self._users = home / USERS_FILE
+        self._ended = home / ENDED_FILE
 
-    def _load(self) -> dict[str, dict[str, Any]]:
+    def users(self) -> dict[str, dict[str, Any]]:
         try:
-            data: dict[str, dict[str, Any]] = json.loads(self._path.read_text())
+            data: dict[str, dict[str, Any]] = json.loads(self._users.read_text())
         except FileNotFoundError:
             return {}
         return data
+
+    def put_user(self, name: str, entry: dict[str, Any]) -> None:
+        users = self.users()
+        users[name] = entry
+        _write_private(self._users, json.dumps(users, indent=2))
+
+    def remove_user(self, name: str) -> bool:
+        users = self.users()
+        if users.pop(name, None) is None:
+            return False
+        _write_private(self._users, json.dumps(users, indent=2))
+        return True
+
+    def ended(self) -> dict[str, int]:
+        try:
+            data: dict[str, int] = json.loads(self._ended.read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return data
+
+    def end(self, sid: str, expires: int) -> None:
+        ended = {k: v for k, v in self.ended().items() if v > time.time()}
+        ended[sid] = expires
+        _write_private(self._ended, json.dumps(ended))
+
+    def close(self) -> None:
+        pass  # nothing held open between calls
+
+
+_TABLES = Tables(
+    "",  # never on SQLite: the files above are the embedded default
+    (
+        Migration(
+            1,
+            "users, ended sessions",
+            """
+            CREATE TABLE users (name TEXT COLLATE "C" PRIMARY KEY, entry TEXT NOT NULL);
+            CREATE TABLE ended_sessions (sid TEXT COLLATE "C" PRIMARY KEY,
+                expires BIGINT NOT NULL);
+            """,
+        ),
+    ),
+)
+
+
+class _UserTables:
+    """Users and ended sessions in PostgreSQL (DP2_DATABASE_URL), schema ``dashboard``:
+    every instance of tracing sees the same users, and a logout ends the session on
+    all of them."""
+
+    def __init__(self, url: str) -> None:
+        self._db = PostgresStore(url, "dashboard", _TABLES)
+
+    def users(self) -> dict[str, dict[str, Any]]:
+        return {name: json.loads(entry) for name, entry in self._db.all("SELECT * FROM users")}
+
+    def put_user(self, name: str, entry: dict[str, Any]) -> None:
+        self._db.run(
+            "INSERT INTO users VALUES (?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET entry = excluded.entry",
+            (name, json.dumps(entry)),
+        )
+
+    def remove_user(self, name: str) -> bool:
+        return self._db.run("DELETE FROM users WHERE name = ?", (name,)) == 1
+
+    def ended(self) -> dict[str, int]:
+        rows = self._db.all(
+            "SELECT sid, expires FROM ended_sessions WHERE expires > ?", (time.time(),)
+        )
+        return {str(sid): int(expires) for sid, expires in rows}
+
+    def close(self) -> None:
+        self._db.close()
+
+    def end(self, sid: str, expires: int) -> None:
+        with self._db.transaction():
+            self._db.run("DELETE FROM ended_sessions WHERE expires <= ?", (time.time(),))
+            self._db.run(
+                "INSERT INTO ended_sessions VALUES (?, ?) ON CONFLICT DO NOTHING", (sid, expires)
+            )
+
+
+class Users:
+    """The dashboard's users: add, authenticate, and read a session cookie.
+
+    They are kept in ``$DP2_HOME`` (JSON files) or, with DP2_DATABASE_URL, in
+    PostgreSQL (:meth:`of` chooses); the session key is a file either way — a
+    secret belongs in the deployment's secret store, not in the database.
+    """
+
+    def __init__(self, home: Path, database_url: str | None = None) -> None:
+        self._records = _UserTables(database_url) if database_url else _UserFiles(home)
+        self._key = secret_key_file(home / KEY_FILE)
+
+    @classmethod
+    def of(cls, settings: Settings) -> Users:
+        """The deployment's users, where its settings keep them."""
+        return cls(settings.home, settings.database_url)
+
+    def close(self) -> None:
+        """Release the database connection, if the users are in one."""
+        self._records.close()
+
+    def _load(self) -> dict[str, dict[str, Any]]:
+        return self._records.users()
 
     def add(self, name: str, password: str, role: str, cvr: str | None = None) -> User:
         if role not in ROLES:
@@ -191,10 +301,14 @@ class Users:
                 reason_code="WEAK_PASSWORD",
                 hint="Choose a longer password.",
             )
-        users = self._load()
-        users[name] = {"role": role, "cvr": cvr, "password": _hash(password, os.urandom(16))}
-        _write_private(self._path, json.dumps(users, indent=2))
+        self._records.put_user(
+            name, {"role": role, "cvr": cvr, "password": _hash(password, os.urandom(16))}
+        )
         return User(name, role, cvr)
+
+    def remove(self, name: str) -> bool:
+        """Remove a user (False if there was none): its sessions and tokens end with it."""
+        return self._records.remove_user(name)
 
     def authenticate(self, name: str, password: str) -> User:
         entry = self._load().get(name)
@@ -221,9 +335,7 @@ class Users:
         claims = self._claims(_SESSION_KIND, cookie, None)
         if claims is None:
             return
-        ended = {k: v for k, v in self._ended().items() if v > time.time()}
-        ended[str(claims["sid"])] = int(claims["exp"])
-        _write_private(self._path.parent / ENDED_FILE, json.dumps(ended))
+        self._records.end(str(claims["sid"]), int(claims["exp"]))
 
     def csrf_token(self, cookie: str | None) -> str:
         """The token a state-changing form must carry: bound to this session."""
@@ -274,7 +386,7 @@ class Users:
         claims = read_claims(self._key, kind, text) if text else None
         if claims is None or claims.get("exp", 0) <= (now or time.time()):
             return None
-        if str(claims.get("sid")) in self._ended():
+        if str(claims.get("sid")) in self._records.ended():
             return None
         return claims
 
@@ -283,13 +395,6 @@ class Users:
         if entry is None:  # a deleted user's sessions and tokens end with it
             return None
         return User(str(claims["u"]), str(entry["role"]), entry.get("cvr"))
-
-    def _ended(self) -> dict[str, int]:
-        try:
-            data: dict[str, int] = json.loads((self._path.parent / ENDED_FILE).read_text())
-        except (FileNotFoundError, ValueError):
-            return {}
-        return data
 
 
 def _write_private(path: Path, text: str) -> None:

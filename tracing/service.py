@@ -89,7 +89,7 @@ class TracingService(AsyncResource):
             registry=ctx.registry,
         )
         self._producer = new_producer(settings.kafka)  # re-drives dead letters
-        self._users = Users(settings.home)
+        self._users = Users.of(settings)
         self._dashboard = Dashboard(
             self.store,
             self.deadletters,
@@ -141,6 +141,7 @@ class TracingService(AsyncResource):
         self.deadletters.close()
         self.quarantine.close()
         self._routes.close()
+        self._users.close()
 
     def health(self) -> dict[str, Any]:
         return {"status": "ok"}

@@ -66,7 +66,7 @@ def cmd_capture(settings: Settings, args: argparse.Namespace) -> int:
     query = f"limit={args.limit}" + (f"&channel={args.channel}" if args.channel else "")
     deadline = time.monotonic() + args.wait
     while True:
-        captured = _fetch(f"{info['url']}/captured?{query}", Users(settings.home).local_token())
+        captured = _fetch(f"{info['url']}/captured?{query}", Users.of(settings).local_token())
         if captured or time.monotonic() >= deadline:
             break
         time.sleep(0.5)

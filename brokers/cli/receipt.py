@@ -95,7 +95,7 @@ def cmd_receipt(settings: Settings, args: argparse.Namespace) -> int:
             print(f"  {event.occurredAt.isoformat()}  {event.state.value:<20} signed by {signer}")
         return 0
     url = (args.url or settings.tracing_url).rstrip("/")
-    token = args.token or os.environ.get("DP2_TRACE_TOKEN") or Users(settings.home).local_token()
+    token = args.token or os.environ.get("DP2_TRACE_TOKEN") or Users.of(settings).local_token()
     doc = asyncio.run(_fetch(f"{url}/messages/{args.uuid}/receipt", token))
     path = Path(args.output or f"{args.uuid}.json")
     path.write_text(json.dumps(doc, indent=2) + "\n")

@@ -92,7 +92,7 @@ def cmd_trace(settings: Settings | None, args: argparse.Namespace) -> int:
         args.url = settings.tracing_url if settings is not None else DEFAULT_URL
     if args.token is None:
         args.token = os.environ.get("DP2_TRACE_TOKEN") or (
-            Users(settings.home).local_token() if settings is not None else None
+            Users.of(settings).local_token() if settings is not None else None
         )
     try:
         if args.follow:

@@ -123,7 +123,7 @@ class CaptureService(AsyncResource):
         self.store = CaptureStore(self._db)
         self.smtp_port = smtp_port_of(ctx.settings.port_base)
         self._server: asyncio.Server | None = None
-        self._users = Users(ctx.settings.home)
+        self._users = Users.of(ctx.settings)
 
     async def start(self) -> None:
         if self._server is not None:
@@ -143,6 +143,7 @@ class CaptureService(AsyncResource):
             server.close()
             await server.wait_closed()
             self._db.close()
+            self._users.close()
 
     def health(self) -> Mapping[str, Any]:
         return {"check": "capture", "status": "ok", "smtp": f"127.0.0.1:{self.smtp_port}"}

@@ -224,7 +224,7 @@ def kombi_request(envelope: Envelope, choice: str = "Automatisk Valg") -> bytes:
 def ensure_demo_operator(settings: Settings) -> tuple[str, str]:
     """The demo's first dashboard login (made once, its password kept 0600 in DP2_HOME)."""
     path = settings.home / DEMO_OPERATOR_FILE
-    users = Users(settings.home)
+    users = Users.of(settings)
     if path.exists():
         password = path.read_text(encoding="utf-8").strip()
         try:

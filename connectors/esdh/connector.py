@@ -152,7 +152,7 @@ class EsdhConnector(AsyncResource):
         self.config = config
         self.actor = f"connector:{context.name}"
         self._context = context
-        self._store = EsdhStore(context.data_dir / "esdh.sqlite")
+        self._store = EsdhStore.open(context.settings.database_url, context.data_dir, context.name)
         pki = Pki(context.settings.pki_dir)
         self._provider_identity = pki.identity(provider_identity_name(config.provider))
         self._pseudonyms = Pseudonymizer(pseudonym_key(context.settings.home))
@@ -499,7 +499,7 @@ class EsdhConnector(AsyncResource):
 
     async def _deliver_receipts(self) -> None:
         url = self.config.receipts_url
-        if url is None:
+        if url is None or not self._store.leads():  # another instance makes the calls
             return
         for receipt in self._store.due_receipts(time.time()):
             error = await self._post_json(url, receipt.payload)
@@ -542,6 +542,8 @@ class EsdhConnector(AsyncResource):
         log.info("journal_queued", message_id=header.messageUUID, has_case=case_id is not None)
 
     async def _journal_due(self) -> None:
+        if not self._store.leads():  # another instance makes the calls
+            return
         for entry in self._store.due_journal(time.time()):
             error = await self._journal(entry)
             if error is not None:

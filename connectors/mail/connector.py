@@ -249,7 +249,7 @@ class ForwardingMailConnector(MailConnector):
         super().__init__(context, config, identities)
         assert config.provider is not None  # noqa: S101 - create() picks this class for it
         self.provider_id = config.provider
-        self._store = MailStore(context.data_dir / "mail.sqlite")
+        self._store = MailStore.open(context.settings.database_url, context.data_dir, context.name)
         # The e-mail address to forward to is a contact detail, not a directory entry.
         self._contact_details = ContactRegister(context.settings.kafka, topic=CONTACTS_TOPIC)
         self._forwarding = PeriodicTask(
@@ -293,6 +293,8 @@ class ForwardingMailConnector(MailConnector):
         log.info("mail_forward_queued", message_id=message.header.messageUUID)
 
     async def _forward_due(self) -> None:
+        if not self._store.leads():  # another instance forwards
+            return
         for item in self._store.due(time.time()):
             if not await self._forward(item):
                 return  # the relay is not taking mail: keep the order, try again later

@@ -445,12 +445,11 @@ async def test_an_authority_sees_only_its_own_cvr_on_every_route(
 
 
 async def test_a_deleted_users_token_ends_with_it(service: TraceService, users: Users) -> None:
-    """Tokens name a user; once the user is gone from the users file, its tokens are refused."""
+    """Tokens name a user; once the user is removed, its tokens are refused."""
     ingest_delivery(service)
     users.add("temp", "long enough password", "operator")
     token = users.token("temp")
-    path = users._path
-    path.write_text("{}")
+    assert users.remove("temp")
     status, _ = await _status(
         service, users, f"/messages/{MESSAGE}", {"Authorization": f"Bearer {token}"}
     )
