@@ -47,7 +47,8 @@ def add_arguments(command: str, parser: argparse.ArgumentParser) -> None:
             type=int,
             choices=(1, 2, 3),
             default=1,
-            help="processes of each scalable service (validator, router, mailboxes, notifier)",
+            help="processes of each scalable service (validator, router, mailboxes, notifier;"
+            " tracing too with DP2_DATABASE_URL)",
         )
         parser.set_defaults(func=cmd_up)
     elif command == "down":
@@ -152,6 +153,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
             capture=not (settings.smtp_host or settings.sms_providers),
             notifier_env=_notifier_env(),
             instances=args.instances,
+            shared_stores=settings.database_url is not None,
             connectors=[
                 (name, connector_config[name].get("port")) for name in configured(settings)
             ],

@@ -84,6 +84,7 @@ def stack_services(
     connectors: Sequence[tuple[str, int | None]] = (),
     notifier_env: Mapping[str, str] | None = None,
     instances: int = 1,
+    shared_stores: bool = False,
 ) -> list[ServiceSpec]:
     """The services of ``dp2 up``: the core, a mailbox per provider, the notifier —
     with ``capture``, also the local SMTP and SMS capture it sends to — then every
@@ -94,11 +95,12 @@ def stack_services(
     ``instances``: how many processes of each scalable service (validator, router,
     the mailboxes, the notifier) run in one consumer group, sharing their stores in
     DP2_HOME (SQLite, one writer at a time, across processes) — the second is
-    ``validator-2``. Tracing stays one: its evidence log has one writer."""
+    ``validator-2``. Tracing is one on SQLite (its evidence log has one writer) and
+    scales too with ``shared_stores`` (DP2_DATABASE_URL: every store in PostgreSQL)."""
     specs = [ServiceSpec(name, port_base + offset) for name, offset in PORT_OFFSETS.items()]
     specs += [ServiceSpec(f"mailbox-{p}", 0, provider=p) for p in providers]
     specs.append(ServiceSpec("notifier", 0))
-    scalable = [s for s in specs if s.name != "tracing"]
+    scalable = [s for s in specs if shared_stores or s.name != "tracing"]
     specs += [
         dataclasses.replace(s, name=f"{s.name}-{n}", port=0, kind=s.kind or s.name)
         for n in range(2, instances + 1)

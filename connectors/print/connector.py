@@ -17,17 +17,21 @@ exempt, unknown or not digital; its documents are encrypted for the print provid
    | ``ADDRESS_POSTCODE_INVALID`` | a Danish postcode is not 4 digits |
    | ``FOREIGN_ADDRESS_UNSUPPORTED`` | the country is not in ``countries`` |
 
-3. render one print-ready PDF (connectors.print.render) and queue it durably
-   (connectors.print.store) — only then is the Kafka offset committed;
-4. hand it to the print provider — ``drop_dir/<uuid>.pdf`` plus ``<uuid>.json``
-   (metadata, no CPR number), each written atomically, or an HTTP POST of the PDF to
-   ``upload_url`` (2xx = taken) — retried with capped back-off while the provider is
-   away (health says ``degraded``); file names come from the message UUID only
-   once it is a version-4 UUID (connectors.delivery re-checks it before anything is
-   rendered: ``INVALID_MESSAGE_UUID``) and must resolve inside ``drop_dir``
-   (``UNSAFE_PATH`` otherwise, and nothing is written); then emit PRINTED signed by
-   the print provider, with attribute ``pages``. Its event id is fixed per message,
-   so a repeat after a crash re-emits the same event.
+3. render one print-ready PDF (connectors.print.render) into the connector's spool
+   and queue it durably (connectors.print.store) — only then is the Kafka offset
+   committed;
+4. hand it to the print provider (connectors.print.handover) — ``drop_dir/<uuid>.pdf``
+   plus ``<uuid>.json`` (metadata, no CPR number), each written atomically, or an HTTP
+   POST of the PDF to ``upload_url`` (2xx = taken) — retried with capped back-off
+   while the provider is away (health says ``degraded``); file names come from the
+   message UUID only once it is a version-4 UUID (connectors.delivery re-checks it
+   before anything is rendered: ``INVALID_MESSAGE_UUID``) and must resolve inside
+   ``drop_dir`` (``UNSAFE_PATH`` otherwise, and nothing is written); then emit
+   PRINTED signed by the print provider, with attribute ``pages``. Its event id is
+   fixed per message, so a repeat after a crash re-emits the same event.
+
+A letter is never held whole, however big its documents (issue 15): how, and why one
+PDF is still what the provider gets, is in the package docstring (connectors.print).
 
 Configuration (``[connectors.print]`` in ``$DP2_HOME/connectors.toml``, all optional)::
 
@@ -43,13 +47,9 @@ Configuration (``[connectors.print]`` in ``$DP2_HOME/connectors.toml``, all opti
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
-import os
 import re
 import time
-import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -69,8 +69,9 @@ from brokers.runtime.tasks import AsyncResource, PeriodicTask
 from brokers.security.pseudonyms import Pseudonymizer, pseudonym_key
 from connectors.base import ConnectorContext
 from connectors.delivery import DeliveryHandler
-from connectors.folders import UnsafePathError, inside, uuid_file_name
-from connectors.print import render
+from connectors.folders import UnsafePathError
+from connectors.print import handover, render
+from connectors.print.spool import Spool, Spooled, SpoolError
 from connectors.print.store import Job, PrintStore
 from schemas import codec
 from schemas.errors import ConfigError, Dp2Error
@@ -80,11 +81,11 @@ from schemas.models import (
     Envelope,
     File,
     IdType,
-    InlineContent,
     LifecycleState,
     MainDocument,
     TechnicalDocument,
 )
+from schemas.values import canonical_uuid
 from schemas.vocabulary import CONTACTS_TOPIC, PRINT_PROVIDER, PRINT_TOPIC
 
 log = structlog.get_logger("dp2.print")
@@ -188,9 +189,13 @@ def check_address(record: ContactRecord | None, countries: frozenset[str]) -> re
 
 
 def letter_of(
-    message: Envelope, addressee: render.Addressee, return_address: str | None
+    message: Envelope,
+    addressee: render.Addressee,
+    return_address: str | None,
+    content: Callable[[File], bytes | Path],
 ) -> render.Letter:
-    """What the renderer needs of a decrypted message (no CPR number is printed)."""
+    """What the renderer needs of a decrypted message (no CPR number is printed);
+    ``content`` gives a file's bytes or the path that holds them (Spool.document)."""
     header, body = message.header, message.body
     documents: list[render.PrintDocument] = []
     if body is not None:
@@ -201,7 +206,7 @@ def letter_of(
         ]
         for document in listed:
             files = [
-                render.PrintFile(f.filename, f.encodingFormat, _bytes(f)) for f in document.file
+                render.PrintFile(f.filename, f.encodingFormat, content(f)) for f in document.file
             ]
             documents.append(render.PrintDocument(document.label, files))
     elif header.notification:  # a NemSMS: its text is the letter
@@ -237,13 +242,18 @@ class PrintConnector(AsyncResource):
         self.actor = f"connector:{context.name}"
         settings = context.settings
         self._pseudonyms = Pseudonymizer(pseudonym_key(settings.home))
+        self._spool = Spool(context.data_dir)
         self._delivery = DeliveryHandler.for_provider(
-            settings, config.provider, _not_a_mailbox, actor=self.actor
+            settings,
+            config.provider,
+            _not_a_mailbox,
+            actor=self.actor,
+            documents=self._spool.documents,  # big documents: decrypted to disk, not memory
         )
         self._kafka = settings.kafka
         # Remote print needs the postal address: the contact details, not the directory.
         self._contacts = ContactRegister(settings.kafka, topic=CONTACTS_TOPIC)
-        self._store = PrintStore(context.data_dir / "print.sqlite")
+        self._store = PrintStore.open(context.settings.database_url, context.data_dir, context.name)
         self._worker = context.worker("print", [PRINT_TOPIC], self._on_record)
         self._producer: AIOKafkaProducer | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -261,6 +271,9 @@ class PrintConnector(AsyncResource):
     async def start(self) -> None:
         if self._producer is not None:
             return
+        swept = self._spool.sweep(self._store.spooled_files())  # what a crash left behind
+        if swept:
+            log.info("print_spool_swept", files=len(swept))
         await self._contacts.start()
         self._producer = new_producer(self._kafka)
         await self._producer.start()
@@ -312,7 +325,17 @@ class PrintConnector(AsyncResource):
             return [self._failed(sealed, ref, known.reason_code, known.reason_text, record)]
         await self._delivery.prepare(sealed)
         try:
-            plain = self._delivery.open(sealed, record)
+            return await self._print(sealed, ref, record)
+        finally:
+            self._spool.clear_documents()  # the decrypted documents go, whatever happened
+
+    async def _print(
+        self, sealed: Envelope, ref: str, record: ConsumerRecord[bytes, bytes]
+    ) -> Sequence[Output]:
+        """Open, address and render the letter, and queue it (or fail it with its reason)."""
+        header = sealed.header
+        try:
+            plain = self._delivery.open(sealed, record)  # big documents into the spool
             addressee = check_address(self._contacts.get(ref), self.config.countries)
         except Dp2Error as exc:
             if exc.retriable:
@@ -328,13 +351,13 @@ class PrintConnector(AsyncResource):
             self._jobs.labels("failed").inc()
             log.info("print_failed", message_id=header.messageUUID, reason_code=exc.reason_code)
             return [self._failed(sealed, ref, exc.reason_code, text, record)]
-        letter = letter_of(plain, addressee, self.config.return_address)
-        rendered = await asyncio.to_thread(render.render, letter)
+        message_uuid = canonical_uuid(header.messageUUID)
+        spooled, pages = await asyncio.to_thread(self._render, message_uuid, plain, addressee)
         meta = {
             "messageUUID": header.messageUUID,
-            "pages": rendered.pages,
-            "bytes": len(rendered.pdf),
-            "sha256": hashlib.sha256(rendered.pdf).hexdigest(),
+            "pages": pages,
+            "bytes": spooled.size,
+            "sha256": spooled.sha256,
             "senderID": header.sender.senderID,  # the sealed header's: CVR, or a pseudonym
             "senderLabel": header.sender.label,
             "recipientRef": ref,
@@ -342,18 +365,26 @@ class PrintConnector(AsyncResource):
             "postcode": addressee.postcode,
             "renderedAt": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
         }
-        self._store.queue(
-            header.messageUUID,
+        self._store.queue(  # the spool file is on disk already: the row may name it
+            message_uuid,
             sender_id=header.sender.senderID,
             recipient_ref=ref,
-            pages=rendered.pages,
-            pdf=rendered.pdf,
+            pages=pages,
+            pdf_file=spooled.name,
+            pdf_sha256=spooled.sha256,
             meta=meta,
         )
         self._jobs.labels("queued").inc()
-        log.info("print_queued", message_id=header.messageUUID, pages=rendered.pages)
+        log.info("print_queued", message_id=header.messageUUID, pages=pages, bytes=spooled.size)
         self._hand_over_task.wake()
         return []
+
+    def _render(
+        self, message_uuid: str, plain: Envelope, addressee: render.Addressee
+    ) -> tuple[Spooled, int]:
+        """The letter rendered into the spool, and its pages (in a thread: files only)."""
+        letter = letter_of(plain, addressee, self.config.return_address, self._spool.document)
+        return self._spool.write(message_uuid, lambda out: render.render_to(letter, out))
 
     def _failed(
         self,
@@ -378,6 +409,8 @@ class PrintConnector(AsyncResource):
     # --- from the queue to the print provider ---------------------------------------
     async def _hand_over_due(self, batch: int = 20) -> bool:
         """Hand over and announce due jobs; True when a whole batch went through."""
+        if not self._store.leads():  # another instance hands letters over
+            return False
         jobs = self._store.due(time.time(), batch)
         for job in jobs:
             if job.state == "queued":
@@ -391,6 +424,7 @@ class PrintConnector(AsyncResource):
                     log.warning("print_handover_failed", message_id=job.message_uuid, error=error)
                     return False  # the provider is away: the others wait for the next round
                 self._store.handed(job.message_uuid)
+                self._spool.remove(job.message_uuid)  # the provider has it: the plaintext goes
             await self._announce(job)
             self._store.printed(job.message_uuid)
             self._jobs.labels("printed").inc()
@@ -399,29 +433,36 @@ class PrintConnector(AsyncResource):
 
     async def _hand_over(self, job: Job) -> str | None:
         """Give the provider the PDF; None once it has it, else what went wrong."""
-        pdf = self._store.pdf(job.message_uuid)
+        try:
+            pdf = await self._spooled(job)
+        except (SpoolError, UnsafePathError) as exc:  # waits, visible in /healthz
+            return str(exc)
+        except OSError as exc:
+            return f"cannot read the spool: {exc.strerror}"
         url = self.config.upload_url
         if url is None:
             try:
-                await asyncio.to_thread(_drop, self.config.drop_dir, job, pdf)
+                await asyncio.to_thread(handover.drop, self.config.drop_dir, job, pdf)
             except OSError as exc:
                 return f"cannot write to {self.config.drop_dir}: {exc.strerror}"
             except UnsafePathError as exc:  # waits, visible in /healthz: never written
                 return str(exc)
             return None
         assert self._session is not None  # noqa: S101 - started with an upload_url
-        headers = {
-            "Content-Type": "application/pdf",
-            "X-DP2-Message-UUID": job.message_uuid,  # lets the provider ignore a repeat
-            "X-DP2-Pages": str(job.pages),
-        }
-        try:
-            async with self._session.post(url, data=pdf, headers=headers) as response:
-                if 200 <= response.status < 300:
-                    return None
-                return f"HTTP {response.status} from the print provider"
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            return f"{type(exc).__name__} at {url}"
+        return await handover.upload(self._session, url, job, pdf)
+
+    async def _spooled(self, job: Job) -> Path:
+        """The job's PDF in the spool, checked against its SHA-256 (SpoolError else); a
+        job queued before the spool has its BLOB moved there first."""
+        sha256 = job.pdf_sha256 or ""
+        if job.pdf_file is None:
+            data = self._store.pdf(job.message_uuid)
+            spooled, _ = await asyncio.to_thread(
+                self._spool.write, job.message_uuid, lambda out: out.write(data)
+            )
+            self._store.spooled(job.message_uuid, spooled.name, spooled.sha256)
+            sha256 = spooled.sha256
+        return await asyncio.to_thread(self._spool.check, job.message_uuid, sha256)
 
     async def _announce(self, job: Job) -> None:
         output = lifecycle_output(
@@ -445,33 +486,3 @@ class PrintConnector(AsyncResource):
 async def _not_a_mailbox(message: Envelope) -> None:
     """The DeliveryHandler's receiver: unused, this connector calls ``open`` itself."""
     raise RuntimeError("the print connector does not receive as a mailbox")
-
-
-def _bytes(file: File) -> bytes:
-    if not isinstance(file.content, InlineContent):  # open_envelope inlines every file
-        raise Dp2Error(
-            f"file {file.filename!r} was not opened",
-            reason_code="BLOB_MISSING",
-            hint="Re-drive the message once the blob store has the file.",
-        )
-    return file.content.data
-
-
-def _drop(folder: Path, job: Job, pdf: bytes) -> None:
-    """Write ``<uuid>.json`` then ``<uuid>.pdf``, each whole (temporary name, fsync, rename).
-
-    The PDF comes last, so a provider that picks up ``*.pdf`` always finds its metadata.
-    The names come from the job's UUID only once it is a version-4 UUID, and each path
-    is checked to stay inside ``folder`` (connectors.folders) before it is written.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    meta = json.dumps(job.meta, indent=2).encode()
-    for suffix, data in ((".json", meta), (".pdf", pdf)):
-        name = uuid_file_name(job.message_uuid, suffix)
-        target = inside(folder, name)
-        partial = inside(folder, f".{name}.{uuid.uuid4().hex}.part")
-        with partial.open("wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        partial.replace(target)

@@ -1,4 +1,4 @@
-"""The print-ready PDF of a remote-print letter: values and bytes in, PDF bytes out (pure).
+"""The print-ready PDF of a remote-print letter: values and documents in, one PDF out.
 
 Page 1 is a cover letter for a left-window C5/C4 envelope. Its address field follows
 DIN 5008 form B, the layout that the Danish and most EU window envelopes (DIN 680 /
@@ -13,9 +13,16 @@ are cut for. Measured from the sheet's top-left corner, in mm:
     info block      x 125, y 50: sender and CVR, date (Danish format), reference
     subject         y 103.4, below the field and the upper fold: the message's label
 
-Then each document's files in order: a PDF's pages imported unchanged (pypdf), text
-and HTML (tags stripped) set as wrapped 10 pt text, and any other file listed on the
-cover as ``not printable: <filename> (<mime>)`` — nothing is dropped silently.
+Then each document's files in order: a PDF's pages imported unchanged, text and HTML
+(tags stripped) set as wrapped 10 pt text, and any other file listed on the cover as
+``not printable: <filename> (<mime>)`` — nothing is dropped silently.
+
+The letter is written to a file (:func:`render_to`; :func:`render` gives it as bytes,
+for small letters and tests), in flat memory: a big document is given by the path of
+its plaintext (``PrintFile.data``), pypdf reads it lazily from there, and its pages
+are copied to the output an object at a time (connectors.print.pdfjoin), so a 99.5 MB
+scan is never held whole. The cover and text pages are drawn by reportlab in memory
+(they are small); a text document is read whole.
 
 Helvetica, a PDF standard font, covers Windows-1252: æøåÆØÅ, € and typographic
 quotes print as they are; any other character is printed as its base letter (ő as o)
@@ -24,21 +31,26 @@ or, failing that, as "?".
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
 from html.parser import HTMLParser
-from typing import NamedTuple
+from pathlib import Path
+from typing import BinaryIO, NamedTuple
 
-from pypdf import PasswordType, PdfReader, PdfWriter
+from pypdf import PasswordType, PdfReader
 from reportlab.lib.pagesizes import A4
 from reportlab.lib.units import mm
 from reportlab.lib.utils import simpleSplit
 from reportlab.pdfbase.pdfmetrics import stringWidth
 from reportlab.pdfgen.canvas import Canvas
+
+from connectors.print.pdfjoin import PdfJoiner, UnreadablePdfError
 
 PAGE_WIDTH, PAGE_HEIGHT = A4
 FONT, BOLD = "Helvetica", "Helvetica-Bold"
@@ -111,7 +123,7 @@ class Addressee:
 class PrintFile:
     filename: str
     mime_type: str  # MeMo encodingFormat, parameters allowed ("text/plain; charset=...")
-    data: bytes
+    data: bytes | Path  # the bytes, or the file that holds them (a big document: read lazily)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,25 +150,31 @@ class Rendered(NamedTuple):
 
 
 def render(letter: Letter) -> Rendered:
-    """The letter as one PDF: the cover, then every printable page, in order."""
-    writer = PdfWriter()
+    """The letter as PDF bytes (small letters and tests; :func:`render_to` writes a file)."""
+    buffer = io.BytesIO()
+    pages = render_to(letter, buffer)
+    return Rendered(buffer.getvalue(), pages)
+
+
+def render_to(letter: Letter, out: BinaryIO) -> int:
+    """Write the letter as one PDF to ``out`` (empty, seekable): the cover, then every
+    printable page, in order. The number of pages."""
+    joiner = PdfJoiner(out, hashlib.sha256(letter.reference.encode()).digest()[:16])
     contents: list[str] = []
+    parts: list[list[int]] = []
     for document in letter.documents:
         for file in document.files:
-            added = _add_file(writer, document, file)
+            added = _add_file(joiner, document, file)
             name = f"{file.filename} ({mime_type_of(file.mime_type)})"
             if isinstance(added, str):
                 contents.append(f"Kan ikke udskrives / not printable: {name}{added}")
             else:
+                parts.append(added)
                 title = document.label or file.filename
-                pages = "1 side" if added == 1 else f"{added} sider"
+                pages = "1 side" if len(added) == 1 else f"{len(added)} sider"
                 contents.append(f"{title}: {file.filename}, {pages}")
-    cover = PdfReader(io.BytesIO(_cover(letter, contents))).pages
-    for index, page in enumerate(cover):
-        writer.insert_page(page, index)
-    buffer = io.BytesIO()
-    writer.write(buffer)
-    return Rendered(buffer.getvalue(), len(writer.pages))
+    cover = joiner.add(PdfReader(io.BytesIO(_cover(letter, contents))))
+    return joiner.finish([cover, *parts])
 
 
 def danish_date(day: date) -> str:
@@ -168,35 +186,46 @@ def mime_type_of(encoding_format: str) -> str:
     return encoding_format.partition(";")[0].strip().lower()
 
 
-def _add_file(writer: PdfWriter, document: PrintDocument, file: PrintFile) -> int | str:
-    """Append the file's pages; their number, or why it cannot be printed."""
+def _add_file(joiner: PdfJoiner, document: PrintDocument, file: PrintFile) -> list[int] | str:
+    """Add the file's pages; their numbers, or why it cannot be printed."""
     kind = mime_type_of(file.mime_type)
     if kind in PDF_TYPES:
-        return _add_pdf(writer, file.data)
+        return _add_pdf(joiner, file.data)
     if kind in TEXT_TYPES | HTML_TYPES:
-        text = _decode(file.data, file.mime_type)
+        data = file.data.read_bytes() if isinstance(file.data, Path) else file.data
+        text = _decode(data, file.mime_type)
         if kind in HTML_TYPES:
             text = html_to_text(text)
         title = document.label or file.filename
         heading = title if title == file.filename else f"{title} ({file.filename})"
-        return _add_pdf(writer, _text_pages(heading, text))
+        return _add_pdf(joiner, _text_pages(heading, text))
     return ""
 
 
-def _add_pdf(writer: PdfWriter, data: bytes) -> int | str:
-    before = len(writer.pages)
-    try:
-        reader = PdfReader(io.BytesIO(data))
-        if reader.is_encrypted and reader.decrypt("") is PasswordType.NOT_DECRYPTED:
-            return " (beskyttet med adgangskode)"
-        for page in reader.pages:
-            writer.add_page(page)
-    except Exception:  # pypdf raises many kinds of error on a damaged file; all mean one thing
-        while len(writer.pages) > before:
-            writer.remove_page(len(writer.pages) - 1)
-        return " (filen er beskadiget)"
-    added = len(writer.pages) - before
+def _add_pdf(joiner: PdfJoiner, data: bytes | Path) -> list[int] | str:
+    damaged = " (filen er beskadiget)"
+    with _opened(data) as stream:
+        try:
+            reader = PdfReader(stream)  # lazily: objects are read when they are copied
+            if reader.is_encrypted and reader.decrypt("") is PasswordType.NOT_DECRYPTED:
+                return " (beskyttet med adgangskode)"
+        except Exception:  # pypdf raises many kinds of error on a damaged file; all mean one thing
+            return damaged
+        try:
+            added = joiner.add(reader)  # a full disk is raised: it is not the file's fault
+        except UnreadablePdfError:  # nothing of it stays in the letter
+            return damaged
     return added if added else " (filen har ingen sider)"
+
+
+@contextlib.contextmanager
+def _opened(data: bytes | Path) -> Iterator[BinaryIO]:
+    """A stream of ``data``. A path is opened, not read: pypdf given a path reads it whole."""
+    if isinstance(data, Path):
+        with data.open("rb") as handle:
+            yield handle
+    else:
+        yield io.BytesIO(data)
 
 
 def _cover(letter: Letter, contents: Sequence[str]) -> bytes:
@@ -397,4 +426,5 @@ __all__ = [
     "html_to_text",
     "mime_type_of",
     "render",
+    "render_to",
 ]

@@ -22,6 +22,8 @@ from connectors.esdh.store import EsdhStore
 from connectors.mail import store as mail
 from connectors.mail.store import MailStore
 from connectors.mailbox import MailboxStore
+from connectors.print import store as printing
+from connectors.print.store import PrintStore
 from connectors.sdk import build_message
 from schemas.models import Envelope
 from tracing.access import AccessDenied, Users
@@ -214,3 +216,28 @@ def test_dashboard_users_and_logouts_are_shared(
     assert one.from_token(token) == user
     assert two.remove("ops") and not one.remove("ops")
     assert one.from_token(token) is None, "a removed user's tokens end on every instance"
+
+
+def test_a_print_job_is_queued_once_and_handed_over_by_one_instance(
+    database: str | None, tmp_path: Path
+) -> None:
+    open_one = opener(database, tmp_path / "print.sqlite", printing.TABLES)
+    one, two = PrintStore(open_one()), PrintStore(open_one())
+    try:
+        job = {"sender_id": "29189846", "recipient_ref": "psn-1", "pages": 2, "meta": {"a": 1}}
+        one.queue(UUID, pdf_file=f"{UUID}.pdf", pdf_sha256="ab" * 32, **job)  # type: ignore[arg-type]
+        two.queue(UUID.upper(), pdf_file="other.pdf", pdf_sha256="cd" * 32, **job)  # type: ignore[arg-type]
+        (due,) = two.due(now=1.0)
+        assert (due.pdf_file, due.pages, due.meta) == (f"{UUID}.pdf", 2, {"a": 1})
+        assert two.spooled_files() == [f"{UUID}.pdf"]
+        one.retry(UUID, "HTTP 503", next_at=10.0)
+        assert two.due(now=5.0) == [] and two.counts()["retrying"] == 1
+        assert two.last_error() == "HTTP 503"
+        two.handed(UUID)
+        assert one.spooled_files() == [] and one.known(UUID).state == "handed"  # type: ignore[union-attr]
+        one.printed(UUID)
+        assert two.counts() == {"queued": 0, "retrying": 0, "printed": 1, "failed": 0}
+        assert one.leads() != two.leads(), "one instance hands letters over"
+    finally:
+        one.close()
+        two.close()

@@ -45,9 +45,11 @@ from tests.integration.conftest import free_http_base
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 LETTERS = 240
+COMBINED_LETTERS = 1200  # 80 s of load: the last fault (a full restart) is well inside it
 RATE = 15.0  # letters a second, as in the issue's measurement
 KILL_AT_S, DOWN_FOR_S = 4.0, 10.0
 CITIZEN = "0101901234"  # the demo register's citizen on digital post (mitpost)
+PAPER_CITIZEN = "2002303456"  # the demo register's citizen exempt from digital post
 
 
 def test_a_broker_killed_under_load_loses_nothing_and_duplicates_nothing(
@@ -86,7 +88,11 @@ def test_a_broker_killed_under_load_loses_nothing_and_duplicates_nothing(
             assert started.returncode == 0, started.stderr
 
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # the lost node, each retry
-        report = asyncio.run(_load_with_a_fault(settings, kill_one_broker, restart_brokers))
+        report = asyncio.run(
+            _load_with_faults(
+                settings, [(KILL_AT_S, kill_one_broker), (KILL_AT_S + DOWN_FOR_S, restart_brokers)]
+            )
+        )
         receipted: set[str] = report.pop("receipted_uuids")
         print(f"[faults] {json.dumps(report)}", file=sys.stderr)
 
@@ -148,7 +154,9 @@ def test_killing_an_instance_of_each_service_under_load_loses_nothing(tmp_path: 
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
         # Down long enough that the letters can only be the second instances' work.
         report = asyncio.run(
-            _load_with_a_fault(settings, kill_first_instances, start_again, down_for=30.0)
+            _load_with_faults(
+                settings, [(KILL_AT_S, kill_first_instances), (KILL_AT_S + 30.0, start_again)]
+            )
         )
         receipted: set[str] = report.pop("receipted_uuids")
         report["killed"] = victims
@@ -165,6 +173,132 @@ def test_killing_an_instance_of_each_service_under_load_loses_nothing(tmp_path: 
     assert down.returncode == 0, down.stderr
 
 
+@pytest.mark.postgres
+def test_the_whole_deployment_under_every_fault_loses_nothing(
+    tmp_path: Path, database_url: str
+) -> None:
+    """The issue's fault suite in one run: three brokers, two instances of every service
+    (tracing too), every store in PostgreSQL, remote print on. Under load: SIGKILL a
+    broker and bring it back; SIGKILL the first instance of every service (the second
+    instances carry on alone); then stop and start everything (``dp2 down``, ``dp2
+    up``), which starts the killed instances too. Counted: every
+    letter receipted is delivered once and notified, or printed once; each one's trace
+    is complete on both tracing instances."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "connectors.toml").write_text("[connectors.print]\n")
+    kafka_port = free_base_port(nodes=3)
+    env = {
+        **os.environ,
+        "DP2_HOME": str(home),
+        "DP2_KAFKA_PORT": str(kafka_port),
+        "DP2_PORT_BASE": str(free_http_base(47000)),
+        "DP2_DATABASE_URL": database_url,
+    }
+    for name in ("DP2_KAFKA_BOOTSTRAP", "DP2_SMTP_HOST", "DP2_SMS_PROVIDERS", "DP2_PKI"):
+        env.pop(name, None)
+    dp2 = functools.partial(_dp2, env)
+    victims = ["validator", "router", "mailbox-mitpost", "notifier", "tracing"]
+    up_args = ("up", "--nodes", "3", "--instances", "2", "--detach")
+    try:
+        up = dp2(*up_args, "--demo")
+        assert up.returncode == 0, up.stderr
+        running = {s["name"] for s in json.loads(dp2("status", "--json").stdout)["services"]}
+        assert {f"{v}-2" for v in victims} <= running, running
+        bootstrap = ",".join(f"127.0.0.1:{kafka_port + 100 * i}" for i in range(3))
+        settings = Settings.from_env({**env, "DP2_KAFKA_BOOTSTRAP": bootstrap})
+
+        def kill_a_broker() -> str:
+            status = json.loads(dp2("kafka", "status", "--port", str(kafka_port), "--json").stdout)
+            os.kill(status[0]["nodes"][1]["pid"], signal.SIGKILL)
+            return "broker 2 killed"
+
+        def start_the_broker() -> str:
+            started = dp2("kafka", "start", "--nodes", "3", "--port", str(kafka_port))
+            assert started.returncode == 0, started.stderr
+            return "broker 2 started"
+
+        def kill_first_instances() -> str:
+            for victim in victims:
+                info = json.loads((home / "run" / f"{victim}.json").read_text())
+                os.kill(info["pid"], signal.SIGKILL)
+            return f"first instances of {', '.join(victims)} killed"
+
+        def restart_everything() -> str:
+            down = dp2("down")
+            assert down.returncode == 0, down.stderr
+            again = dp2(*up_args)
+            assert again.returncode == 0, again.stderr
+            return "everything stopped and started"
+
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+        report = asyncio.run(
+            _load_with_faults(
+                settings,
+                [
+                    (4.0, kill_a_broker),
+                    (10.0, start_the_broker),
+                    (40.0, kill_first_instances),
+                    (55.0, restart_everything),
+                ],
+                letters=COMBINED_LETTERS,
+                paper_every=10,
+            )
+        )
+        receipted: set[str] = report.pop("receipted_uuids")
+        print(f"[faults] whole deployment: {json.dumps(report)}", file=sys.stderr)
+        assert len(receipted) == COMBINED_LETTERS, "every letter got a receipt in the end"
+        assert report["undelivered"] == 0 and report["unnotified"] == 0, report
+        assert report["printed"] == report["on_paper"], report
+        assert report["delivered_before_restart"] < COMBINED_LETTERS, "the restart was under load"
+        assert report["delivered_between_last_faults"] > 0, "the second instances carried on"
+        stored = _mailbox_rows_in(database_url, receipted)
+        digital = COMBINED_LETTERS - report["on_paper"]
+        assert len(stored) == digital and set(stored.values()) == {1}, "each stored once"
+        incomplete = asyncio.run(_incomplete_traces(home, receipted))
+        assert incomplete == {}, incomplete
+    finally:
+        down = dp2("down")
+    assert down.returncode == 0, down.stderr
+
+
+def _mailbox_rows_in(database_url: str, uuids: set[str]) -> dict[str, int]:
+    """Rows per letter of the mitpost mailbox in PostgreSQL (connectors.mailbox)."""
+    import psycopg  # noqa: PLC0415 - only this test reads PostgreSQL itself
+
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT message_uuid, COUNT(*) FROM mailbox_mitpost.messages GROUP BY 1"
+        ).fetchall()
+    return {str(u): int(n) for u, n in rows if u in uuids}
+
+
+async def _incomplete_traces(home: Path, uuids: set[str]) -> dict[str, Any]:
+    """Letters whose timeline lacks a step, asked of every tracing instance in turn."""
+    import aiohttp  # noqa: PLC0415
+
+    from tracing.access import Users  # noqa: PLC0415
+
+    urls = [
+        json.loads((home / "run" / f"{name}.json").read_text())["url"]
+        for name in ("tracing", "tracing-2")
+    ]
+    users = Users(home)  # the local token is minted from the dashboard key alone
+    headers = {"Authorization": f"Bearer {users.local_token(600)}"}
+    incomplete: dict[str, Any] = {}
+    async with aiohttp.ClientSession(headers=headers) as session:
+        for n, uuid in enumerate(sorted(uuids)):
+            url = urls[n % len(urls)]
+            async with session.get(f"{url}/messages/{uuid}") as response:
+                body = await response.json()
+            states = {event["state"] for event in body.get("timeline", [])}
+            final = {"PRINTED"} if "PRINTED" in states else {"DELIVERED", "NOTIFIED"}
+            missing = {"SUBMITTED", "ACCEPTED", "ROUTED", *final} - states
+            if missing:
+                incomplete[uuid] = {"at": url, "missing": sorted(missing)}
+    return incomplete
+
+
 def _dp2(env: dict[str, str], *args: str, timeout: float = 400) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "brokers.cli", *args],
@@ -176,22 +310,32 @@ def _dp2(env: dict[str, str], *args: str, timeout: float = 400) -> subprocess.Co
     )
 
 
-async def _load_with_a_fault(
-    settings: Settings, kill: Any, restart: Any, down_for: float = DOWN_FOR_S
+async def _load_with_faults(
+    settings: Settings,
+    faults: list[tuple[float, Any]],
+    *,
+    letters: int = LETTERS,
+    paper_every: int = 0,
 ) -> dict[str, Any]:
-    """Send LETTERS at RATE, calling ``kill`` at KILL_AT_S and ``restart`` ``down_for``
-    seconds later; then wait for every letter's DELIVERED and NOTIFIED."""
-    letters = [
+    """Send ``letters`` at RATE while running each fault's action at its second (in
+    order, in a thread); then wait for every letter's final state: DELIVERED and
+    NOTIFIED, or PRINTED for every ``paper_every``-th letter (to a citizen without
+    digital post) when it is set. The report counts the deliveries before the last
+    fault and between the last two."""
+    messages = [
         build_message(
             sender_cvr="29189846",
             sender_label="Demo Kommune",
-            recipient_id=CITIZEN,
+            recipient_id=PAPER_CITIZEN if paper_every and n % paper_every == 0 else CITIZEN,
             label=f"Brev {n}",
             documents=[Document("brev.txt", "text/plain", f"Brev nummer {n}".encode())],
             notification="Du har fået post fra Demo Kommune",
         )
-        for n in range(LETTERS)
+        for n in range(letters)
     ]
+    on_paper = {
+        m.header.messageUUID for m in messages if m.header.recipient.recipientID == PAPER_CITIZEN
+    }
     resends = 0
     receipted: set[str] = set()
     async with Dp2Client.from_settings(settings, "demo-kommune") as client:
@@ -212,22 +356,26 @@ async def _load_with_a_fault(
 
         started = time.monotonic()
         tasks: list[asyncio.Task[None]] = []
-        fault = asyncio.create_task(_fault(kill, restart, down_for))
-        for n, message in enumerate(letters):
+        fault_run = asyncio.create_task(_faults(started, faults))
+        for n, message in enumerate(messages):
             await asyncio.sleep(max(0.0, started + n / RATE - time.monotonic()))
             tasks.append(asyncio.create_task(send(message)))
-        await asyncio.wait_for(asyncio.gather(*tasks), timeout=300)
-        killed_pid, restarted_at = await fault
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=400)
+        done, began_at = await fault_run
         delivered_at: dict[str, datetime] = {}
-        undelivered = unnotified = 0
+        undelivered = unnotified = printed = 0
 
         async def settle(message_uuid: str) -> None:
-            nonlocal undelivered, unnotified
+            nonlocal undelivered, unnotified, printed
+            final = {"PRINTED"} if message_uuid in on_paper else {"DELIVERED"}
             try:
-                event = await client.wait_for(message_uuid, {"DELIVERED"}, timeout=180)
+                event = await client.wait_for(message_uuid, final, timeout=240)
                 delivered_at[message_uuid] = event.occurredAt
             except Dp2Error:
                 undelivered += 1
+                return
+            if message_uuid in on_paper:
+                printed += 1
                 return
             try:
                 await client.wait_for(message_uuid, {"NOTIFIED"}, timeout=120)
@@ -238,27 +386,40 @@ async def _load_with_a_fault(
     times = sorted(delivered_at.values())
     gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
     return {
-        "letters": LETTERS,
+        "letters": letters,
+        "on_paper": len(on_paper),
         "rate_per_s": RATE,
-        "killed": killed_pid,
-        "down_for_s": down_for,
-        "delivered_before_restart": sum(1 for t in times if t < restarted_at),
+        "faults": done,
+        "delivered_before_restart": sum(1 for t in times if t < began_at[-1]),
+        # Between the last two faults: what the stack did with the damage of the one before.
+        "delivered_between_last_faults": sum(
+            1 for t in times if len(began_at) > 1 and began_at[-2] <= t < began_at[-1]
+        ),
         "resends": resends,
         "receipted": len(receipted),
         "undelivered": undelivered,
         "unnotified": unnotified,
+        "printed": printed,
         "stall_s": round(max(gaps, default=0.0), 2),
         "receipted_uuids": receipted,
     }
 
 
-async def _fault(kill: Any, restart: Any, down_for: float) -> tuple[int, datetime]:
-    await asyncio.sleep(KILL_AT_S)
-    what = await asyncio.to_thread(kill)
-    await asyncio.sleep(down_for)
-    restarted_at = datetime.now(UTC)
-    await asyncio.to_thread(restart)
-    return int(what), restarted_at
+async def _faults(
+    started: float, faults: list[tuple[float, Any]]
+) -> tuple[list[str], list[datetime]]:
+    """Run each action at its second after ``started`` (or when the one before is done);
+    what each did, and when each began."""
+    done: list[str] = []
+    began_at: list[datetime] = []
+    for at, action in faults:
+        await asyncio.sleep(max(0.0, started + at - time.monotonic()))
+        began_at.append(datetime.now(UTC))
+        began = time.monotonic()
+        what = await asyncio.to_thread(action)
+        took = time.monotonic() - began
+        done.append(f"{what} at {began - started:.1f} s, took {took:.1f} s")
+    return done, began_at
 
 
 def _mailbox_rows(home: Path, uuids: set[str]) -> dict[str, int]:

@@ -41,7 +41,7 @@ from connectors.esdh.store import EsdhStore
 from connectors.folders import UnsafePathError, folder_name, inside, uuid_file_name
 from connectors.forms import SubmissionError, _check_case_id, _inline_attachments
 from connectors.mailbox import MailboxStore
-from connectors.print.connector import _drop as print_drop
+from connectors.print.handover import drop as print_drop
 from connectors.print.store import Job, PrintStore
 from connectors.sdk import MessageError, build_message, check_plain
 from schemas import codec
@@ -551,7 +551,15 @@ def test_the_print_queue_keeps_the_printed_job(tmp_path: Path) -> None:
     """Of two spellings of a print job, the printed one stays: it is never printed twice."""
     path = tmp_path / "print.sqlite"
     store = PrintStore(path)
-    store.queue(UUID, sender_id="s", recipient_ref="r", pages=1, pdf=b"%PDF", meta={})
+    store.queue(
+        UUID,
+        sender_id="s",
+        recipient_ref="r",
+        pages=1,
+        pdf_file=f"{UUID}.pdf",
+        pdf_sha256="0" * 64,
+        meta={},
+    )
     store.printed(UUID)
     store.close()
     _forget_migrations(
@@ -631,12 +639,15 @@ def test_case_ids_become_safe_folder_names() -> None:
 def test_the_print_drop_writes_nothing_outside_its_outbox(tmp_path: Path) -> None:
     """A job whose UUID is a path is refused before any file is written."""
     outbox = tmp_path / "outbox"
+    spooled = tmp_path / "spooled.pdf"  # the rendered letter in the connector's spool
+    spooled.write_bytes(b"%PDF")
     job = Job("../../escaped", "queued", "s", "r", 1, {}, 0)
     with pytest.raises(UnsafePathError):
-        print_drop(outbox, job, b"%PDF")
-    assert sorted(p.name for p in tmp_path.rglob("*")) == ["outbox"]
-    print_drop(outbox, dataclasses.replace(job, message_uuid=UUID), b"%PDF")
+        print_drop(outbox, job, spooled)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["outbox", "spooled.pdf"]
+    print_drop(outbox, dataclasses.replace(job, message_uuid=UUID), spooled)
     assert sorted(p.name for p in outbox.iterdir()) == [f"{UUID}.json", f"{UUID}.pdf"]
+    assert (outbox / f"{UUID}.pdf").read_bytes() == b"%PDF"
 
 
 def test_the_journal_drop_keeps_a_dot_dot_case_inside(tmp_path: Path) -> None:

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import os
+import re
+import tracemalloc
+from collections.abc import Sequence
 from datetime import UTC, date, datetime
+from pathlib import Path
 
 import pytest
-from pypdf import PdfReader
+from pypdf import PageObject, PdfReader, PdfWriter
+from pypdf.generic import DictionaryObject, StreamObject
 from reportlab.pdfgen.canvas import Canvas
 
 from connectors.print.connector import AddressError, check_address
@@ -18,6 +25,7 @@ from connectors.print.render import (
     danish_date,
     html_to_text,
     render,
+    render_to,
 )
 from schemas.models import ContactRecord, ContactStatus, IdType, PostalAddress
 
@@ -55,6 +63,72 @@ def _letter(*documents: PrintDocument, addressee: Addressee = ADDRESSEE) -> Lett
 
 def _texts(pdf: bytes) -> list[str]:
     return [page.extract_text() for page in PdfReader(io.BytesIO(pdf)).pages]
+
+
+SCAN_WIDTH = 600  # pixels per row of a scanned page's image, RGB at 8 bits
+
+
+def write_scan(path: Path, pages: int, page_bytes: int) -> tuple[str, list[str]]:
+    """Write a PDF of ``pages`` A4 pages, each one RGB image of about ``page_bytes`` random
+    bytes (as incompressible as a scan's JPEG), a page at a time; the SHA-256 of the file
+    and of each page's image."""
+    rows = page_bytes // (SCAN_WIDTH * 3)
+    digest = hashlib.sha256()
+    images: list[str] = []
+    offsets: dict[int, int] = {}
+    with path.open("wb") as out:
+
+        def emit(data: bytes) -> None:
+            out.write(data)
+            digest.update(data)
+
+        def obj(number: int, head: bytes, stream: bytes | None = None) -> None:
+            offsets[number] = out.tell()
+            emit(b"%d 0 obj\n%s" % (number, head))
+            if stream is not None:
+                emit(b"\nstream\n" + stream + b"\nendstream")
+            emit(b"\nendobj\n")
+
+        emit(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n")
+        kids = b" ".join(b"%d 0 R" % (3 + 3 * n) for n in range(pages))
+        obj(1, b"<< /Type /Catalog /Pages 2 0 R >>")
+        obj(2, b"<< /Type /Pages /Count %d /Kids [%s] >>" % (pages, kids))
+        draw = b"q 500 0 0 460 47 191 cm /Scan Do Q"
+        for n in range(pages):
+            page, content, image = 3 + 3 * n, 4 + 3 * n, 5 + 3 * n
+            obj(
+                page,
+                b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Contents %d 0 R"
+                b" /Resources << /XObject << /Scan %d 0 R >> >> >>" % (content, image),
+            )
+            obj(content, b"<< /Length %d >>" % len(draw), draw)
+            pixels = os.urandom(rows * SCAN_WIDTH * 3)
+            images.append(hashlib.sha256(pixels).hexdigest())
+            obj(
+                image,
+                b"<< /Type /XObject /Subtype /Image /Width %d /Height %d /ColorSpace /DeviceRGB"
+                b" /BitsPerComponent 8 /Length %d >>" % (SCAN_WIDTH, rows, len(pixels)),
+                pixels,
+            )
+        xref, size = out.tell(), 3 + 3 * pages
+        emit(b"xref\n0 %d\n0000000000 65535 f \n" % size)
+        emit(b"".join(b"%010d 00000 n \n" % offsets[n] for n in range(1, size)))
+        emit(b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (size, xref))
+    return digest.hexdigest(), images
+
+
+def scan_images(pages: Sequence[PageObject]) -> list[str]:
+    """The SHA-256 of each page's scanned image (as write_scan made it), in order."""
+    digests = []
+    for page in pages:
+        resources = page["/Resources"]
+        assert isinstance(resources, DictionaryObject)
+        xobjects = resources["/XObject"]
+        assert isinstance(xobjects, DictionaryObject)
+        image = xobjects["/Scan"]
+        assert isinstance(image, StreamObject)
+        digests.append(hashlib.sha256(image.get_data()).hexdigest())
+    return digests
 
 
 def test_a_letter_has_the_cover_then_every_text_page_then_the_pdf_pages_unchanged() -> None:
@@ -212,3 +286,94 @@ def test_a_good_address_is_printable_and_a_configured_country_too() -> None:
         address=PostalAddress(street="Storgatan 1", postcode="211 22", city="Malmö", country="se")
     )
     assert check_address(swede, frozenset({"DK", "SE"})).lines()[-1] == "SVERIGE"
+
+
+def test_a_big_pdf_given_by_path_is_copied_into_the_letter_in_flat_memory(tmp_path: Path) -> None:
+    """A 30 MB scan given by its path is copied page by page into a letter written to a
+    file, allocating a few MB at most (a copy of it would be 30 MB), every image intact."""
+    scan = tmp_path / "scan.pdf"
+    _, images = write_scan(scan, 30, 1_000_000)
+    letter = _letter(PrintDocument("Tegninger", [PrintFile("scan.pdf", "application/pdf", scan)]))
+    tracemalloc.start()
+    try:
+        with (tmp_path / "letter.pdf").open("wb") as out:
+            pages = render_to(letter, out)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    print(f"rendering a 30 MB scan allocated {peak / 1e6:.1f} MB at its peak")
+    assert peak < 8_000_000, f"rendering allocated {peak / 1e6:.1f} MB at its peak"
+    reader = PdfReader(tmp_path / "letter.pdf", strict=True)
+    assert pages == len(reader.pages) == 31
+    assert "scan.pdf, 30 sider" in reader.pages[0].extract_text()
+    assert scan_images(reader.pages[1:]) == images
+
+
+def _damaged_after_its_pages(pdf: bytes) -> bytes:
+    """``pdf`` with its font object garbled: it opens, its pages list, copying them fails."""
+    font = re.search(rb"\d+ 0 obj\n<<\n/BaseFont", pdf)
+    assert font is not None
+    start = font.start() + len(font.group()) - len(b"<<\n/BaseFont")
+    return pdf[:start] + b"(((((((((((" + pdf[start + 11 :]
+
+
+def test_a_pdf_that_breaks_half_way_leaves_none_of_it_in_the_letter() -> None:
+    """A PDF whose font is garbled (found only while its pages are copied) is listed as
+    damaged and none of it is in the letter, which stays a valid PDF with the next file's
+    pages; a PDF encrypted without a user password prints, one with a password is listed."""
+    good = _pdf("Bilag side 1", "Bilag side 2")
+    open_one = PdfWriter(clone_from=PdfReader(io.BytesIO(_pdf("Krypteret side"))))
+    open_one.encrypt("", "ejer", algorithm="AES-256")  # no user password: anyone opens it
+    locked = PdfWriter(clone_from=PdfReader(io.BytesIO(_pdf("Hemmelig side"))))
+    locked.encrypt("hemmelig", "ejer", algorithm="AES-256")
+    encrypted: list[bytes] = []
+    for writer in (open_one, locked):
+        buffer = io.BytesIO()
+        writer.write(buffer)
+        encrypted.append(buffer.getvalue())
+    damaged = _damaged_after_its_pages(_pdf("Beskadiget side 1", "Beskadiget side 2"))
+    rendered = render(
+        _letter(
+            PrintDocument(
+                "Bilag",
+                [
+                    PrintFile("damaged.pdf", "application/pdf", damaged),
+                    PrintFile("plan.pdf", "application/pdf", good),
+                    PrintFile("open.pdf", "application/pdf", encrypted[0]),
+                    PrintFile("locked.pdf", "application/pdf", encrypted[1]),
+                ],
+            )
+        )
+    )
+    reader = PdfReader(io.BytesIO(rendered.pdf), strict=True)
+    pages = [page.extract_text().strip() for page in reader.pages]
+    assert rendered.pages == len(pages) == 1 + 2 + 1
+    assert pages[1:] == ["Bilag side 1", "Bilag side 2", "Krypteret side"]
+    assert not reader.is_encrypted, "the letter itself is not encrypted"
+    cover = pages[0]
+    assert "not printable: damaged.pdf (application/pdf) (filen er beskadiget)" in cover
+    assert "not printable: locked.pdf (application/pdf) (beskyttet med adgangskode)" in cover
+    assert "Beskadiget" not in "".join(pages) and "Hemmelig" not in "".join(pages)
+
+
+class _FailsOnce(io.BytesIO):
+    """An output whose write fails once past ``room`` bytes (a disk that filled up)."""
+
+    def __init__(self, room: int) -> None:
+        super().__init__()
+        self.room: int | None = room
+
+    def write(self, data: bytes, /) -> int:  # type: ignore[override]
+        if self.room is not None and self.tell() + len(data) > self.room:
+            self.room = None
+            raise OSError(28, "No space left on device")
+        return super().write(data)
+
+
+def test_a_write_error_on_the_letter_is_raised_not_blamed_on_the_document() -> None:
+    """When the letter's file cannot be written while a PDF's pages are copied in, rendering
+    fails with that error: the sender's PDF is not listed as damaged and left out."""
+    attachment = _pdf(*(f"Bilag side {n}" for n in range(1, 30)))
+    letter = _letter(PrintDocument("Bilag", [PrintFile("plan.pdf", "application/pdf", attachment)]))
+    with pytest.raises(OSError, match="No space left"):
+        render_to(letter, _FailsOnce(len(attachment) // 2))
