@@ -13,6 +13,9 @@ message is in. Here they are, for every worker:
   (headers ``dp2-reason-code``, ``dp2-reason``, ``dp2-source``), count it, and put
   a REJECTED event on the message's timeline (the UUID from the ``dp2-message-uuid``
   header, or a stable UUID derived from topic/partition/offset) — then the loop goes on.
+* **A rebalance mid-batch is not an error.** Offsets are committed only for the
+  partitions the worker still owns; the new owner of a revoked one handles its
+  records again (at least once, as after a crash).
 * **Retriable trouble waits, it does not drop.** A :class:`Dp2Error` with
   ``retriable = True`` (Kafka unavailable, a store busy) leaves the batch
   uncommitted and is retried with capped exponential backoff.
@@ -50,6 +53,8 @@ from typing import Any
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
     InvalidProducerEpoch,
     KafkaError,
     OutOfOrderSequenceNumber,
@@ -219,8 +224,10 @@ class KafkaWorker:
                     # batch was committed: rewind it and try again later.
                     self.failures += 1
                     wait_s = self._note_failure(exc, backoff, "write")
+                    owned = consumer.assignment()
                     for tp, records in batch.items():
-                        consumer.seek(tp, records[0].offset)
+                        if tp in owned:  # else revoked meanwhile: its new owner reads it
+                            consumer.seek(tp, records[0].offset)
                     if isinstance(exc, KafkaError) and (
                         isinstance(exc, BROKEN_PRODUCER_ERRORS) or self.failures >= REPLACE_AFTER
                     ):
@@ -277,8 +284,32 @@ class KafkaWorker:
         await self._produce(outputs)
         self._already_acked.clear()  # the batch is through: nothing to skip any more
         # Outputs acknowledged: only now are the inputs done.
-        await consumer.commit({tp: records[-1].offset + 1 for tp, records in batch.items()})
+        await self._commit(consumer, batch)
         self.processed += count
+
+    async def _commit(
+        self,
+        consumer: AIOKafkaConsumer,
+        batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
+    ) -> None:
+        """Commit the batch's offsets for the partitions this worker still owns.
+
+        A rebalance can take partitions away while a batch is handled (another instance
+        joined, or this one was too slow): their offsets are not this worker's to commit
+        any more, and their records are handled again by the new owner — at least once,
+        as after a crash; every handler's effects are idempotent. A commit that the
+        group refuses for the same reason is the same case, not a failure.
+        """
+        owned = consumer.assignment()
+        offsets = {tp: records[-1].offset + 1 for tp, records in batch.items() if tp in owned}
+        if len(offsets) < len(batch):
+            log.info("partitions_revoked_mid_batch", revoked=len(batch) - len(offsets))
+        if not offsets:
+            return
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            log.info("commit_lost_to_rebalance", error=str(exc))
 
     async def _handle_one(self, record: ConsumerRecord[bytes, bytes]) -> list[Output]:
         parent = context.from_headers(record.headers)
