@@ -29,6 +29,15 @@ Configuration (``[connectors.mail]`` in ``$DP2_HOME/connectors.toml``)::
     relay_port = 25
     relay_starttls = false           # and relay_username / relay_password if it wants them
     from_address = "noreply@post.dp2.local"    # default noreply@<domain>
+    attach_max_bytes = 15000000      # full mode: files over this go as a notice instead
+
+Big letters stay out of memory: as a mailbox provider the connector has its own
+plaintext folder (``documents/`` in its data dir, a FileBlobStore that
+connectors.delivery decrypts blob-stored documents into a chunk at a time), so a
+99.5 MB letter is a small row in the forwarding queue. Mail relays cap the size of a
+mail (often 20 to 50 MB after base64), so in ``full`` mode a letter whose files are over
+``attach_max_bytes`` is forwarded as a ``notice`` that says it was too large: its
+files are never read into memory to be attached.
 """
 
 from __future__ import annotations
@@ -49,9 +58,12 @@ from aiohttp import web
 from prometheus_client import Counter, Gauge
 
 from brokers.contacts.register import ContactRegister
+from brokers.runtime.blobstore import FileBlobStore
 from brokers.runtime.tasks import AsyncResource, PeriodicTask
 from brokers.security.pseudonyms import Pseudonymizer, pseudonym_key
+from brokers.security.sealing import files_of
 from brokers.validator.rules import MAX_CITIZEN_BYTES, MAX_CITIZEN_BYTES_CEILING
+from connectors import documents
 from connectors.base import ConnectorContext, error_response
 from connectors.bodies import BodyTooLargeError, read_limited
 from connectors.citizens import AuthError, Citizen, DevTokens, IdentityProvider, bearer
@@ -94,6 +106,7 @@ class MailConfig:
     from_address: str = ""
     poll_s: float = 1.0
     retry_max_s: float = 60.0
+    attach_max_bytes: int = 15_000_000
 
     @classmethod
     def from_context(cls, context: ConnectorContext) -> MailConfig:
@@ -147,6 +160,7 @@ class MailConfig:
             from_address=str(context.option("from_address", f"noreply@{domain}")),
             poll_s=float(context.option("poll_s", 1.0)),
             retry_max_s=float(context.option("retry_max_s", 60.0)),
+            attach_max_bytes=int(context.option("attach_max_bytes", 15_000_000)),
         )
 
 
@@ -250,6 +264,8 @@ class ForwardingMailConnector(MailConnector):
         assert config.provider is not None  # noqa: S101 - create() picks this class for it
         self.provider_id = config.provider
         self._store = MailStore.open(context.settings.database_url, context.data_dir, context.name)
+        # Plaintext of blob-stored documents, decrypted into it a chunk at a time.
+        self.documents = FileBlobStore(context.data_dir / "documents")
         # The e-mail address to forward to is a contact detail, not a directory entry.
         self._contact_details = ContactRegister(context.settings.kafka, topic=CONTACTS_TOPIC)
         self._forwarding = PeriodicTask(
@@ -317,13 +333,19 @@ class ForwardingMailConnector(MailConnector):
             log.info("mail_forward_unaddressed", message_id=item.message_uuid)
             return True
         letter = codec.decode(item.envelope, Envelope)
+        size = sum(documents.size_of(f) for f in files_of(letter.body))
+        too_large = mode == "full" and size > self.config.attach_max_bytes
+        if too_large:
+            log.info("mail_forward_too_large", message_id=item.message_uuid, bytes=size)
         mail = forward_mail(
             letter,
-            mode=mode,
+            mode="notice" if too_large else mode,
             to=address,
             from_address=self.config.from_address,
             domain=self.config.domain,
             language=record.language or "da",
+            read=lambda file: documents.read(file, self.documents),
+            too_large_bytes=size if too_large else None,
         )
         try:
             await self._relay(mail, address)

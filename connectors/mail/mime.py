@@ -30,7 +30,7 @@ import mimetypes
 import re
 import unicodedata
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from email import policy
@@ -163,6 +163,14 @@ def safe_filename(name: str | None, fallback: str) -> str:
     return cleaned
 
 
+#: What a ``notice`` says when the citizen chose ``full`` but the letter's files are
+#: over the connector's ``attach_max_bytes`` (mail relays cap a mail's size).
+TOO_LARGE = {
+    "da": "Brevet er for stort til at blive sendt som e-mail ({mb:.0f} MB).",
+    "en": "The letter is too large to be sent by e-mail ({mb:.0f} MB).",
+}
+
+
 def forward_mail(
     letter: Envelope,
     *,
@@ -171,8 +179,15 @@ def forward_mail(
     from_address: str,
     domain: str,
     language: str = "da",
+    read: Callable[[File], bytes] | None = None,
+    too_large_bytes: int | None = None,
 ) -> EmailMessage:
-    """A letter as e-mail to its recipient: the whole letter (``full``) or a ``notice``."""
+    """A letter as e-mail to its recipient: the whole letter (``full``) or a ``notice``.
+
+    ``read`` gives a file's bytes (connectors.documents, for files kept by reference);
+    without it every file must be inline. ``too_large_bytes``: the notice says the
+    letter (of that many bytes of files) was too large to send whole.
+    """
     header = letter.header
     sender_label = _one_line(header.sender.label) or "DP2"
     mail = EmailMessage()
@@ -187,13 +202,18 @@ def forward_mail(
         shown = None if header.labelIsSensitive else header.label
         rendered = render("EMAIL", language, count=1, sender_label=sender_label, label=shown)
         mail["Subject"] = rendered.subject or ""
-        mail.set_content(rendered.text)
+        notice = rendered.text
+        if too_large_bytes is not None:
+            line = TOO_LARGE["en" if language == "en" else "da"]
+            notice = f"{notice}\n\n{line.format(mb=too_large_bytes / 1_000_000)}"
+        mail.set_content(notice)
         return mail
+    content = read or _inline
     mail["Subject"] = _one_line(header.label) or sender_label
     files = files_of(letter.body)
     text = next((f for f in files if f.encodingFormat == "text/plain"), None)
     mail.set_content(
-        _inline(text).decode("utf-8", errors="replace")
+        content(text).decode("utf-8", errors="replace")
         if text is not None
         else f"Brevet fra {sender_label} er vedhæftet."
     )
@@ -202,7 +222,7 @@ def forward_mail(
         if not subtype or "/" in subtype:
             maintype, subtype = "application", "octet-stream"
         mail.add_attachment(
-            _inline(file), maintype=maintype, subtype=subtype, filename=file.filename
+            content(file), maintype=maintype, subtype=subtype, filename=file.filename
         )
     return mail
 

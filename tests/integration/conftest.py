@@ -8,6 +8,7 @@ service to die run it as a real ``dp2`` subprocess instead.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import urllib.request
 import uuid
@@ -267,7 +268,8 @@ class Esdh:
     ) -> tuple[int, Any]:
         headers = {"Content-Type": content_type}
         headers["Authorization"] = f"Bearer {token if token is not None else self.token()}"
-        async with self.session.post(f"{self.url}/memo", data=xml, headers=headers) as response:
+        body = io.BytesIO(xml)  # a big MeMo is streamed, as a case system would
+        async with self.session.post(f"{self.url}/memo", data=body, headers=headers) as response:
             return response.status, await response.json()
 
     async def get(self, path: str, *, token: str | None = None) -> tuple[int, Any]:

@@ -14,6 +14,7 @@ import json
 import re
 import smtplib
 import socket
+import sqlite3
 import ssl
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -44,6 +45,7 @@ from tests.integration.conftest import AUTHORITY_CVR, Esdh, Stack, until
 DOMAIN = "post.dp2.local"
 MAIL_PROVIDER = "mailgw"
 MAX_BYTES = 1_000_000  # small, so that the size tests move little data
+ATTACH_MAX_BYTES = 2_000_000  # full mode attaches files up to this much
 WRITER_CPR = "1203804567"  # writes to the authority
 REFUSED_CPR = "2505751234"  # is refused in every way first
 FORWARD_CPR = "1507804321"  # registered at the mail connector, gets post by e-mail
@@ -243,6 +245,7 @@ async def gateway(
         f'domain = "{DOMAIN}"\nidentity = "provider-{MAIL_PROVIDER}"\n'
         f'provider = "{MAIL_PROVIDER}"\ncontact_details = true\nmax_bytes = {MAX_BYTES}\n'
         f'relay_host = "127.0.0.1"\nrelay_port = {relay_port}\npoll_s = 0.2\nretry_max_s = 1.0\n'
+        f"attach_max_bytes = {ATTACH_MAX_BYTES}\n"
     )
     await stack.apply_acls()  # the mail provider and connector get their rights, as in dp2 up
     host = await build_service(
@@ -477,3 +480,35 @@ async def test_a_relay_that_is_down_gets_the_letter_when_it_is_back(gateway: Gat
     await until(lambda: gateway.relay.with_id(letter), what="the letter after the relay is back")
     await until(lambda: gateway.health()["status"] == "ok", what="ok once nothing waits")
     assert gateway.health()["forwardPending"] == 0
+
+
+async def test_a_big_letter_is_kept_by_reference_and_forwarded_as_a_notice(
+    gateway: Gateway,
+) -> None:
+    """Full mode, a letter with 3 MB of files (over attach_max_bytes): its document is
+    decrypted into the connector's own folder, the queue row stays small, and the relay
+    gets a notice saying the letter was too large, without the file; a small letter
+    right after still arrives whole."""
+    status, _ = await gateway.forwarding("PUT", FORWARD_CPR, {"mode": "full"})
+    assert status == 200
+    text = "Bilag til afgørelsen. " * 140_000  # about 3 MB: blob-stored, not inline
+    big = await gateway.letter(label="Stort bilag", case_id="SAG-2026-0600", text=text)
+    _, notice = await until(lambda: gateway.relay.with_id(big), what="the big letter's mail")
+    assert not notice.is_multipart(), "no attachment"
+    assert "for stort til at blive sendt som e-mail (3 MB)" in str(notice.get_content())
+    data = gateway.stack.settings.home / "data" / "connectors" / "mail"
+    db = sqlite3.connect(data / "mail.sqlite")
+    try:
+        ((row_bytes, state),) = db.execute(
+            "SELECT length(envelope), state FROM outbox WHERE message_uuid = ?", (big,)
+        ).fetchall()
+    finally:
+        db.close()
+    assert state == "forwarded" and row_bytes < 100_000, row_bytes
+    kept = [p.stat().st_size for p in (data / "documents").rglob("*") if p.is_file()]
+    assert len(text.encode()) in kept, "the document, decrypted into the connector's folder"
+
+    small = await gateway.letter(label="Lille brev", case_id="SAG-2026-0601", text="Kort.")
+    _, whole = await until(lambda: gateway.relay.with_id(small), what="the small letter's mail")
+    [document] = list(whole.iter_attachments())
+    assert document.get_payload(decode=True) == b"Kort."
