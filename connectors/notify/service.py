@@ -73,6 +73,7 @@ class NotifierService(AsyncResource):
                 starttls=settings.smtp_starttls,
                 username=settings.smtp_username,
                 password=settings.smtp_password,
+                connections=max(1, settings.notify_concurrency),
             )
             if settings.smtp_host
             else None
@@ -110,6 +111,8 @@ class NotifierService(AsyncResource):
 
     async def stop(self) -> None:
         await self.dispatch.stop()
+        if self._email is not None:
+            await self._email.close()
         await self._producer.stop()
         await self._contacts.stop()
         session, self._session = self._session, None

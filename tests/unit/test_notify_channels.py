@@ -376,6 +376,7 @@ class SmtpRecorder:
 class Smtp:
     recorder: SmtpRecorder
     port: int
+    controller: Controller | None = None
 
 
 @pytest.fixture
@@ -385,10 +386,19 @@ def smtp() -> Iterator[Smtp]:
     port = _free_port()
     controller = Controller(recorder, hostname="127.0.0.1", port=port)
     controller.start()
+    server = Smtp(recorder, port, controller)
     try:
-        yield Smtp(recorder, port)
+        yield server
     finally:
-        controller.stop()
+        if server.controller is not None:
+            server.controller.stop()
+
+
+def smtp_controller_stop(smtp: Smtp) -> None:
+    """Stop the fixture's server now (a test that restarts it on the same port)."""
+    assert smtp.controller is not None
+    smtp.controller.stop()
+    smtp.controller = None
 
 
 async def test_email_arrives_with_subject_text_and_message_id(smtp: Smtp) -> None:
@@ -437,3 +447,30 @@ async def test_email_server_down_is_temporary() -> None:
         await sender.send("borger@example.dk", "S", "T", "k")
     assert caught.value.reason_code == "SMTP_UNAVAILABLE"
     assert caught.value.__cause__ is not None
+
+
+async def test_email_connections_are_kept_open_and_reopened_when_the_server_closed_them(
+    smtp: Smtp,
+) -> None:
+    """Five mails in a row use one connection; four at once use at most four; after
+    the server restarts (the idle connection is dead), the next mail still arrives, on
+    a new connection, without an error."""
+    sender = EmailSender("127.0.0.1", smtp.port)
+    for n in range(5):
+        await sender.send(f"b{n}@example.dk", "S", "T", f"k{n}")
+    assert sender.opened == 1
+    await asyncio.gather(*(sender.send(f"c{n}@example.dk", "S", "T", f"c{n}") for n in range(4)))
+    assert sender.opened <= 4
+    assert len(smtp.recorder.messages) == 9
+
+    restarted = Controller(smtp.recorder, hostname="127.0.0.1", port=smtp.port)
+    smtp_controller_stop(smtp)
+    restarted.start()
+    try:
+        before = sender.opened
+        await sender.send("after@example.dk", "S", "T", "k-after")
+        assert sender.opened == before + 1
+        assert smtp.recorder.messages[-1][0] == ["after@example.dk"]
+    finally:
+        await sender.close()
+        restarted.stop()
