@@ -20,7 +20,7 @@ valid value looks like, instead of letting a typo surface later as a timeout.
 | DP2_SMTP_STARTTLS, _USER, _PASSWORD | off | SMTP security |
 | DP2_SMS_PROVIDERS | unset | ``name=url,name=url``: SMS providers in order of preference |
 | DP2_DIGEST_WINDOW_S | 300 | notifications of one recipient within this window become one |
-| DP2_NOTIFY_CONCURRENCY | 1 | notifications in flight; a crash may repeat that many |
+| DP2_NOTIFY_CONCURRENCY | 16 | notifications in flight at once (the SMTP connections kept open) |
 | DP2_QUIET_HOURS | unset | ``22-7``: SMS held during these hours |
 | DP2_LOG_FORMAT | ``auto`` | ``json``, ``console`` or ``auto`` (console on a terminal) |
 | DP2_REPLICATION | auto | new topics' replicas: 3 on 3 or more brokers, else one per broker |
@@ -210,7 +210,7 @@ class Settings:
     smtp_password: str | None = field(default=None, repr=False)
     sms_providers: tuple[tuple[str, str], ...] = ()
     digest_window_s: int = 300
-    notify_concurrency: int = 1
+    notify_concurrency: int = 16
     quiet_hours: tuple[int, int] | None = None
     kafka_identity: str = ""
     kafka_tls: bool = True
@@ -327,7 +327,7 @@ class Settings:
             smtp_password=env.get("DP2_SMTP_PASSWORD") or None,
             sms_providers=tuple(providers),
             digest_window_s=_int(env, "DP2_DIGEST_WINDOW_S", 300, 0, 86400),
-            notify_concurrency=_int(env, "DP2_NOTIFY_CONCURRENCY", 1, 1, 256),
+            notify_concurrency=_int(env, "DP2_NOTIFY_CONCURRENCY", 16, 1, 256),
             quiet_hours=quiet_hours,
             kafka_identity=env.get("DP2_KAFKA_IDENTITY", ""),
             kafka_tls=env.get("DP2_KAFKA_TLS", "1") not in {"0", "false", "no", "off"},

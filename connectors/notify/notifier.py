@@ -44,7 +44,7 @@ from brokers.runtime.records import Output, lifecycle_output
 from brokers.runtime.tasks import cancel_and_wait
 from connectors.notify import templates
 from connectors.notify.channels import EmailSender, NotificationError, SmsRouter
-from connectors.notify.outbox import NotificationOutbox, Row
+from connectors.notify.outbox import Handed, NotificationOutbox, Row
 from schemas import codec
 from schemas.models import LifecycleEvent, LifecycleState, NotificationChannel
 
@@ -64,10 +64,12 @@ class NotifierConfig:
     poll_s: float = 0.2
     # Notifications in flight at once (DP2_NOTIFY_CONCURRENCY). Each waits on an SMTP
     # or SMS round trip, so one at a time leaves the notifier mostly idle (about 30/s
-    # in `dp2 bench`); more overlap the waits. The price: a notifier killed mid-send
-    # repeats what was in flight, so N in flight means up to N repeats per crash
-    # (SMS providers drop them by idempotency key; e-mail has only its Message-ID).
-    concurrency: int = 1
+    # in `dp2 bench`); more overlap the waits. A notifier killed mid-send repeats only
+    # the sends that the channel had taken but whose ``handed`` was not yet committed
+    # (connectors.notify.outbox) — the moment between the server's yes and one local
+    # commit — so more in flight costs next to nothing in repeats (SMS providers drop
+    # them by idempotency key; e-mail has its Message-ID).
+    concurrency: int = 16
     # How long a claim of outbox rows holds without being renewed (connectors.notify.
     # outbox). The owner renews it every third of it while it sends; only a notifier
     # that died stops renewing, and its rows are sent by another after this long.
@@ -173,6 +175,8 @@ class Notifier:
 
     async def dispatch_due(self, producer: AIOKafkaProducer) -> int:
         """Send every due notification once; returns how many notifications went out."""
+        # Sent before a crash (or a failed produce) but not announced: announce only.
+        await self._announce(producer, self._outbox.unannounced())
         digest = self._config.digest_window_s > 0  # 0 turns the digest off
         groups = self._outbox.due_groups(self._clock(), digest=digest)
         slots = asyncio.Semaphore(max(1, self._config.concurrency))
@@ -222,25 +226,45 @@ class Notifier:
         except NotificationError as exc:
             await self._failure(producer, rows, exc)
             return False
-        outputs = [
-            lifecycle_output(
-                r.message_uuid,
-                LifecycleState.NOTIFIED,
-                self.actor,
-                channel=r.channel,
-                recipient_ref=r.recipient_ref,
-                attributes={"provider": provider, "digestSize": str(len(rows)), "text": shown},
-                source=f"notified:{r.channel}",
-            )
-            for r in rows
-        ]
-        await _produce(producer, outputs)
-        self._outbox.settle(keys, "sent")
+        # Taken by the channel: never sent again, only announced (connectors.notify.outbox).
+        self._outbox.settle(keys, "handed", provider=provider, shown=shown, digest_size=len(rows))
         self._metrics.sent.labels(rows[0].channel, provider).inc()
         log.info(
             "notification_sent", channel=rows[0].channel, provider=provider, messages=len(rows)
         )
+        await self._announce(
+            producer,
+            [
+                Handed(
+                    r.key, r.message_uuid, r.recipient_ref, r.channel, provider, shown, len(rows)
+                )
+                for r in rows
+            ],
+        )
         return True
+
+    async def _announce(self, producer: AIOKafkaProducer, handed: Sequence[Handed]) -> None:
+        """NOTIFIED for rows the channel took, then they are ``sent``."""
+        if not handed:
+            return
+        outputs = [
+            lifecycle_output(
+                h.message_uuid,
+                LifecycleState.NOTIFIED,
+                self.actor,
+                channel=h.channel,
+                recipient_ref=h.recipient_ref,
+                attributes={
+                    "provider": h.provider,
+                    "digestSize": str(h.digest_size),
+                    "text": h.shown,
+                },
+                source=f"notified:{h.channel}",  # the same event id, however often announced
+            )
+            for h in handed
+        ]
+        await _produce(producer, outputs)
+        self._outbox.announced([h.key for h in handed])
 
     async def _send(self, rows: Sequence[Row]) -> tuple[str, str]:
         """Send; returns the provider and the text the trace may show of what was sent:

@@ -2,8 +2,13 @@
 
 Why it exists: it is what makes notifications exactly-once (connectors.notify.notifier):
 each (message UUID, channel) is one row, inserted once however often DELIVERED
-arrives, and its state says what has been done — ``pending``, ``sending``, ``sent``
-or ``failed``.
+arrives, and its state says what has been done — ``pending``, ``sending``,
+``handed`` (the channel took it; NOTIFIED is not on Kafka yet), ``sent`` or
+``failed``. ``handed`` is written the moment the SMTP server or SMS provider says
+yes, before NOTIFIED is produced: a notifier killed after that is never sending the
+row again — the next round (of any notifier) only announces it
+(:meth:`NotificationOutbox.unannounced`). So the window in which a crash repeats a
+notification is one local commit, whatever the number of sends in flight.
 
 Several notifiers may share one outbox (PostgreSQL with DP2_DATABASE_URL, schema
 ``notify``; or two processes on one SQLite file). The rule that keeps each row sent
@@ -51,6 +56,19 @@ class Row:
     first_failure_at: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class Handed:
+    """A row the channel took, with what its NOTIFIED says."""
+
+    key: str
+    message_uuid: str
+    recipient_ref: str
+    channel: str
+    provider: str
+    shown: str
+    digest_size: int
+
+
 class NotificationOutbox(Protocol):
     """The durable record of every notification (see the module)."""
 
@@ -81,6 +99,14 @@ class NotificationOutbox(Protocol):
         """Extend the lease of every row this outbox is sending."""
         ...
 
+    def unannounced(self) -> list[Handed]:
+        """Rows a channel took whose NOTIFIED is not on Kafka yet (any notifier's)."""
+        ...
+
+    def announced(self, keys: Sequence[str]) -> int:
+        """NOTIFIED of these handed rows is on Kafka: they are ``sent``."""
+        ...
+
     def retry_backlog(self) -> int:
         """Notifications that failed at least once and wait for another try."""
         ...
@@ -101,7 +127,9 @@ _CLAIMABLE = (
     "(state = 'pending' OR (state = 'sending'"
     " AND (owner = ? OR lease_until IS NULL OR lease_until < ?)))"
 )
-_SETTLED_FIELDS = frozenset({"next_at", "first_failure_at", "reason_code"})
+_SETTLED_FIELDS = frozenset(
+    {"next_at", "first_failure_at", "reason_code", "provider", "shown", "digest_size"}
+)
 
 
 class _SharedOutbox(ABC):
@@ -196,6 +224,25 @@ class _SharedOutbox(ABC):
             (until, self.owner),
         )
 
+    def unannounced(self) -> list[Handed]:
+        rows = self._run(
+            "SELECT key, message_uuid, recipient_ref, channel, provider, shown, digest_size"
+            " FROM outbox WHERE state = 'handed' ORDER BY key",
+            (),
+        )
+        return [
+            Handed(r[0], r[1], r[2], r[3], r[4] or "", r[5] or "", int(r[6] or 1)) for r in rows
+        ]
+
+    def announced(self, keys: Sequence[str]) -> int:
+        if not keys:
+            return 0
+        return self._count(
+            f"UPDATE outbox SET state = 'sent' WHERE key IN ({_marks(len(keys))})"  # noqa: S608 - ours
+            " AND state = 'handed'",
+            tuple(keys),
+        )
+
     def retry_backlog(self) -> int:
         rows = self._run(
             "SELECT COUNT(*) FROM outbox WHERE state = 'pending' AND first_failure_at IS NOT NULL",
@@ -223,7 +270,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     sender_label TEXT,
     label TEXT,
     nemsms_text TEXT,
-    state TEXT NOT NULL DEFAULT 'pending',   -- pending | sending | sent | failed
+    state TEXT NOT NULL DEFAULT 'pending',   -- pending | sending | handed | sent | failed
     attempts INTEGER NOT NULL DEFAULT 0,
     next_at REAL NOT NULL,
     first_failure_at REAL,
@@ -242,13 +289,21 @@ class Outbox(_SharedOutbox):
         self._db = sqlite.connect(path)
         self._db.executescript(_SQLITE_SCHEMA)
         sqlite.migrate_once(self._db, "outbox-claims", self._add_claims)
+        sqlite.migrate_once(self._db, "outbox-handed", self._add_handed)
+
+    def _add_columns(self, columns: Sequence[tuple[str, str]]) -> None:
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
+        for name, kind in columns:
+            if name not in present:
+                self._db.execute(f"ALTER TABLE outbox ADD COLUMN {name} {kind}")
 
     def _add_claims(self) -> None:
         """An outbox from before claims: rows get an owner and a lease (none: expired)."""
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
-        for name, kind in (("owner", "TEXT"), ("lease_until", "REAL")):
-            if name not in columns:
-                self._db.execute(f"ALTER TABLE outbox ADD COLUMN {name} {kind}")
+        self._add_columns((("owner", "TEXT"), ("lease_until", "REAL")))
+
+    def _add_handed(self) -> None:
+        """An outbox from before ``handed``: rows get what their NOTIFIED says."""
+        self._add_columns((("provider", "TEXT"), ("shown", "TEXT"), ("digest_size", "INTEGER")))
 
     def _run(self, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         with self._db:
@@ -287,6 +342,15 @@ MIGRATIONS = (
         );
         CREATE INDEX outbox_due ON outbox (state, next_at);
         CREATE INDEX outbox_pairs ON outbox (recipient_ref, channel);
+        """,
+    ),
+    Migration(
+        2,
+        "handed: taken by the channel, NOTIFIED not yet produced",
+        """
+        ALTER TABLE outbox ADD COLUMN provider TEXT;      -- who took it
+        ALTER TABLE outbox ADD COLUMN shown TEXT;         -- what the trace may show
+        ALTER TABLE outbox ADD COLUMN digest_size INTEGER;
         """,
     ),
 )

@@ -181,3 +181,28 @@ def test_two_notifiers_claiming_at_once_send_each_row_once(backend: Opener) -> N
     assert not failures, failures
     every = claimed["one"] + claimed["two"]
     assert len(every) == 60 and len(set(every)) == 60, "each row claimed once"
+
+
+def test_a_handed_row_is_never_claimed_again_and_is_announced_by_any_notifier(
+    pair: tuple[NotificationOutbox, NotificationOutbox],
+) -> None:
+    """Once the channel took it (``handed``), a row is out of every claim, even after its
+    notifier died; any notifier's next round finds it to announce, once."""
+    one, two = pair
+    one.add(row(1))
+    assert one.claim(["m-001|EMAIL"], T, T + LEASE) == ["m-001|EMAIL"]
+    assert (
+        one.settle(["m-001|EMAIL"], "handed", provider="smtp", shown="Du har post", digest_size=1)
+        == 1
+    )
+    later = T + 10 * LEASE  # one's claim would have run out long ago
+    assert two.due_groups(later) == [] and two.claim(["m-001|EMAIL"], later, later + LEASE) == []
+    [handed] = two.unannounced()
+    assert (handed.message_uuid, handed.provider, handed.shown, handed.digest_size) == (
+        "m-001",
+        "smtp",
+        "Du har post",
+        1,
+    )
+    assert two.announced(["m-001|EMAIL"]) == 1 and one.announced(["m-001|EMAIL"]) == 0
+    assert one.unannounced() == [] and two.unannounced() == []
