@@ -78,6 +78,10 @@ class VerifiableLog(Protocol):
         """The self-contained receipt of one message (None if nothing of it was logged)."""
         ...
 
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        """The appends inside the block commit together, or not at all."""
+        ...
+
     def close(self) -> None:
         """Release the log; safe to call twice."""
         ...
@@ -192,6 +196,7 @@ class EvidenceLog(_MerkleLog):
     def __init__(self, path: Path | str) -> None:
         super().__init__()
         self._db: sqlite3.Connection = sqlite.connect(path)
+        self._batched = False
         self._db.executescript(_SQLITE_SCHEMA)
         sqlite.migrate_once(self._db, "entries-by-event-id", self._add_event_ids)
         self._kept = {str(row[0]) for row in self._db.execute("SELECT fingerprint FROM certs")}
@@ -207,13 +212,33 @@ class EvidenceLog(_MerkleLog):
         self._db.execute("CREATE UNIQUE INDEX entries_by_event ON entries (event_id)")
 
     @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Every append inside in one transaction that holds the file's write lock (one
+        commit per fetched batch, not per event); rolled back whole when it raises."""
+        if self._batched:
+            yield
+            return
+        self._batched = True
+        try:
+            with self._write_lock():
+                yield
+        finally:
+            self._batched = False
+
+    @contextlib.contextmanager
     def _write_lock(self) -> Iterator[sqlite3.Connection]:
-        """One transaction holding the file's write lock from its first statement."""
+        """One transaction holding the file's write lock from its first statement (or
+        the open batch's)."""
+        if self._batched and self._db.in_transaction:
+            yield self._db
+            return
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
         except BaseException:
             self._db.rollback()
+            # Certificates inserted in the rolled-back transaction are gone again.
+            self._kept = {str(r[0]) for r in self._db.execute("SELECT fingerprint FROM certs")}
             raise
         self._db.commit()
 
@@ -240,8 +265,8 @@ class EvidenceLog(_MerkleLog):
         return [(int(idx), bytes(leaf)) for idx, leaf in rows]
 
     def _store_certificate(self, fingerprint: str, der: bytes) -> None:
-        with self._db:
-            self._db.execute("INSERT OR IGNORE INTO certs VALUES (?, ?)", (fingerprint, der))
+        with self._write_lock() as db:
+            db.execute("INSERT OR IGNORE INTO certs VALUES (?, ?)", (fingerprint, der))
 
     def _latest(self) -> TreeHead | None:
         row = self._db.execute(
@@ -250,7 +275,7 @@ class EvidenceLog(_MerkleLog):
         return None if row is None else TreeHead(row[0], bytes(row[1]), row[2], bytes(row[3]))
 
     def _store_head(self, head: TreeHead) -> TreeHead:
-        with self._db:
+        with self._write_lock():
             self._db.execute(
                 "INSERT OR IGNORE INTO heads VALUES (?, ?, ?, ?)",
                 (head.size, head.root, head.at, head.signature),
@@ -316,6 +341,11 @@ class PgEvidenceLog(_MerkleLog):
         self._db = Database(url, EVIDENCE_SCHEMA, MIGRATIONS)
         with self._db.use() as conn:
             self._kept = {str(row[0]) for row in conn.execute("SELECT fingerprint FROM certs")}
+
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        """Each append is its own transaction here: the index lock is shared by every
+        instance, and one held across a batch would make the others wait for it."""
+        return contextlib.nullcontext()
 
     def _insert(self, event_id: str, values: tuple[str, bytes, bytes, str], der: bytes) -> int:
         with self._db.transaction() as conn:

@@ -17,6 +17,8 @@ hands out every receipt. Unset, each is a SQLite file under ``$DP2_HOME/data``.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import structlog
@@ -101,7 +103,13 @@ class TracingService(AsyncResource):
             receipt_of=self._receipt_of,
         )
         self.workers = [
-            ctx.worker("tracing", [LIFECYCLE_TOPIC], self._ingest, producer=self._producer),
+            ctx.worker(
+                "tracing",
+                [LIFECYCLE_TOPIC],
+                self._ingest,
+                producer=self._producer,
+                batch=self._batch,  # _ingest never suspends: see KafkaWorker
+            ),
             ctx.worker(
                 "tracing-deadletters", [DEADLETTER_TOPIC], self._park, producer=self._producer
             ),
@@ -159,6 +167,12 @@ class TracingService(AsyncResource):
         elif self.quarantine.add(event, verdict, source_of(record)):  # once per position
             report_refusal(log, self._quarantined, event, verdict, "event_quarantined")
         return []
+
+    @contextlib.contextmanager
+    def _batch(self) -> Iterator[None]:
+        """One transaction per fetched batch in the trace store and in the evidence log."""
+        with self.store.batch(), self.evidence.batch():
+            yield
 
     async def _park(self, record: ConsumerRecord[bytes, bytes]) -> list[Output]:
         self.deadletters.park(record)

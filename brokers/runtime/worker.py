@@ -47,7 +47,7 @@ import dataclasses
 import hashlib
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import structlog
@@ -125,6 +125,7 @@ class KafkaWorker:
         producer: AIOKafkaProducer | None = None,
         batch_size: int = 500,
         auto_offset_reset: str = "earliest",
+        batch: Callable[[], contextlib.AbstractContextManager[object]] | None = None,
     ) -> None:
         self.name = name
         self._kafka = kafka
@@ -136,6 +137,7 @@ class KafkaWorker:
         self._producer = producer or new_producer(kafka)
         self._batch_size = batch_size
         self._auto_offset_reset = auto_offset_reset
+        self._batch = batch
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self.processed = 0
@@ -270,17 +272,25 @@ class KafkaWorker:
         record: the broker's work per message is what bounds throughput here. The
         loop yields between records so /healthz, /metrics and heartbeats are served
         while a large batch is handled.
+
+        With ``batch`` (a service's store transaction: one commit per fetch instead of
+        one per record) the records are handled inside it, and it commits before the
+        outputs are produced and the offsets committed (a failure rolls it back and the
+        batch is retried whole). The loop does not yield while it is open, and the
+        handler must not suspend, so no other task of the service reads or writes
+        inside the uncommitted transaction.
         """
         consumer = self._require_consumer()
         outputs: list[Output] = []
         count = 0
-        for records in batch.values():
-            for record in records:
-                self._metrics.records_in.labels(self.name, record.topic).inc()
-                outputs.extend(await self._handle_one(record))
-                count += 1
-                if count % 50 == 0:
-                    await asyncio.sleep(0)
+        with self._batch() if self._batch is not None else contextlib.nullcontext():
+            for records in batch.values():
+                for record in records:
+                    self._metrics.records_in.labels(self.name, record.topic).inc()
+                    outputs.extend(await self._handle_one(record))
+                    count += 1
+                    if count % 50 == 0 and self._batch is None:
+                        await asyncio.sleep(0)
         await self._produce(outputs)
         self._already_acked.clear()  # the batch is through: nothing to skip any more
         # Outputs acknowledged: only now are the inputs done.

@@ -234,3 +234,38 @@ def test_two_instances_appending_at_once_give_one_gap_free_log(
     assert reader.sign_head(parties.log) is not None
     report = verify_log(backend.source, parties.ca)
     assert report.entries == 2 * count + 1 and report.heads >= 1
+
+
+def test_appends_in_a_batch_get_consecutive_indices_and_are_kept(
+    backend: Backend, parties: Parties
+) -> None:
+    """The tracing worker appends a fetched batch inside ``batch()``: indices run on, an
+    event appended twice inside keeps its first, and another log instance has them."""
+    log = backend.open()
+    event, raw = signed_event(parties, new_message())
+    with log.batch():
+        assert [append(log, parties, new_message(), i) for i in range(3)] == [0, 1, 2]
+        assert log.append(event, raw, parties.validator.certificate) == 3
+        assert log.append(event, raw, parties.validator.certificate) == 3
+    assert backend.open().size == 4
+
+
+def test_a_failed_sqlite_batch_leaves_no_entry_and_its_signer_is_kept_later(
+    tmp_path: Path, parties: Parties
+) -> None:
+    """On SQLite a batch is one transaction: when it raises, no entry stays (the retry
+    appends them again, from index 0), and the signer's certificate, inserted in the
+    rolled-back transaction, is stored again so that receipts can carry it."""
+    log = EvidenceLog(tmp_path / "evidence.sqlite")
+    try:
+        message = new_message()
+        with pytest.raises(RuntimeError), log.batch():
+            append(log, parties, message)
+            raise RuntimeError("the produce round failed")
+        assert log.size == 0
+        assert append(log, parties, message) == 0
+        receipt = log.receipt(message, parties.log)
+        assert receipt is not None
+        verify_receipt(receipt, parties.ca)
+    finally:
+        log.close()

@@ -356,3 +356,31 @@ def test_the_postgres_schema_is_versioned(database_url: str) -> None:
     with pytest.raises(postgres.SchemaTooNew) as caught:
         PgTraceStore(database_url)
     assert caught.value.reason_code == "SCHEMA_TOO_NEW"
+
+
+def test_adds_in_a_batch_are_kept_when_it_ends(open_store: Opener) -> None:
+    """The tracing worker adds a fetched batch inside ``batch()``: inside, the store
+    reads its own adds and dedupes them; after, another store on the storage has them."""
+    first = open_store()
+    with first.batch():
+        for event in delivered_then_late_failure():
+            assert first.add(event) is True
+        assert first.add(delivered_then_late_failure()[0]) is False
+        assert first.timeline("m-1") == delivered_then_late_failure()
+    assert open_store().timeline("m-1") == delivered_then_late_failure()
+
+
+def test_a_failed_sqlite_batch_leaves_nothing(tmp_path: Path) -> None:
+    """On SQLite a batch is one transaction: when the worker's batch raises (to be
+    retried whole), none of its adds stays."""
+    store = SqliteTraceStore(tmp_path / "trace.sqlite")
+    try:
+        with pytest.raises(RuntimeError), store.batch():
+            for event in delivered_then_late_failure():
+                store.add(event)
+            raise RuntimeError("the produce round failed")
+        assert store.timeline("m-1") == [] and store.summary("m-1") is None
+        store.add(delivered_then_late_failure()[0])  # the retry
+        assert store.summary("m-1") is not None
+    finally:
+        store.close()
