@@ -45,7 +45,7 @@ from tests.integration.conftest import free_http_base
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 LETTERS = 240
-COMBINED_LETTERS = 1200  # 80 s of load: the last fault (a full restart) is well inside it
+COMBINED_LETTERS = 1425  # 95 s of load: the last fault (a full restart) is well inside it
 RATE = 15.0  # letters a second, as in the measurement
 KILL_AT_S, DOWN_FOR_S = 4.0, 10.0
 CITIZEN = "0101901234"  # the demo register's citizen on digital post (mitpost)
@@ -238,8 +238,10 @@ def test_the_whole_deployment_under_every_fault_loses_nothing(
                 [
                     (4.0, kill_a_broker),
                     (10.0, start_the_broker),
-                    (40.0, kill_first_instances),
-                    (55.0, restart_everything),
+                    # After the broker is back; 30 s alone for the second instances:
+                    # Kafka's session timeout (10 s) and the rebalance come first.
+                    (38.0, kill_first_instances),
+                    (68.0, restart_everything),
                 ],
                 letters=COMBINED_LETTERS,
                 paper_every=10,

@@ -59,7 +59,6 @@ AAD = b"aad"
 CHUNK = streaming.CHUNK_SIZE
 PROVIDER = x25519.X25519PrivateKey.generate()
 PSEUDONYMS = Pseudonymizer(b"unit-test-pseudonym-key-32-bytes")
-NOW = datetime.now(UTC)
 
 
 # --- the chunked format ----------------------------------------------------------------------
@@ -269,7 +268,7 @@ def with_blob(sealed: Envelope, **changes: Any) -> Envelope:
 
 def code_of(envelope: Envelope, store: BlobStore) -> str | None:
     try:
-        check_limits(envelope, NOW)
+        check_limits(envelope, datetime.now(UTC))
         held_blobs.check_held(envelope, store)
     except Dp2Error as exc:
         return exc.reason_code
@@ -331,10 +330,11 @@ def test_the_limit_counts_document_bytes_not_the_chunks_tags() -> None:
     byte more is MESSAGE_TOO_LARGE."""
     sealed = seal(big_letter(600_000), MemoryBlobStore())
     at_limit = streaming.ciphertext_size(MAX_AUTHORITY_BYTES)
-    check_limits(with_blob(sealed, size=at_limit), NOW)
+    check_limits(with_blob(sealed, size=at_limit), datetime.now(UTC))
     with pytest.raises(Rejection) as caught:
         check_limits(
-            with_blob(sealed, size=streaming.ciphertext_size(MAX_AUTHORITY_BYTES + 1)), NOW
+            with_blob(sealed, size=streaming.ciphertext_size(MAX_AUTHORITY_BYTES + 1)),
+            datetime.now(UTC),
         )
     assert caught.value.reason_code == "MESSAGE_TOO_LARGE"
 
@@ -367,8 +367,8 @@ def certificate(extra: int = 0) -> bytes:
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - timedelta(days=1))
-        .not_valid_after(NOW + timedelta(days=1))
+        .not_valid_before(datetime.now(UTC) - timedelta(days=1))
+        .not_valid_after(datetime.now(UTC) + timedelta(days=1))
     )
     if extra:
         builder = builder.add_extension(
@@ -420,8 +420,9 @@ def test_memo_parsed_from_a_file_equals_memo_parsed_from_bytes(size: int) -> Non
     data = os.urandom(size)
     for wrap in (None, 76):
         xml = memo_with(data, wrap)
-        from_file = memo.parse_and_validate(io.BytesIO(xml), now=NOW)
-        assert from_file == memo.parse_and_validate(xml, now=NOW)
+        now = datetime.now(UTC)  # the clock of this test, not of the module's import
+        from_file = memo.parse_and_validate(io.BytesIO(xml), now=now)
+        assert from_file == memo.parse_and_validate(xml, now=now)
         assert sealing.files_of(from_file.body)[0].content.data == data  # type: ignore[union-attr]
         assert b"".join(memo.to_xml_chunks(from_file)) == memo.to_xml(from_file)
 
