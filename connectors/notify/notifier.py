@@ -176,7 +176,7 @@ class Notifier:
     async def dispatch_due(self, producer: AIOKafkaProducer) -> int:
         """Send every due notification once; returns how many notifications went out."""
         # Sent before a crash (or a failed produce) but not announced: announce only.
-        await self._announce(producer, self._outbox.unannounced())
+        await self._announce(producer, self._outbox.unannounced(self._clock()))
         digest = self._config.digest_window_s > 0  # 0 turns the digest off
         groups = self._outbox.due_groups(self._clock(), digest=digest)
         slots = asyncio.Semaphore(max(1, self._config.concurrency))
@@ -188,6 +188,8 @@ class Notifier:
         renewing = asyncio.create_task(self._renew_claims()) if groups else None
         try:
             results = await asyncio.gather(*(one(rows) for rows in groups), return_exceptions=True)
+            # NOTIFIED of the round's sends, in one produce (the claims are still renewed).
+            await self._announce(producer, self._outbox.unannounced(self._clock()))
         finally:
             await cancel_and_wait(renewing)
         for result in results:
@@ -226,20 +228,12 @@ class Notifier:
         except NotificationError as exc:
             await self._failure(producer, rows, exc)
             return False
-        # Taken by the channel: never sent again, only announced (connectors.notify.outbox).
+        # Taken by the channel: never sent again, only announced (connectors.notify.outbox)
+        # at the end of the round, with every other row the round handed: one produce.
         self._outbox.settle(keys, "handed", provider=provider, shown=shown, digest_size=len(rows))
         self._metrics.sent.labels(rows[0].channel, provider).inc()
         log.info(
             "notification_sent", channel=rows[0].channel, provider=provider, messages=len(rows)
-        )
-        await self._announce(
-            producer,
-            [
-                Handed(
-                    r.key, r.message_uuid, r.recipient_ref, r.channel, provider, shown, len(rows)
-                )
-                for r in rows
-            ],
         )
         return True
 

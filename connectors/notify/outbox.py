@@ -99,8 +99,9 @@ class NotificationOutbox(Protocol):
         """Extend the lease of every row this outbox is sending."""
         ...
 
-    def unannounced(self) -> list[Handed]:
-        """Rows a channel took whose NOTIFIED is not on Kafka yet (any notifier's)."""
+    def unannounced(self, now: float) -> list[Handed]:
+        """Rows a channel took whose NOTIFIED is not on Kafka yet: this notifier's, and
+        those of a notifier whose claim ran out (it died before announcing them)."""
         ...
 
     def announced(self, keys: Sequence[str]) -> int:
@@ -209,9 +210,10 @@ class _SharedOutbox(ABC):
         unknown = set(fields) - _SETTLED_FIELDS
         if unknown:
             raise ValueError(f"not a column an outbox row may change: {sorted(unknown)}")
-        assignments = ", ".join(
-            ["state = ?", "owner = NULL", "lease_until = NULL", *(f"{n} = ?" for n in fields)]
-        )
+        # A handed row stays its claimant's to announce while the claim holds (another
+        # notifier announces it only once the claim ran out: its claimant died).
+        released = [] if state == "handed" else ["owner = NULL", "lease_until = NULL"]
+        assignments = ", ".join(["state = ?", *released, *(f"{n} = ?" for n in fields)])
         return self._count(
             f"UPDATE outbox SET {assignments} WHERE key IN ({_marks(len(keys))})"  # noqa: S608 - names are ours
             " AND state = 'sending' AND owner = ?",
@@ -220,15 +222,16 @@ class _SharedOutbox(ABC):
 
     def renew(self, until: float) -> int:
         return self._count(
-            "UPDATE outbox SET lease_until = ? WHERE state = 'sending' AND owner = ?",
+            "UPDATE outbox SET lease_until = ? WHERE state IN ('sending', 'handed') AND owner = ?",
             (until, self.owner),
         )
 
-    def unannounced(self) -> list[Handed]:
+    def unannounced(self, now: float) -> list[Handed]:
         rows = self._run(
             "SELECT key, message_uuid, recipient_ref, channel, provider, shown, digest_size"
-            " FROM outbox WHERE state = 'handed' ORDER BY key",
-            (),
+            " FROM outbox WHERE state = 'handed'"
+            " AND (owner = ? OR lease_until IS NULL OR lease_until < ?) ORDER BY key",
+            (self.owner, now),
         )
         return [
             Handed(r[0], r[1], r[2], r[3], r[4] or "", r[5] or "", int(r[6] or 1)) for r in rows
@@ -238,8 +241,8 @@ class _SharedOutbox(ABC):
         if not keys:
             return 0
         return self._count(
-            f"UPDATE outbox SET state = 'sent' WHERE key IN ({_marks(len(keys))})"  # noqa: S608 - ours
-            " AND state = 'handed'",
+            "UPDATE outbox SET state = 'sent', owner = NULL, lease_until = NULL"  # noqa: S608 - ours
+            f" WHERE key IN ({_marks(len(keys))}) AND state = 'handed'",
             tuple(keys),
         )
 
