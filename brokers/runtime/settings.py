@@ -19,6 +19,7 @@ valid value looks like, instead of letting a typo surface later as a timeout.
 | DP2_SMTP_HOST / _PORT | unset / 25 | SMTP server for notification e-mail |
 | DP2_SMTP_STARTTLS, _USER, _PASSWORD | off | SMTP security |
 | DP2_SMS_PROVIDERS | unset | ``name=url,name=url``: SMS providers in order of preference |
+| DP2_SMS_RATE_PER_S | 10 | SMS a second at most per provider (its contract's limit) |
 | DP2_DIGEST_WINDOW_S | 300 | notifications of one recipient within this window become one |
 | DP2_NOTIFY_CONCURRENCY | 16 | notifications in flight at once (the SMTP connections kept open) |
 | DP2_QUIET_HOURS | unset | ``22-7``: SMS held during these hours |
@@ -209,6 +210,7 @@ class Settings:
     smtp_username: str | None = None
     smtp_password: str | None = field(default=None, repr=False)
     sms_providers: tuple[tuple[str, str], ...] = ()
+    sms_rate_per_s: int = 10
     digest_window_s: int = 300
     notify_concurrency: int = 16
     quiet_hours: tuple[int, int] | None = None
@@ -326,6 +328,7 @@ class Settings:
             smtp_username=env.get("DP2_SMTP_USER") or None,
             smtp_password=env.get("DP2_SMTP_PASSWORD") or None,
             sms_providers=tuple(providers),
+            sms_rate_per_s=_int(env, "DP2_SMS_RATE_PER_S", 10, 1, 10_000),
             digest_window_s=_int(env, "DP2_DIGEST_WINDOW_S", 300, 0, 86400),
             notify_concurrency=_int(env, "DP2_NOTIFY_CONCURRENCY", 16, 1, 256),
             quiet_hours=quiet_hours,

@@ -98,7 +98,8 @@ class NotifierService(AsyncResource):
                 HttpSmsProvider(name, url, self._session)
                 for name, url in self._settings.sms_providers
             ]
-            sms = SmsRouter(providers, registry=self._registry)
+            rate = self._settings.sms_rate_per_s
+            sms = SmsRouter(providers, rate_per_s=rate, burst=rate, registry=self._registry)
         self._notifier = Notifier(
             outbox=self._outbox,
             contacts=self._contacts,
