@@ -17,6 +17,11 @@ that is folded once when opened, merging the timelines of one message.
 Search pages run newest first by firstSeen, then by messageUUID. The cursor is
 opaque to callers: it encodes the last row of the page. A late event that moves a
 message's firstSeen while someone is paging can move that message across the cursor.
+
+Why one module over 500 lines: the queries written once for both backends, the
+Protocol they answer and the SQLite implementation are one contract; the PostgreSQL
+module imports the queries from here, so splitting them off would leave each half
+unreadable without the other.
 """
 
 from __future__ import annotations

@@ -17,6 +17,10 @@ to the next provider; a permanent one (a bad number) does not, since no provider
 deliver it. Error messages name the provider and status, never the number or the text:
 a provider's own error text is quoted with e-mail addresses and long digit runs
 (phone and CPR numbers) masked, since it may echo what it was sent.
+
+Why one module over 500 lines: both channels share the error taxonomy above and its
+translation of each peer's answers; a channel in a module of its own would import
+the taxonomy back and spread one decision — whose problem a failure is — over two.
 """
 
 from __future__ import annotations
