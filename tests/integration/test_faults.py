@@ -45,7 +45,8 @@ from tests.integration.conftest import free_http_base
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 LETTERS = 240
-COMBINED_LETTERS = 1425  # 95 s of load: the last fault (a full restart) is well inside it
+COMBINED_LETTERS = 900  # at least 60 s of load, and on until the full restart is over
+MAX_LETTERS = 6000  # however slow the machine: the load ends
 RATE = 15.0  # letters a second, as in the issue's measurement
 KILL_AT_S, DOWN_FOR_S = 4.0, 10.0
 CITIZEN = "0101901234"  # the demo register's citizen on digital post (mitpost)
@@ -90,7 +91,7 @@ def test_a_broker_killed_under_load_loses_nothing_and_duplicates_nothing(
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # the lost node, each retry
         report = asyncio.run(
             _load_with_faults(
-                settings, [(KILL_AT_S, kill_one_broker), (KILL_AT_S + DOWN_FOR_S, restart_brokers)]
+                settings, [(KILL_AT_S, kill_one_broker), (DOWN_FOR_S, restart_brokers)]
             )
         )
         receipted: set[str] = report.pop("receipted_uuids")
@@ -154,9 +155,7 @@ def test_killing_an_instance_of_each_service_under_load_loses_nothing(tmp_path: 
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
         # Down long enough that the letters can only be the second instances' work.
         report = asyncio.run(
-            _load_with_faults(
-                settings, [(KILL_AT_S, kill_first_instances), (KILL_AT_S + 30.0, start_again)]
-            )
+            _load_with_faults(settings, [(KILL_AT_S, kill_first_instances), (30.0, start_again)])
         )
         receipted: set[str] = report.pop("receipted_uuids")
         report["killed"] = victims
@@ -235,27 +234,28 @@ def test_the_whole_deployment_under_every_fault_loses_nothing(
         report = asyncio.run(
             _load_with_faults(
                 settings,
-                [
+                [  # each this many seconds after the one before has ended
                     (4.0, kill_a_broker),
-                    (10.0, start_the_broker),
-                    # After the broker is back; 30 s alone for the second instances:
-                    # Kafka's session timeout (10 s) and the rebalance come first.
-                    (38.0, kill_first_instances),
-                    (68.0, restart_everything),
+                    (6.0, start_the_broker),
+                    # 30 s alone for the second instances: Kafka's session timeout
+                    # (10 s) and the rebalance come first.
+                    (8.0, kill_first_instances),
+                    (30.0, restart_everything),
                 ],
                 letters=COMBINED_LETTERS,
                 paper_every=10,
+                through_the_faults=True,
             )
         )
         receipted: set[str] = report.pop("receipted_uuids")
         print(f"[faults] whole deployment: {json.dumps(report)}", file=sys.stderr)
-        assert len(receipted) == COMBINED_LETTERS, "every letter got a receipt in the end"
+        assert len(receipted) == report["letters"] >= COMBINED_LETTERS, "every one receipted"
         assert report["undelivered"] == 0 and report["unnotified"] == 0, report
         assert report["printed"] == report["on_paper"], report
-        assert report["delivered_before_restart"] < COMBINED_LETTERS, "the restart was under load"
+        assert report["delivered_before_restart"] < report["letters"], "restarted under load"
         assert report["delivered_between_last_faults"] > 0, "the second instances carried on"
         stored = _mailbox_rows_in(database_url, receipted)
-        digital = COMBINED_LETTERS - report["on_paper"]
+        digital = report["letters"] - report["on_paper"]
         assert len(stored) == digital and set(stored.values()) == {1}, "each stored once"
         incomplete = asyncio.run(_incomplete_traces(home, receipted))
         assert incomplete == {}, incomplete
@@ -318,14 +318,17 @@ async def _load_with_faults(
     *,
     letters: int = LETTERS,
     paper_every: int = 0,
+    through_the_faults: bool = False,
 ) -> dict[str, Any]:
-    """Send ``letters`` at RATE while running each fault's action at its second (in
-    order, in a thread); then wait for every letter's final state: DELIVERED and
-    NOTIFIED, or PRINTED for every ``paper_every``-th letter (to a citizen without
-    digital post) when it is set. The report counts the deliveries before the last
-    fault and between the last two."""
-    messages = [
-        build_message(
+    """Send ``letters`` at RATE (with ``through_the_faults``: at least that many, and on
+    until the last fault is over) while running the faults in order, in a thread: each
+    fault's action waits its seconds after the one before has ended. Then wait for
+    every letter's final state: DELIVERED and NOTIFIED, or PRINTED for every
+    ``paper_every``-th letter (to a citizen without digital post) when it is set. The
+    report counts the deliveries before the last fault and between the last two."""
+
+    def letter(n: int) -> Envelope:
+        return build_message(
             sender_cvr="29189846",
             sender_label="Demo Kommune",
             recipient_id=PAPER_CITIZEN if paper_every and n % paper_every == 0 else CITIZEN,
@@ -333,11 +336,8 @@ async def _load_with_faults(
             documents=[Document("brev.txt", "text/plain", f"Brev nummer {n}".encode())],
             notification="Du har fået post fra Demo Kommune",
         )
-        for n in range(letters)
-    ]
-    on_paper = {
-        m.header.messageUUID for m in messages if m.header.recipient.recipientID == PAPER_CITIZEN
-    }
+
+    messages: list[Envelope] = []
     resends = 0
     receipted: set[str] = set()
     async with Dp2Client.from_settings(settings, "demo-kommune") as client:
@@ -358,12 +358,20 @@ async def _load_with_faults(
 
         started = time.monotonic()
         tasks: list[asyncio.Task[None]] = []
-        fault_run = asyncio.create_task(_faults(started, faults))
-        for n, message in enumerate(messages):
-            await asyncio.sleep(max(0.0, started + n / RATE - time.monotonic()))
-            tasks.append(asyncio.create_task(send(message)))
+        fault_run = asyncio.create_task(_faults(faults))
+        while len(messages) < letters or (
+            through_the_faults and not fault_run.done() and len(messages) < MAX_LETTERS
+        ):
+            await asyncio.sleep(max(0.0, started + len(messages) / RATE - time.monotonic()))
+            messages.append(letter(len(messages)))
+            tasks.append(asyncio.create_task(send(messages[-1])))
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=400)
         done, began_at = await fault_run
+        on_paper = {
+            m.header.messageUUID
+            for m in messages
+            if m.header.recipient.recipientID == PAPER_CITIZEN
+        }
         delivered_at: dict[str, datetime] = {}
         undelivered = unnotified = printed = 0
 
@@ -388,7 +396,7 @@ async def _load_with_faults(
     times = sorted(delivered_at.values())
     gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
     return {
-        "letters": letters,
+        "letters": len(messages),
         "on_paper": len(on_paper),
         "rate_per_s": RATE,
         "faults": done,
@@ -407,15 +415,15 @@ async def _load_with_faults(
     }
 
 
-async def _faults(
-    started: float, faults: list[tuple[float, Any]]
-) -> tuple[list[str], list[datetime]]:
-    """Run each action at its second after ``started`` (or when the one before is done);
-    what each did, and when each began."""
+async def _faults(faults: list[tuple[float, Any]]) -> tuple[list[str], list[datetime]]:
+    """Run each action (in a thread) its seconds after the one before it ended: a slow
+    restart on a busy machine delays what follows instead of squeezing it. What each
+    did, and when each began."""
     done: list[str] = []
     began_at: list[datetime] = []
-    for at, action in faults:
-        await asyncio.sleep(max(0.0, started + at - time.monotonic()))
+    started = time.monotonic()
+    for after, action in faults:
+        await asyncio.sleep(after)
         began_at.append(datetime.now(UTC))
         began = time.monotonic()
         what = await asyncio.to_thread(action)
