@@ -22,6 +22,7 @@ receipt carries the message UUID and the Kafka position; the business receipts
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Iterable, Sequence
@@ -38,6 +39,7 @@ from brokers.runtime import context
 from brokers.runtime.blobstore import BlobStore, FileBlobStore
 from brokers.runtime.kafka import (
     AUTHORIZATION_ERRORS,
+    BROKEN_PRODUCER_ERRORS,
     new_consumer,
     new_producer,
     read_from_start,
@@ -81,6 +83,8 @@ from schemas.vocabulary import (
 )
 
 log = logging.getLogger("dp2.sdk")
+#: Failed sends in a row after which the client starts a fresh producer anyway.
+REPLACE_AFTER = 3
 
 
 class MessageError(Dp2Error):
@@ -228,6 +232,10 @@ class Dp2Client:
         self.actor = actor or f"connector:{identity.name}"
         self._threshold = blob_threshold
         self._producer: AIOKafkaProducer | None = None
+        self._replacing = asyncio.Lock()
+        self._failed_sends = 0  # in a row
+        #: Fresh producers started after one could not recover (_after_failed_send).
+        self.producers_replaced = 0
         self._events: dict[str, list[LifecycleEvent]] = {}
         self._submitted: set[str] = set()
         self._changed = asyncio.Condition()
@@ -339,9 +347,11 @@ class Dp2Client:
         except AUTHORIZATION_ERRORS as exc:  # nothing was sent: not even SUBMITTED
             raise refusal(exc, self._kafka, f"writing to {SUBMITTED_TOPIC}") from exc
         except KafkaError as exc:
+            await self._after_failed_send(producer, exc)
             raise NotSubmitted(
                 f"Kafka did not take message {message_uuid}: {type(exc).__name__}"
             ) from exc
+        self._failed_sends = 0
         try:
             event = await producer.send(
                 submitted.topic,
@@ -376,6 +386,27 @@ class Dp2Client:
         await self._require_producer().send_and_wait(
             COMMANDS_TOPIC, self._signer.sign_encoded(request.value), key=message_uuid.encode()
         )
+
+    async def _after_failed_send(self, producer: AIOKafkaProducer, exc: KafkaError) -> None:
+        """Start a fresh producer when this one cannot recover: an idempotent producer
+        whose sequence broke with a broker's failure (BROKEN_PRODUCER_ERRORS) fails
+        every send after it, so does one that failed REPLACE_AFTER sends in a row. The
+        caller's NotSubmitted resend then goes through the new one (a new producer id);
+        several sends failing at once replace it once."""
+        self._failed_sends += 1
+        if not isinstance(exc, BROKEN_PRODUCER_ERRORS) and self._failed_sends < REPLACE_AFTER:
+            return
+        stop_broken = producer.stop
+        async with self._replacing:
+            if self._producer is not producer:
+                return  # another failed send replaced it already
+            fresh = new_producer(self._kafka)
+            await fresh.start()
+            self._producer, self._failed_sends = fresh, 0
+            self.producers_replaced += 1
+            log.warning("sdk_producer_replaced after %s", type(exc).__name__)
+        with contextlib.suppress(Exception):  # its pending sends fail: they are resent
+            await asyncio.wait_for(stop_broken(), timeout=5)
 
     def _require_producer(self) -> AIOKafkaProducer:
         if self._producer is None:

@@ -29,8 +29,12 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     ClusterAuthorizationFailedError,
     GroupAuthorizationFailedError,
+    InvalidProducerEpoch,
     KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
     TopicAuthorizationFailedError,
+    UnknownProducerId,
 )
 from aiokafka.protocol.admin import (
     CreateAclsRequest_v1,
@@ -49,6 +53,14 @@ AUTHORIZATION_ERRORS = (
     TopicAuthorizationFailedError,
     GroupAuthorizationFailedError,
     ClusterAuthorizationFailedError,
+)
+#: Errors after which an idempotent producer does not recover by retrying (after a
+#: broker failure): the worker and the SDK start a fresh producer (a new producer id).
+BROKEN_PRODUCER_ERRORS = (
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    UnknownProducerId,
+    InvalidProducerEpoch,
 )
 
 

@@ -52,20 +52,13 @@ from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.errors import (
-    CommitFailedError,
-    IllegalStateError,
-    InvalidProducerEpoch,
-    KafkaError,
-    OutOfOrderSequenceNumber,
-    ProducerFenced,
-    UnknownProducerId,
-)
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from brokers.runtime import context, telemetry
 from brokers.runtime.headers import size_of, within_budget
 from brokers.runtime.kafka import (
     AUTHORIZATION_ERRORS,
+    BROKEN_PRODUCER_ERRORS,
     is_refusal,
     new_consumer,
     new_producer,
@@ -94,13 +87,6 @@ from schemas.vocabulary import (
 )
 
 _MAX_BACKOFF_S = 30.0
-#: Errors after which an idempotent producer does not recover by retrying.
-BROKEN_PRODUCER_ERRORS = (
-    OutOfOrderSequenceNumber,
-    ProducerFenced,
-    UnknownProducerId,
-    InvalidProducerEpoch,
-)
 #: Failed produce rounds in a row after which the producer is replaced anyway.
 REPLACE_AFTER = 3
 
