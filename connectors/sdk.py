@@ -17,6 +17,10 @@ personal value of the header (brokers.security.personal) into the sealed part,
 signs the canonical envelope, and publishes it idempotently (``acks=all``). The
 receipt carries the message UUID and the Kafka position; the business receipts
 (ACCEPTED, ROUTED, DELIVERED, ...) arrive as lifecycle events the client follows.
+
+Why one module over 500 lines: it is the vendors' one import — building, sealing,
+signing, submitting and following share the client's identity, producer and trust
+store, and a vendor reads one file to know what a send promises.
 """
 
 from __future__ import annotations
