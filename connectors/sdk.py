@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import uuid
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -89,6 +91,20 @@ from schemas.vocabulary import (
 log = logging.getLogger("dp2.sdk")
 #: Failed sends in a row after which the client starts a fresh producer anyway.
 REPLACE_AFTER = 3
+#: Seconds between attempts at the SUBMITTED events Kafka did not take.
+RESEND_EVERY_S = 1.0
+#: How long stop() keeps trying them before it gives up (and says how many).
+STOP_RESEND_S = 30.0
+
+
+@dataclass(frozen=True)
+class _Event:
+    """A signed lifecycle event the client writes, kept until Kafka has it."""
+
+    topic: str
+    value: bytes
+    key: bytes | None
+    headers: list[tuple[str, bytes]]
 
 
 class MessageError(Dp2Error):
@@ -247,6 +263,11 @@ class Dp2Client:
         self._follow_task: asyncio.Task[None] | None = None
         self._cert_der = identity.certificate.public_bytes(Encoding.DER)
         self._signer = EventSigner(identity)  # SUBMITTED and recalls: the sender's own word
+        #: SUBMITTED events Kafka refused or lost (a broker's failure, a replaced
+        #: producer): sent again until it takes them, the same signed bytes each time.
+        self._unsent: deque[_Event] = deque()
+        self._resend_wanted = asyncio.Event()
+        self._resend_task: asyncio.Task[None] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, identity_name: str, **kwargs: Any) -> Dp2Client:
@@ -275,8 +296,14 @@ class Dp2Client:
         if self._owns_contacts:
             await self._contacts.start()
         await self._start_following()
+        self._resend_task = asyncio.create_task(self._resend_forever(), name="sdk:resend")
 
     async def stop(self) -> None:
+        """Stop, once every SUBMITTED event is in Kafka (or STOP_RESEND_S have passed)."""
+        resender, self._resend_task = self._resend_task, None
+        await cancel_and_wait(resender)
+        if self._producer is not None:
+            await self._settle_events()
         task, self._follow_task = self._follow_task, None
         await cancel_and_wait(task)
         follower, self._follower = self._follower, None
@@ -356,18 +383,16 @@ class Dp2Client:
                 f"Kafka did not take message {message_uuid}: {type(exc).__name__}"
             ) from exc
         self._failed_sends = 0
-        try:
-            event = await producer.send(
+        # Not awaited (one round trip per send, not two): one Kafka does not take is
+        # kept and sent again (_resend_forever), and stop() waits for them all.
+        await self._send_event(
+            _Event(
                 submitted.topic,
                 self._signer.sign_encoded(submitted.value),
-                key=submitted.key,
-                headers=[(context.HEADER, context.child_of(traceparent).encode())],
+                submitted.key,
+                [(context.HEADER, context.child_of(traceparent).encode())],
             )
-        except KafkaError as exc:
-            log.warning("SUBMITTED of %s not sent: %r", message_uuid, exc)
-        else:
-            # Not awaited here (one round trip per send, not two); stop() flushes it.
-            event.add_done_callback(_log_failed_event)
+        )
         return Receipt(
             message_uuid=message_uuid,
             topic=metadata.topic,
@@ -411,6 +436,93 @@ class Dp2Client:
             log.warning("sdk_producer_replaced after %s", type(exc).__name__)
         with contextlib.suppress(Exception):  # its pending sends fail: they are resent
             await asyncio.wait_for(stop_broken(), timeout=5)
+
+    @property
+    def unsent_events(self) -> int:
+        """SUBMITTED events not in Kafka yet: sent again every RESEND_EVERY_S."""
+        return len(self._unsent)
+
+    async def _send_event(self, event: _Event) -> None:
+        try:
+            delivery = await self._require_producer().send(
+                event.topic, event.value, key=event.key, headers=event.headers
+            )
+        except KafkaError as exc:
+            self._event_not_taken(event, exc)
+        else:
+            delivery.add_done_callback(functools.partial(self._event_delivered, event))
+
+    def _event_delivered(self, event: _Event, delivery: asyncio.Future[Any]) -> None:
+        if delivery.cancelled():
+            self._event_not_taken(event, None)
+        elif delivery.exception() is not None:
+            self._event_not_taken(event, delivery.exception())
+
+    def _event_not_taken(self, event: _Event, exc: BaseException | None) -> None:
+        # The letter is in Kafka all the same; only its trace waits for this event.
+        log.warning("sdk_event_unsent, sending it again: %r", exc)
+        self._unsent.append(event)
+        self._resend_wanted.set()
+
+    async def _resend_forever(self) -> None:
+        while True:
+            await self._resend_wanted.wait()
+            await asyncio.sleep(RESEND_EVERY_S)
+            self._resend_wanted.clear()
+            try:
+                await self._resend_unsent()
+            except Exception:  # the next attempt may go better; never stop trying
+                log.exception("sdk_resend_failed")
+                self._resend_wanted.set()
+
+    async def _resend_unsent(self) -> bool:
+        """One attempt at every unsent event, all in flight at once: True if all landed.
+
+        A producer that cannot recover is replaced as a failed envelope's would be."""
+        batch = [self._unsent.popleft() for _ in range(len(self._unsent))]
+        if not batch:
+            return True
+        producer = self._require_producer()
+
+        async def send(event: _Event) -> None:
+            await (
+                await producer.send(event.topic, event.value, key=event.key, headers=event.headers)
+            )
+
+        try:
+            outcomes = await asyncio.gather(*(send(e) for e in batch), return_exceptions=True)
+        except asyncio.CancelledError:  # stop(): its own attempt takes them all again
+            self._unsent.extend(batch)  # (one that landed is a redelivery the trace ignores)
+            raise
+        failed: KafkaError | None = None
+        for event, outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                self._unsent.append(event)
+                failed = outcome if isinstance(outcome, KafkaError) else failed
+        if self._unsent:
+            self._resend_wanted.set()
+            if failed is not None:
+                await self._after_failed_send(producer, failed)
+            return False
+        log.info("sdk_events_resent %d", len(batch))
+        return True
+
+    async def _settle_events(self) -> None:
+        """Wait for the events in flight, then resend the ones not taken until
+        STOP_RESEND_S have passed; say how many are left when it gives up."""
+        with contextlib.suppress(KafkaError):
+            await self._require_producer().flush()
+        await asyncio.sleep(0)  # the deliveries' callbacks run
+        deadline = asyncio.get_running_loop().time() + STOP_RESEND_S
+        while self._unsent and asyncio.get_running_loop().time() < deadline:
+            if not await self._resend_unsent():
+                await asyncio.sleep(RESEND_EVERY_S)
+        if self._unsent:
+            log.error(
+                "sdk_events_lost %d SUBMITTED events never reached Kafka; their letters "
+                "did, and their traces begin at ACCEPTED",
+                len(self._unsent),
+            )
 
     def _require_producer(self) -> AIOKafkaProducer:
         if self._producer is None:
@@ -493,13 +605,6 @@ class NotSubmitted(Dp2Error):
         "arrive after all, the resend is answered DUPLICATE, never delivered twice)."
     )
     retriable = True
-
-
-def _log_failed_event(future: asyncio.Future[Any]) -> None:
-    """A SUBMITTED that did not land: the letter is in Kafka all the same (the
-    validator's ACCEPTED or REJECTED follows); say so in the log."""
-    if not future.cancelled() and future.exception() is not None:
-        log.warning("a SUBMITTED event was not sent: %r", future.exception())
 
 
 __all__ = [

@@ -20,18 +20,24 @@ from prometheus_client import CollectorRegistry
 
 from brokers.contacts.register import ContactRegister
 from brokers.runtime.kafka import (
+    AclBinding,
     KafkaRefusal,
+    Operation,
+    PatternType,
+    Permission,
+    ResourceType,
     describe_acls,
     new_consumer,
     new_producer,
     refusal,
+    sync_acls,
 )
 from brokers.runtime.metrics import ServiceMetrics
 from brokers.runtime.records import Output
 from brokers.runtime.settings import KafkaAccess
 from brokers.runtime.worker import KafkaWorker
 from brokers.security.pki import Pki
-from brokers.stack.access import acl_matrix
+from brokers.stack.access import acl_matrix, principal
 from connectors.base import read_config
 from connectors.sdk import Document, Dp2Client, build_message
 from schemas.errors import Dp2Error
@@ -40,6 +46,7 @@ from schemas.vocabulary import (
     CONTACTS_TOPIC,
     DEADLETTER_TOPIC,
     DIRECTORY_TOPIC,
+    LIFECYCLE_TOPIC,
     PRINT_TOPIC,
     SUBMITTED_TOPIC,
     provider_topic,
@@ -365,3 +372,37 @@ async def test_the_acls_on_the_broker_are_exactly_the_deployments(stack: Stack) 
     assert set(live) == set(wanted)
     senders = {b.resource_name for b in wanted if b.principal == f"User:sender:{SENDER}"}
     assert SUBMITTED_TOPIC in senders and ACCEPTED_TOPIC not in senders
+
+
+async def test_a_submitted_event_kafka_refused_is_sent_again_until_the_trace_has_it(
+    stack: Stack,
+) -> None:
+    """The envelope lands but Kafka refuses its SUBMITTED event (here: a DENY on
+    dp2.lifecycle, as a broker's failure or a replaced producer would lose it). The
+    client keeps the signed event and sends it again, with no further send from the
+    caller, once Kafka takes it: the timeline is complete, with SUBMITTED once."""
+    sender = principal(stack.pki.identity(SENDER).certificate)
+    deny = AclBinding(
+        sender,
+        ResourceType.TOPIC,
+        LIFECYCLE_TOPIC,
+        PatternType.LITERAL,
+        Operation.WRITE,
+        Permission.DENY,
+    )
+    async with stack.client() as client:
+        await sync_acls(stack.admin, [*await describe_acls(stack.admin), deny])
+        try:
+            receipt = await client.send(_letter())  # type: ignore[arg-type]
+            async with asyncio.timeout(30):
+                while client.unsent_events == 0:
+                    await asyncio.sleep(0.1)
+            await stack.wait_trace(receipt.message_uuid, "DELIVERED")  # the letter went on
+            doc = await asyncio.to_thread(stack.trace, receipt.message_uuid)
+            assert doc is not None and "SUBMITTED" not in [e["state"] for e in doc["timeline"]]
+        finally:
+            await stack.apply_acls()
+        doc = await stack.wait_trace(receipt.message_uuid, "SUBMITTED", timeout=60)
+        assert client.unsent_events == 0
+    timeline = [e["state"] for e in doc["timeline"]]
+    assert timeline.count("SUBMITTED") == 1 and timeline[0] == "SUBMITTED", timeline

@@ -251,6 +251,7 @@ def test_the_whole_deployment_under_every_fault_loses_nothing(
         print(f"[faults] whole deployment: {json.dumps(report)}", file=sys.stderr)
         assert len(receipted) == report["letters"] >= COMBINED_LETTERS, "every one receipted"
         assert report["undelivered"] == 0 and report["unnotified"] == 0, report
+        assert report["unsent_events"] == 0, report
         assert report["printed"] == report["on_paper"], report
         assert report["delivered_before_restart"] < report["letters"], "restarted under load"
         assert report["delivered_between_last_faults"] > 0, "the second instances carried on"
@@ -275,8 +276,11 @@ def _mailbox_rows_in(database_url: str, uuids: set[str]) -> dict[str, int]:
     return {str(u): int(n) for u, n in rows if u in uuids}
 
 
-async def _incomplete_traces(home: Path, uuids: set[str]) -> dict[str, Any]:
-    """Letters whose timeline lacks a step, asked of every tracing instance in turn."""
+async def _incomplete_traces(
+    home: Path, uuids: set[str], *, settle_s: float = 60.0
+) -> dict[str, Any]:
+    """Letters whose timeline lacks a step, asked of every tracing instance in turn;
+    asked again for up to ``settle_s`` (the last events may still be on their way)."""
     import aiohttp  # noqa: PLC0415
 
     from tracing.access import Users  # noqa: PLC0415
@@ -287,18 +291,25 @@ async def _incomplete_traces(home: Path, uuids: set[str]) -> dict[str, Any]:
     ]
     users = Users(home)  # the local token is minted from the dashboard key alone
     headers = {"Authorization": f"Bearer {users.local_token(600)}"}
+    deadline = time.monotonic() + settle_s
     incomplete: dict[str, Any] = {}
+    waiting = sorted(uuids)
     async with aiohttp.ClientSession(headers=headers) as session:
-        for n, uuid in enumerate(sorted(uuids)):
-            url = urls[n % len(urls)]
-            async with session.get(f"{url}/messages/{uuid}") as response:
-                body = await response.json()
-            states = {event["state"] for event in body.get("timeline", [])}
-            final = {"PRINTED"} if "PRINTED" in states else {"DELIVERED", "NOTIFIED"}
-            missing = {"SUBMITTED", "ACCEPTED", "ROUTED", *final} - states
-            if missing:
-                incomplete[uuid] = {"at": url, "missing": sorted(missing)}
-    return incomplete
+        while True:
+            incomplete = {}
+            for n, uuid in enumerate(waiting):
+                url = urls[n % len(urls)]
+                async with session.get(f"{url}/messages/{uuid}") as response:
+                    body = await response.json()
+                states = {event["state"] for event in body.get("timeline", [])}
+                final = {"PRINTED"} if "PRINTED" in states else {"DELIVERED", "NOTIFIED"}
+                missing = {"SUBMITTED", "ACCEPTED", "ROUTED", *final} - states
+                if missing:
+                    incomplete[uuid] = {"at": url, "missing": sorted(missing)}
+            if not incomplete or time.monotonic() > deadline:
+                return incomplete
+            waiting = sorted(incomplete)
+            await asyncio.sleep(2.0)
 
 
 def _dp2(env: dict[str, str], *args: str, timeout: float = 400) -> subprocess.CompletedProcess[str]:
@@ -393,6 +404,8 @@ async def _load_with_faults(
                 unnotified += 1
 
         await asyncio.gather(*(settle(u) for u in receipted))
+    # After stop(): the SUBMITTED events Kafka had not taken yet were sent again.
+    unsent_events = client.unsent_events
     times = sorted(delivered_at.values())
     gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
     return {
@@ -410,6 +423,7 @@ async def _load_with_faults(
         "undelivered": undelivered,
         "unnotified": unnotified,
         "printed": printed,
+        "unsent_events": unsent_events,
         "stall_s": round(max(gaps, default=0.0), 2),
         "receipted_uuids": receipted,
     }
