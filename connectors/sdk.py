@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import uuid
 from collections import deque
@@ -104,7 +103,7 @@ class _Event:
     topic: str
     value: bytes
     key: bytes | None
-    headers: list[tuple[str, bytes]]
+    headers: tuple[tuple[str, bytes], ...]
 
 
 class MessageError(Dp2Error):
@@ -266,6 +265,8 @@ class Dp2Client:
         #: SUBMITTED events Kafka refused or lost (a broker's failure, a replaced
         #: producer): sent again until it takes them, the same signed bytes each time.
         self._unsent: deque[_Event] = deque()
+        self._in_flight: dict[asyncio.Future[Any], tuple[_Event, AIOKafkaProducer]] = {}
+        self._failed_event: tuple[AIOKafkaProducer, KafkaError] | None = None
         self._resend_wanted = asyncio.Event()
         self._resend_task: asyncio.Task[None] | None = None
 
@@ -390,7 +391,7 @@ class Dp2Client:
                 submitted.topic,
                 self._signer.sign_encoded(submitted.value),
                 submitted.key,
-                [(context.HEADER, context.child_of(traceparent).encode())],
+                ((context.HEADER, context.child_of(traceparent).encode()),),
             )
         )
         return Receipt(
@@ -436,32 +437,53 @@ class Dp2Client:
             log.warning("sdk_producer_replaced after %s", type(exc).__name__)
         with contextlib.suppress(Exception):  # its pending sends fail: they are resent
             await asyncio.wait_for(stop_broken(), timeout=5)
+        # An event a broken producer never answered (it was stopped before it could)
+        # would wait forever: it is sent again through the fresh one.
+        for delivery, (event, owner) in list(self._in_flight.items()):
+            if owner is producer and not delivery.done():
+                del self._in_flight[delivery]
+                self._event_not_taken(event, None)
 
     @property
     def unsent_events(self) -> int:
-        """SUBMITTED events not in Kafka yet: sent again every RESEND_EVERY_S."""
-        return len(self._unsent)
+        """SUBMITTED events Kafka has not confirmed yet (sent again every RESEND_EVERY_S)."""
+        return len(self._unsent) + len(self._in_flight)
 
     async def _send_event(self, event: _Event) -> None:
+        """Hand ``event`` to the producer without waiting for Kafka: its answer comes
+        to _event_answered, which keeps it for a resend if Kafka did not take it."""
+        producer = self._require_producer()
         try:
-            delivery = await self._require_producer().send(
-                event.topic, event.value, key=event.key, headers=event.headers
+            delivery = await producer.send(
+                event.topic, event.value, key=event.key, headers=list(event.headers)
             )
         except KafkaError as exc:
-            self._event_not_taken(event, exc)
+            self._event_not_taken(event, exc, producer)
         else:
-            delivery.add_done_callback(functools.partial(self._event_delivered, event))
+            self._in_flight[delivery] = (event, producer)
+            delivery.add_done_callback(self._event_answered)
 
-    def _event_delivered(self, event: _Event, delivery: asyncio.Future[Any]) -> None:
+    def _event_answered(self, delivery: asyncio.Future[Any]) -> None:
+        sent = self._in_flight.pop(delivery, None)
+        if sent is None:
+            return  # given up on already: its producer was replaced (_after_failed_send)
+        event, producer = sent
         if delivery.cancelled():
-            self._event_not_taken(event, None)
+            self._event_not_taken(event, None, producer)
         elif delivery.exception() is not None:
-            self._event_not_taken(event, delivery.exception())
+            self._event_not_taken(event, delivery.exception(), producer)
 
-    def _event_not_taken(self, event: _Event, exc: BaseException | None) -> None:
+    def _event_not_taken(
+        self,
+        event: _Event,
+        exc: BaseException | None,
+        producer: AIOKafkaProducer | None = None,
+    ) -> None:
         # The letter is in Kafka all the same; only its trace waits for this event.
         log.warning("sdk_event_unsent, sending it again: %r", exc)
         self._unsent.append(event)
+        if isinstance(exc, KafkaError) and producer is not None:
+            self._failed_event = (producer, exc)
         self._resend_wanted.set()
 
     async def _resend_forever(self) -> None:
@@ -475,53 +497,35 @@ class Dp2Client:
                 log.exception("sdk_resend_failed")
                 self._resend_wanted.set()
 
-    async def _resend_unsent(self) -> bool:
-        """One attempt at every unsent event, all in flight at once: True if all landed.
-
-        A producer that cannot recover is replaced as a failed envelope's would be."""
-        batch = [self._unsent.popleft() for _ in range(len(self._unsent))]
-        if not batch:
-            return True
-        producer = self._require_producer()
-
-        async def send(event: _Event) -> None:
-            await (
-                await producer.send(event.topic, event.value, key=event.key, headers=event.headers)
-            )
-
-        try:
-            outcomes = await asyncio.gather(*(send(e) for e in batch), return_exceptions=True)
-        except asyncio.CancelledError:  # stop(): its own attempt takes them all again
-            self._unsent.extend(batch)  # (one that landed is a redelivery the trace ignores)
-            raise
-        failed: KafkaError | None = None
-        for event, outcome in zip(batch, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
-                self._unsent.append(event)
-                failed = outcome if isinstance(outcome, KafkaError) else failed
-        if self._unsent:
-            self._resend_wanted.set()
-            if failed is not None:
-                await self._after_failed_send(producer, failed)
-            return False
-        log.info("sdk_events_resent %d", len(batch))
-        return True
+    async def _resend_unsent(self) -> None:
+        """Send every unsent event again, the same signed bytes (the trace ignores one
+        it holds already). A producer that failed an event is treated as one that
+        failed an envelope: replaced when it cannot recover."""
+        failed, self._failed_event = self._failed_event, None
+        if failed is not None:
+            await self._after_failed_send(*failed)
+        for _ in range(len(self._unsent)):
+            await self._send_event(self._unsent.popleft())
 
     async def _settle_events(self) -> None:
-        """Wait for the events in flight, then resend the ones not taken until
-        STOP_RESEND_S have passed; say how many are left when it gives up."""
-        with contextlib.suppress(KafkaError):
-            await self._require_producer().flush()
-        await asyncio.sleep(0)  # the deliveries' callbacks run
-        deadline = asyncio.get_running_loop().time() + STOP_RESEND_S
-        while self._unsent and asyncio.get_running_loop().time() < deadline:
-            if not await self._resend_unsent():
-                await asyncio.sleep(RESEND_EVERY_S)
-        if self._unsent:
+        """Wait until Kafka has taken every event, sending the ones it did not take
+        again, for up to STOP_RESEND_S; say how many are left when it gives up."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STOP_RESEND_S
+        while self.unsent_events and loop.time() < deadline:
+            await self._resend_unsent()
+            with contextlib.suppress(KafkaError, TimeoutError):
+                await asyncio.wait_for(
+                    self._require_producer().flush(), timeout=max(0.1, deadline - loop.time())
+                )
+            await asyncio.sleep(0)  # the answers' callbacks run
+            if self._unsent:
+                await asyncio.sleep(min(RESEND_EVERY_S, max(0.0, deadline - loop.time())))
+        if self.unsent_events:
             log.error(
                 "sdk_events_lost %d SUBMITTED events never reached Kafka; their letters "
                 "did, and their traces begin at ACCEPTED",
-                len(self._unsent),
+                self.unsent_events,
             )
 
     def _require_producer(self) -> AIOKafkaProducer:

@@ -7,6 +7,7 @@ read what it wanted. Each test asserts the refusal *and* that nothing changed.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import ssl
 import uuid
@@ -38,6 +39,7 @@ from brokers.runtime.settings import KafkaAccess
 from brokers.runtime.worker import KafkaWorker
 from brokers.security.pki import Pki
 from brokers.stack.access import acl_matrix, principal
+from connectors import sdk
 from connectors.base import read_config
 from connectors.sdk import Document, Dp2Client, build_message
 from schemas.errors import Dp2Error
@@ -374,6 +376,17 @@ async def test_the_acls_on_the_broker_are_exactly_the_deployments(stack: Stack) 
     assert SUBMITTED_TOPIC in senders and ACCEPTED_TOPIC not in senders
 
 
+def _deny_the_senders_events(stack: Stack) -> AclBinding:
+    return AclBinding(
+        principal(stack.pki.identity(SENDER).certificate),
+        ResourceType.TOPIC,
+        LIFECYCLE_TOPIC,
+        PatternType.LITERAL,
+        Operation.WRITE,
+        Permission.DENY,
+    )
+
+
 async def test_a_submitted_event_kafka_refused_is_sent_again_until_the_trace_has_it(
     stack: Stack,
 ) -> None:
@@ -381,17 +394,10 @@ async def test_a_submitted_event_kafka_refused_is_sent_again_until_the_trace_has
     dp2.lifecycle, as a broker's failure or a replaced producer would lose it). The
     client keeps the signed event and sends it again, with no further send from the
     caller, once Kafka takes it: the timeline is complete, with SUBMITTED once."""
-    sender = principal(stack.pki.identity(SENDER).certificate)
-    deny = AclBinding(
-        sender,
-        ResourceType.TOPIC,
-        LIFECYCLE_TOPIC,
-        PatternType.LITERAL,
-        Operation.WRITE,
-        Permission.DENY,
-    )
     async with stack.client() as client:
-        await sync_acls(stack.admin, [*await describe_acls(stack.admin), deny])
+        await sync_acls(
+            stack.admin, [*await describe_acls(stack.admin), _deny_the_senders_events(stack)]
+        )
         try:
             receipt = await client.send(_letter())  # type: ignore[arg-type]
             async with asyncio.timeout(30):
@@ -406,3 +412,25 @@ async def test_a_submitted_event_kafka_refused_is_sent_again_until_the_trace_has
         assert client.unsent_events == 0
     timeline = [e["state"] for e in doc["timeline"]]
     assert timeline.count("SUBMITTED") == 1 and timeline[0] == "SUBMITTED", timeline
+
+
+async def test_a_client_stopping_while_kafka_refuses_its_events_says_how_many_it_lost(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """stop() keeps trying for STOP_RESEND_S, then gives up loudly: the count is in
+    ``unsent_events`` and in an error log line, never silently dropped."""
+    monkeypatch.setattr(sdk, "STOP_RESEND_S", 3.0)
+    client = stack.client()
+    await client.start()
+    await sync_acls(
+        stack.admin, [*await describe_acls(stack.admin), _deny_the_senders_events(stack)]
+    )
+    try:
+        await client.send(_letter())  # type: ignore[arg-type]
+        with caplog.at_level(logging.WARNING, logger="dp2.sdk"):
+            async with asyncio.timeout(30):
+                await client.stop()
+    finally:
+        await stack.apply_acls()
+    assert client.unsent_events == 1
+    assert any("sdk_events_lost 1 " in r.getMessage() for r in caplog.records), caplog.text
