@@ -93,6 +93,9 @@ class NotifierMetrics:
         self.retry_backlog = Gauge(
             "dp2_notify_retry_backlog", "Notifications waiting for a retry", registry=registry
         )
+        self.in_flight = Gauge(
+            "dp2_notify_in_flight", "Notifications being sent right now", registry=registry
+        )
 
 
 def _group_key(rows: Sequence[Row]) -> str:
@@ -123,6 +126,10 @@ class Notifier:
         self._metrics = metrics
         self._config = config
         self._clock = clock
+        #: The sends in flight and the outbox keys each one claims.
+        self._in_flight: dict[asyncio.Task[bool], frozenset[str]] = {}
+        self._in_flight_keys: frozenset[str] = frozenset()
+        self._renewing: asyncio.Task[None] | None = None
 
     async def handle(self, record: ConsumerRecord[bytes, bytes]) -> Sequence[Output]:
         """Record the notifications a DELIVERED event calls for (idempotent)."""
@@ -174,36 +181,62 @@ class Notifier:
         return outputs
 
     async def dispatch_due(self, producer: AIOKafkaProducer) -> int:
-        """Send every due notification once; returns how many notifications went out."""
-        # Sent before a crash (or a failed produce) but not announced: announce only.
+        """Announce what the channels took since the last call, then start sending due
+        notifications until ``concurrency`` are in flight; returns how many it started.
+
+        Called every ``poll_s`` and never waits for a send: a slow one (an SMS held by
+        its provider's rate) holds up no other, and each free slot is taken again at
+        the next call. What the sends hand over is announced in one produce per call."""
+        # Sent before a crash (or a failed produce) or since the last call: announce.
         await self._announce(producer, self._outbox.unannounced(self._clock()))
+        free = max(1, self._config.concurrency) - len(self._in_flight)
+        if free <= 0:
+            return 0
         digest = self._config.digest_window_s > 0  # 0 turns the digest off
-        groups = self._outbox.due_groups(self._clock(), digest=digest)
-        slots = asyncio.Semaphore(max(1, self._config.concurrency))
-
-        async def one(rows: list[Row]) -> bool:
-            async with slots:
-                return await self._dispatch_group(producer, rows)
-
-        renewing = asyncio.create_task(self._renew_claims()) if groups else None
-        try:
-            results = await asyncio.gather(*(one(rows) for rows in groups), return_exceptions=True)
-            # NOTIFIED of the round's sends, in one produce (the claims are still renewed).
-            await self._announce(producer, self._outbox.unannounced(self._clock()))
-        finally:
-            await cancel_and_wait(renewing)
-        for result in results:
-            if isinstance(result, BaseException):
-                if isinstance(result, asyncio.CancelledError):
-                    raise result
-                # The row stays 'sending' and is retried on the next round.
-                log.error("dispatch_failed", error=repr(result))
+        started = 0
+        for rows in self._outbox.due_groups(self._clock(), digest=digest):
+            keys = frozenset(r.key for r in rows)
+            # Its own rows in flight are 'sending' under its name, so claimable by it:
+            # skip them here, not in the store.
+            if keys & self._in_flight_keys:
+                continue
+            task = asyncio.create_task(self._dispatch_group(producer, rows), name="notify:send")
+            self._in_flight[task] = keys
+            self._in_flight_keys |= keys
+            task.add_done_callback(self._sent)
+            started += 1
+            if started == free:
+                break
+        self._metrics.in_flight.set(len(self._in_flight))
+        if self._in_flight and (self._renewing is None or self._renewing.done()):
+            self._renewing = asyncio.create_task(self._renew_claims(), name="notify:renew")
         self._metrics.retry_backlog.set(self._outbox.retry_backlog())
-        return sum(1 for r in results if r is True)
+        return started
+
+    def _sent(self, task: asyncio.Task[bool]) -> None:
+        self._in_flight_keys -= self._in_flight.pop(task, frozenset())
+        self._metrics.in_flight.set(len(self._in_flight))
+        if not task.cancelled() and task.exception() is not None:
+            # The rows stay 'sending' under this notifier: sent again at a next call.
+            log.error("dispatch_failed", error=repr(task.exception()))
+
+    async def stop(self, producer: AIOKafkaProducer, timeout_s: float = 10.0) -> None:
+        """Let the sends in flight finish (for up to ``timeout_s``) and announce them.
+        One cut short stays claimed and is sent again, with its idempotency key, after
+        a restart (or by another notifier once the lease is over)."""
+        tasks = list(self._in_flight)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        await cancel_and_wait(self._renewing)
+        self._renewing = None
+        await self._announce(producer, self._outbox.unannounced(self._clock()))
 
     async def _renew_claims(self) -> None:
         """While sends are in flight, keep this notifier's claims from running out."""
-        while True:
+        while self._in_flight:
             await asyncio.sleep(self._config.lease_s / 3)
             self._outbox.renew(self._clock() + self._config.lease_s)
 
@@ -229,7 +262,7 @@ class Notifier:
             await self._failure(producer, rows, exc)
             return False
         # Taken by the channel: never sent again, only announced (connectors.notify.outbox)
-        # at the end of the round, with every other row the round handed: one produce.
+        # by the next dispatch_due, with every other row handed since: one produce.
         self._outbox.settle(keys, "handed", provider=provider, shown=shown, digest_size=len(rows))
         self._metrics.sent.labels(rows[0].channel, provider).inc()
         log.info(

@@ -6,7 +6,7 @@ arrives, and its state says what has been done — ``pending``, ``sending``,
 ``handed`` (the channel took it; NOTIFIED is not on Kafka yet), ``sent`` or
 ``failed``. ``handed`` is written the moment the SMTP server or SMS provider says
 yes, before NOTIFIED is produced: a notifier killed after that is never sending the
-row again — the next round (of any notifier) only announces it
+row again — the next dispatch (of any notifier) only announces it
 (:meth:`NotificationOutbox.unannounced`). So the window in which a crash repeats a
 notification is one local commit, whatever the number of sends in flight.
 
@@ -21,8 +21,8 @@ flight its owner renews the lease; every later change of the row (sent, failed, 
 to pending) is made only by the owner of the claim. A notifier that crashed leaves
 its rows ``sending``: once the lease runs out another notifier — or the same one,
 restarted — claims them and sends again with the same idempotency key, as after any
-crash. A notifier takes its own ``sending`` rows back at once (a round that failed
-half-way), since it runs one dispatch round at a time.
+crash. A notifier takes its own ``sending`` rows back at once (a send that failed
+half-way); it skips the ones its sends in flight hold (Notifier.dispatch_due).
 """
 
 from __future__ import annotations

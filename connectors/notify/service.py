@@ -112,6 +112,11 @@ class NotifierService(AsyncResource):
 
     async def stop(self) -> None:
         await self.dispatch.stop()
+        if self._notifier is not None:
+            try:
+                await self._notifier.stop(self._producer)
+            except Exception as exc:  # Kafka gone: announced by the next start instead
+                log.warning("notifier_stop_unannounced", error=repr(exc))
         if self._email is not None:
             await self._email.close()
         await self._producer.stop()

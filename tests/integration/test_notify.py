@@ -7,8 +7,10 @@ import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -48,6 +50,8 @@ class Mailbox:
     def __init__(self, delay_s: float = 0.0) -> None:
         self.messages: list[tuple[list[str], Message]] = []
         self.delay_s = delay_s
+        #: address -> (set when its RCPT arrives, set to let it through)
+        self.hold: dict[str, tuple[threading.Event, threading.Event]] = {}
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
@@ -57,6 +61,11 @@ class Mailbox:
         # and answers at once, so a client killed mid-send has either not handed the
         # mail over or just heard its 250.
         await asyncio.sleep(self.delay_s)
+        held = self.hold.get(address)
+        if held is not None:  # the server runs its own loop, in a thread of its own
+            arrived, release = held
+            arrived.set()
+            await asyncio.get_running_loop().run_in_executor(None, release.wait, 60)
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -425,6 +434,51 @@ async def test_sigkill_mid_run_sends_nothing_twice_and_loses_nothing(
     )
     assert killed_at < LETTERS_KILLED, "the kill happened mid-run"
     assert len(uuids) == LETTERS_KILLED
+
+
+async def test_a_slow_notification_holds_up_no_other(stack: Stack, process_home: Path) -> None:
+    """One e-mail held by the SMTP server (under the client's 10 s timeout) while a
+    later letter's e-mail goes out and is NOTIFIED: the slow send's first attempt is
+    still in flight then. (The notifier used to dispatch in rounds, and a round waited
+    for its slowest send.) Released, the held one is sent once too."""
+    slow_one = await new_recipient(stack, sms=False)
+    fast_one = await new_recipient(stack, sms=False)
+    arrived, release = threading.Event(), threading.Event()
+    suffix = f".{uuid.uuid4().hex[:6]}"
+    await _start_group_at_end(stack.admin, f"dp2.notifier{suffix}", LIFECYCLE_TOPIC)
+    async with running_peers() as own:
+        own.smtp.hold[slow_one.email] = (arrived, release)
+        settings = Settings.from_env(
+            {
+                "DP2_HOME": str(process_home),
+                "DP2_KAFKA_BOOTSTRAP": stack.settings.kafka_bootstrap,
+                "DP2_PKI": str(stack.settings.pki_dir),
+                "DP2_DIGEST_WINDOW_S": "0",
+                **own.env(),
+            }
+        )
+        host = await build_service("notifier", settings, group_suffix=suffix)
+        await host.start()
+        try:
+            [slow] = await send_letters(stack, slow_one, 1)
+            assert await asyncio.to_thread(arrived.wait, 30), "the held send reached the server"
+            [fast] = await send_letters(stack, fast_one, 1)
+            await stack.wait_trace(fast, "NOTIFIED")
+            with contextlib.closing(
+                sqlite3.connect(process_home / "data" / "notifier.sqlite")
+            ) as db:
+                row = db.execute(
+                    "SELECT state, attempts FROM outbox WHERE message_uuid = ?", (slow,)
+                ).fetchone()
+            assert row == ("sending", 1), "the slow send's first attempt is still in flight"
+            assert own.smtp.to(fast_one.email) and not own.smtp.to(slow_one.email)
+            release.set()
+            await stack.wait_trace(slow, "NOTIFIED")
+            await asyncio.sleep(1.0)  # a repeat, were there one, would arrive now
+            assert len(own.smtp.to(slow_one.email)) == 1
+        finally:
+            release.set()
+            await host.stop()
 
 
 async def test_nemsms_is_the_sms_and_a_public_label_is_shown(
