@@ -10,17 +10,28 @@ its folder before anything is written (``Path.resolve().is_relative_to``), which
 refuses a symbolic link that points out of it.
 
 Refusals are :class:`UnsafePathError` (``UNSAFE_PATH``): nothing was written.
+
+What lands in such a folder is read by someone else's program (a print provider's,
+an ESDH's) the moment it appears, so each file is written whole or not at all
+(:func:`write_whole`): under a temporary dot-name in the same folder, flushed to
+disk, then renamed over its name; :func:`fsync_dir` makes the renames durable.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO, TypeVar
 
+from brokers.runtime.private import create_private
 from schemas.errors import Dp2Error
 from schemas.values import is_message_uuid
 
+_T = TypeVar("_T")
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 _MAX_NAME = 120  # far below a file system's 255 bytes, with room for suffixes
 
@@ -75,3 +86,37 @@ def inside(folder: Path, *names: str) -> Path:
     if not target.resolve().is_relative_to(folder.resolve()):
         raise UnsafePathError(f"{'/'.join(names)[:120]!r} resolves outside {folder}")
     return target
+
+
+def write_whole(
+    folder: Path, name: str, fill: Callable[[BinaryIO], _T], *, private: bool = False
+) -> tuple[Path, _T]:
+    """Write ``folder/name`` with ``fill(file)``, whole or not at all; returns its path
+    and what ``fill`` returned. A reader never sees part of it: the bytes go to a
+    temporary dot-name beside it, are flushed and fsynced, then renamed over ``name``
+    (the rename is durable once the caller's :func:`fsync_dir` of the folder ran, one
+    for several files). ``private`` makes the file 0600 (DP2's own spool); otherwise
+    it gets the process's umask, as a folder shared with a provider expects. On any
+    error the temporary file is removed and nothing is left."""
+    target = inside(folder, name)
+    partial = inside(folder, f".{name}.{uuid.uuid4().hex}.part")
+    try:
+        opened = os.fdopen(create_private(partial), "wb") if private else partial.open("wb")
+        with opened as handle:
+            result = fill(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        partial.replace(target)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return target, result
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the renames in folder ``path`` durable (POSIX)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -109,8 +109,13 @@ class SqliteStore:
         self._locks: dict[str, IO[bytes]] = {}
 
     def one(self, query: str, params: Params = ()) -> Row | None:
-        rows = self.all(query, params)
-        return rows[0] if rows else None
+        cursor = self.connection.execute(query, params)
+        try:
+            row = cursor.fetchone()
+        finally:
+            cursor.close()  # an UPDATE ... RETURNING of several rows runs to its end here
+        self._commit()
+        return None if row is None else tuple(row)
 
     def all(self, query: str, params: Params = ()) -> list[Row]:
         rows = [tuple(row) for row in self.connection.execute(query, params).fetchall()]

@@ -202,12 +202,24 @@ def port_is_listening(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def free_base_port(nodes: int = 1, start: int = 20000, stop: int = 60000) -> int:
+def ephemeral_ports_start(default: int = 32768) -> int:
+    """The first port the kernel hands out to outgoing connections (Linux: the low
+    end of net.ipv4.ip_local_port_range; 32768 elsewhere)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return default
+
+
+def free_base_port(nodes: int = 1, start: int = 20000, stop: int | None = None) -> int:
     """A base port whose client and controller ports are free for every node.
 
     Used by tests so that their broker never collides with a developer's
-    ``make run`` broker on 9092.
+    ``make run`` broker on 9092. The ports lie below the kernel's ephemeral range
+    (``stop`` defaults to its start): a port in it that is free when checked can be
+    taken by any process's outgoing connection before the broker binds it.
     """
+    stop = max(start + 1000, ephemeral_ports_start() if stop is None else stop)
     rng = int.from_bytes(os.urandom(2), "big")
     span = stop - start - 100 * nodes
     for attempt in range(200):
@@ -217,7 +229,7 @@ def free_base_port(nodes: int = 1, start: int = 20000, stop: int = 60000) -> int
             return base
     raise KafkaRunnerError(
         "no free port range found for a local Kafka",
-        hint="Free some ports between 20000 and 60000, or set DP2_KAFKA_BOOTSTRAP.",
+        hint=f"Free some ports between {start} and {stop}, or set DP2_KAFKA_BOOTSTRAP.",
     )
 
 

@@ -52,10 +52,10 @@ import asyncio
 import hashlib
 import json
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import methodcaller
 from pathlib import Path
 from typing import IO, Any
 
@@ -82,7 +82,14 @@ from connectors.esdh import sf1601
 from connectors.esdh.openapi import openapi_document
 from connectors.esdh.sf1601_http import Sf1601Api
 from connectors.esdh.store import EsdhStore, JournalEntry
-from connectors.folders import UnsafePathError, folder_name, inside, uuid_file_name
+from connectors.folders import (
+    UnsafePathError,
+    folder_name,
+    fsync_dir,
+    inside,
+    uuid_file_name,
+    write_whole,
+)
 from connectors.sdk import Dp2Client, Receipt
 from schemas import codec, memo
 from schemas.errors import ConfigError, Dp2Error, SchemaError
@@ -617,11 +624,8 @@ def _drop(case_dir: Path, message_uuid: str, xml: bytes, meta: dict[str, Any]) -
     """Write the MeMo file and its metadata atomically (the ESDH sees whole files only)."""
     case_dir.mkdir(parents=True, exist_ok=True)
     for suffix, data in ((".json", json.dumps(meta).encode()), (".xml", xml)):
-        name = uuid_file_name(message_uuid, suffix)
-        target = inside(case_dir, name)
-        partial = inside(case_dir, f".{name}.{uuid.uuid4().hex}.part")
-        partial.write_bytes(data)
-        partial.replace(target)
+        write_whole(case_dir, uuid_file_name(message_uuid, suffix), methodcaller("write", data))
+    fsync_dir(case_dir)
 
 
 def _json(status: int, body: dict[str, Any]) -> web.Response:

@@ -16,17 +16,14 @@ a 99.5 MB letter costs no more memory than a small one:
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 import aiohttp
 
-from connectors.folders import inside, uuid_file_name
-from connectors.print.spool import fsync_dir
+from connectors.folders import fsync_dir, uuid_file_name, write_whole
 from connectors.print.store import Job
 
 _PIECE = 1024 * 1024
@@ -46,18 +43,7 @@ def drop(folder: Path, job: Job, pdf: Path) -> None:
         (".pdf", copy),
     )
     for suffix, write in writes:
-        name = uuid_file_name(job.message_uuid, suffix)
-        target = inside(folder, name)
-        partial = inside(folder, f".{name}.{uuid.uuid4().hex}.part")
-        try:
-            with partial.open("wb") as handle:
-                write(handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            partial.replace(target)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
+        write_whole(folder, uuid_file_name(job.message_uuid, suffix), write)
     fsync_dir(folder)
 
 

@@ -36,15 +36,14 @@ import os
 import shutil
 import socket
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO, NamedTuple, TypeVar
 
 from brokers.runtime.blobstore import FileBlobStore
-from brokers.runtime.private import create_private, private_dir
+from brokers.runtime.private import private_dir
 from connectors import documents
-from connectors.folders import inside, uuid_file_name
+from connectors.folders import fsync_dir, inside, uuid_file_name, write_whole
 from schemas.errors import Dp2Error
 from schemas.models import BlobContent, File
 
@@ -103,18 +102,9 @@ class Spool:
 
     def write(self, message_uuid: str, fill: Callable[[BinaryIO], _T]) -> tuple[Spooled, _T]:
         """Write the letter of ``message_uuid`` with ``fill(file)``, durably (see above)."""
-        target = self.path(message_uuid)
+        name = uuid_file_name(message_uuid, PDF_SUFFIX)
         private_dir(self._letters)
-        partial = inside(self._letters, f".{target.name}.{uuid.uuid4().hex}.part")
-        try:
-            with os.fdopen(create_private(partial), "wb") as handle:
-                result = fill(handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            partial.replace(target)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
+        target, result = write_whole(self._letters, name, fill, private=True)
         fsync_dir(self._letters)
         size, digest = _measure(target)
         return Spooled(target.name, size, digest), result
@@ -183,13 +173,4 @@ def _measure(path: Path) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-def fsync_dir(path: Path) -> None:
-    """Make the renames in folder ``path`` durable (POSIX)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-__all__ = ["PDF_SUFFIX", "Spool", "SpoolError", "Spooled", "fsync_dir"]
+__all__ = ["PDF_SUFFIX", "Spool", "SpoolError", "Spooled"]

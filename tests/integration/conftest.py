@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import subprocess
+import sys
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator
@@ -31,7 +33,7 @@ from brokers.security.pki import Pki
 from brokers.security.pseudonyms import Pseudonymizer, pseudonym_key
 from brokers.security.trust import TrustStore
 from brokers.stack.access import REGISTER_IDENTITY
-from brokers.stack.kafka import port_is_free
+from brokers.stack.kafka import ephemeral_ports_start, port_is_free
 from brokers.stack.registry import build_service
 from brokers.stack.supervisor import prepare_kafka
 from connectors.authorities import AuthorityTokens
@@ -338,8 +340,25 @@ async def esdh(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> AsyncI
 def free_http_base(first: int) -> int:
     """A free range of 30 HTTP ports from ``first`` on for a ``dp2 up`` stack: the
     services' ports and the local capture's SMTP port (DP2_PORT_BASE + 25). Each test
-    file starts at its own ``first``, so stacks of different tests never overlap."""
-    for base in range(first, 60000, 59):
+    file starts at its own ``first``, so stacks of different tests never overlap; all
+    lie below the kernel's ephemeral range, where an outgoing connection could take a
+    port between the check and the bind."""
+    for base in range(first, ephemeral_ports_start() - 30, 59):
         if all(port_is_free(base + i) for i in range(30)):
             return base
     raise AssertionError("no free port range")
+
+
+def run_dp2(
+    env: dict[str, str], *args: str, timeout: float = 240
+) -> subprocess.CompletedProcess[str]:
+    """``dp2 ARGS`` as a user runs it (``python -m brokers.cli``), in ``env``; output
+    captured as text, the exit code left to the test."""
+    return subprocess.run(
+        [sys.executable, "-m", "brokers.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

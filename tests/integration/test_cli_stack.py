@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 import pytest
 
 from brokers.stack.kafka import free_base_port
-from tests.integration.conftest import free_http_base
+from tests.integration.conftest import free_http_base, run_dp2
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -32,14 +31,7 @@ def test_whole_stack_from_the_command_line(tmp_path: Path) -> None:
     env.pop("DP2_KAFKA_BOOTSTRAP", None)
 
     def dp2(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "brokers.cli", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        return run_dp2(env, *args, timeout=timeout)
 
     # The example connector (examples/folder-connector, installed by `make install`)
     # is configured, not coded in: dp2 up finds it through its entry point.

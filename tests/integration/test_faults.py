@@ -22,7 +22,6 @@ import logging
 import os
 import signal
 import sqlite3
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -40,7 +39,7 @@ from connectors.sdk import Document, Dp2Client, NotSubmitted, build_message
 from schemas import codec
 from schemas.errors import Dp2Error
 from schemas.models import Envelope
-from tests.integration.conftest import free_http_base
+from tests.integration.conftest import free_http_base, run_dp2
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -65,12 +64,12 @@ def test_a_broker_killed_under_load_loses_nothing_and_duplicates_nothing(
         **os.environ,
         "DP2_HOME": str(home),
         "DP2_KAFKA_PORT": str(kafka_port),
-        "DP2_PORT_BASE": str(free_http_base(47000)),
+        "DP2_PORT_BASE": str(free_http_base(28000)),
     }
     for name in ("DP2_KAFKA_BOOTSTRAP", "DP2_SMTP_HOST", "DP2_SMS_PROVIDERS", "DP2_PKI"):
         env.pop(name, None)
 
-    dp2 = functools.partial(_dp2, env)
+    dp2 = functools.partial(run_dp2, env, timeout=400)
 
     try:
         up = dp2("up", "--nodes", "3", "--detach", "--demo")
@@ -127,12 +126,12 @@ def test_killing_an_instance_of_each_service_under_load_loses_nothing(tmp_path: 
         **os.environ,
         "DP2_HOME": str(home),
         "DP2_KAFKA_PORT": str(free_base_port()),
-        "DP2_PORT_BASE": str(free_http_base(47000)),
+        "DP2_PORT_BASE": str(free_http_base(28000)),
     }
     for name in ("DP2_KAFKA_BOOTSTRAP", "DP2_SMTP_HOST", "DP2_SMS_PROVIDERS", "DP2_PKI"):
         env.pop(name, None)
 
-    dp2 = functools.partial(_dp2, env)
+    dp2 = functools.partial(run_dp2, env, timeout=400)
 
     victims = ["validator", "router", "mailbox-mitpost", "notifier"]
     try:
@@ -191,12 +190,12 @@ def test_the_whole_deployment_under_every_fault_loses_nothing(
         **os.environ,
         "DP2_HOME": str(home),
         "DP2_KAFKA_PORT": str(kafka_port),
-        "DP2_PORT_BASE": str(free_http_base(47000)),
+        "DP2_PORT_BASE": str(free_http_base(28000)),
         "DP2_DATABASE_URL": database_url,
     }
     for name in ("DP2_KAFKA_BOOTSTRAP", "DP2_SMTP_HOST", "DP2_SMS_PROVIDERS", "DP2_PKI"):
         env.pop(name, None)
-    dp2 = functools.partial(_dp2, env)
+    dp2 = functools.partial(run_dp2, env, timeout=400)
     victims = ["validator", "router", "mailbox-mitpost", "notifier", "tracing"]
     up_args = ("up", "--nodes", "3", "--instances", "2", "--detach")
     try:
@@ -310,17 +309,6 @@ async def _incomplete_traces(
                 return incomplete
             waiting = sorted(incomplete)
             await asyncio.sleep(2.0)
-
-
-def _dp2(env: dict[str, str], *args: str, timeout: float = 400) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "brokers.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 async def _load_with_faults(

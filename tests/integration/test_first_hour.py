@@ -24,7 +24,7 @@ import pytest
 from playwright.async_api import async_playwright
 
 from brokers.stack.kafka import free_base_port
-from tests.integration.conftest import free_http_base
+from tests.integration.conftest import free_http_base, run_dp2
 from tests.integration.test_dashboard import ARTIFACTS, CHROMIUM
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -50,7 +50,7 @@ def test_the_printed_try_it_list_works_step_by_step(tmp_path: Path) -> None:
         **os.environ,
         "DP2_HOME": str(tmp_path / "home"),
         "DP2_KAFKA_PORT": str(free_base_port()),
-        "DP2_PORT_BASE": str(free_http_base(41000)),
+        "DP2_PORT_BASE": str(free_http_base(24000)),
     }
     for name in ("DP2_KAFKA_BOOTSTRAP", "DP2_SMTP_HOST", "DP2_SMS_PROVIDERS", "DP2_PKI"):
         env.pop(name, None)
@@ -58,14 +58,7 @@ def test_the_printed_try_it_list_works_step_by_step(tmp_path: Path) -> None:
     env["PATH"] = "/usr/local/bin:/usr/bin:/bin"
 
     def dp2(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "brokers.cli", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        return run_dp2(env, *args, timeout=timeout)
 
     try:
         up = dp2("up", "--detach", "--demo")

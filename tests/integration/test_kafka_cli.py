@@ -19,7 +19,7 @@ from brokers.runtime.kafka import new_admin, new_consumer, new_producer
 from brokers.runtime.settings import KafkaAccess
 from brokers.stack.access import ADMIN_IDENTITY
 from brokers.stack.kafka import free_base_port
-from tests.integration.conftest import free_http_base
+from tests.integration.conftest import free_http_base, run_dp2
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -29,14 +29,7 @@ def dp2(
 ) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DP2_HOME": str(home), "DP2_LOG_FORMAT": "json", **extra}
     env.pop("DP2_KAFKA_BOOTSTRAP", None)
-    return subprocess.run(
-        [sys.executable, "-m", "brokers.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return run_dp2(env, *args, timeout=timeout)
 
 
 def _admin(home: Path, bootstrap: str) -> KafkaAccess:
@@ -140,7 +133,7 @@ def test_three_node_cluster_replicates_and_dp2_up_comes_back_on_it(tmp_path: Pat
     3 and min.insync.replicas 2, warns about a topic with fewer replicas, and after
     `dp2 down` the next `dp2 up` brings the 3-node cluster back."""
     port = free_base_port(nodes=3)
-    http_base = free_http_base(43000)
+    http_base = free_http_base(26000)
     extra = {"DP2_KAFKA_PORT": str(port), "DP2_PORT_BASE": str(http_base)}
     started = dp2(tmp_path, "kafka", "start", "--nodes", "3", "--port", str(port), timeout=300)
     try:
