@@ -171,7 +171,13 @@ class KafkaWorker:
         await cancel_and_wait(task)
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
-            await consumer.stop()
+            try:
+                await consumer.stop()
+            except KafkaError as exc:
+                # A fetch in flight to a broker that stopped answering: nothing of ours
+                # is lost (offsets are committed per batch, never on stop), and the
+                # group drops this member after its session timeout. Stop the rest.
+                log.warning("worker_consumer_stop_failed", worker=self.name, error=repr(exc))
         if self._own_producer:
             await self._producer.stop()
 
