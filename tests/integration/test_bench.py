@@ -79,8 +79,11 @@ def test_quick_bench_writes_a_complete_result(tmp_path: Path) -> None:
         "validator_cpu_vs_verify",
     ):
         assert result["ratios"][ratio] > 0, ratio
-    assert len(result["targets"]) == 4
+    by_name = {t["target"]: t for t in result["targets"]}
+    assert len(by_name) == 6
+    assert by_name["every letter notified exactly once"]["status"] == "met"
+    assert by_name["CPU per letter, DP2's services and Kafka"]["measured"] > 0
 
     plot = Path(result["plot_path"])
     assert plot.parent == tmp_path and plot.read_bytes().startswith(b"\x89PNG")
-    assert "targets (issue 8)" in run.stdout and str(result_file) in run.stdout
+    assert "targets (issue 18)" in run.stdout and str(result_file) in run.stdout
