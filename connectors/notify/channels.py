@@ -32,7 +32,9 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable
-from email.message import EmailMessage
+from email.header import Header
+from email.message import Message
+from email.mime.text import MIMEText
 from email.utils import formatdate
 from typing import Any, ClassVar, Literal, Protocol
 
@@ -416,6 +418,38 @@ def message_id(idempotency_key: str) -> str:
     return f"<{hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]}@dp2>"
 
 
+#: One addr-spec and nothing else: no display name, no second address, no white space
+#: or control character (a CR or LF would start a header of its own).
+_ONE_ADDRESS = re.compile(
+    r"[^\s\x00-\x1f\x7f<>()\[\],;:\\\"@]+@[^\s\x00-\x1f\x7f<>()\[\],;:\\\"@]+"
+)
+
+
+def plain_mail(sender: str, to: str, subject: str, text: str, msgid: str) -> Message:
+    """A plain-text UTF-8 e-mail to one address.
+
+    Built with the email package's compat32 classes, not ``EmailMessage``: that one
+    parses every header it is given through the header registry, about 1.4 ms a mail
+    against 0.2 ms here (`dp2 bench`'s notifier profile). What it checked is checked
+    here: the recipient must be exactly one address (``INVALID_ADDRESS`` otherwise,
+    permanent, without repeating the address); the subject is RFC 2047 encoded; the
+    sender is the operator's own setting."""
+    if not _ONE_ADDRESS.fullmatch(to):
+        raise NotificationError(
+            "the e-mail address in the contact register is not one plain address",
+            kind="permanent",
+            reason_code="INVALID_ADDRESS",
+            hint="The recipient should correct their e-mail address in the contact register.",
+        )
+    message = MIMEText(text, "plain", "utf-8")
+    message["From"] = sender
+    message["To"] = to
+    message["Subject"] = Header(subject, "utf-8").encode()
+    message["Date"] = formatdate(localtime=False, usegmt=True)
+    message["Message-ID"] = msgid
+    return message
+
+
 class EmailSender:
     """Sends plain-text notification e-mail through one SMTP server.
 
@@ -454,15 +488,9 @@ class EmailSender:
 
     async def send(self, to: str, subject: str, text: str, idempotency_key: str) -> None:
         """Deliver one e-mail to the SMTP server; raise ``NotificationError`` if refused."""
-        message = EmailMessage()
-        message["From"] = self._sender
-        message["To"] = to
-        message["Subject"] = subject
-        message["Date"] = formatdate(localtime=False, usegmt=True)
-        message["Message-ID"] = message_id(idempotency_key)
-        message.set_content(text)
+        message = plain_mail(self._sender, to, subject, text, message_id(idempotency_key))
         try:
-            await self._deliver(message)
+            await self._deliver(message, to)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             codes = [r.code for r in exc.recipients]
             raise _smtp_refused(min(codes) if codes else 550, "refused the recipient") from exc
@@ -490,18 +518,18 @@ class EmailSender:
                 f"{type(exc).__name__}"
             ) from exc
 
-    async def _deliver(self, message: EmailMessage) -> None:
+    async def _deliver(self, message: Message, to: str) -> None:
         """Send on a pooled connection; it goes back to the pool only if all went well."""
         client, reused = await self._connection()
         try:
-            await client.send_message(message)
+            await client.send_message(message, recipients=[to])
         except aiosmtplib.SMTPServerDisconnected:
             _close(client)
             if not reused:
                 raise
             client, _ = await self._fresh()  # the server had closed an idle one
             try:
-                await client.send_message(message)
+                await client.send_message(message, recipients=[to])
             except BaseException:
                 _close(client)
                 raise

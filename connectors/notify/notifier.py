@@ -28,9 +28,11 @@ Why it is built this way:
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -52,6 +54,9 @@ log = structlog.get_logger("dp2.notify")
 
 #: How much of a notification's words NOTIFIED carries for the dashboard.
 MAX_SHOWN_TEXT = 200
+#: Due notifications fetched per send slot at a time: enough to refill the slots
+#: between polls, few enough that a fetch stays cheap with a large backlog.
+QUEUED_PER_SLOT = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +123,7 @@ class Notifier:
         metrics: NotifierMetrics,
         config: NotifierConfig = NotifierConfig(),
         clock: Callable[[], float] = time.time,
+        wake: Callable[[], None] | None = None,
     ) -> None:
         self._outbox = outbox
         self._contacts = contacts
@@ -130,6 +136,10 @@ class Notifier:
         self._in_flight: dict[asyncio.Task[bool], frozenset[str]] = {}
         self._in_flight_keys: frozenset[str] = frozenset()
         self._renewing: asyncio.Task[None] | None = None
+        #: Due notifications fetched and not started yet, longest due first.
+        self._queue: deque[list[Row]] = deque()
+        #: Runs dispatch_due again at once (the service's PeriodicTask.wake).
+        self._wake = wake
 
     async def handle(self, record: ConsumerRecord[bytes, bytes]) -> Sequence[Output]:
         """Record the notifications a DELIVERED event calls for (idempotent)."""
@@ -184,46 +194,64 @@ class Notifier:
         """Announce what the channels took since the last call, then start sending due
         notifications until ``concurrency`` are in flight; returns how many it started.
 
-        Called every ``poll_s`` and never waits for a send: a slow one (an SMS held by
-        its provider's rate) holds up no other, and each free slot is taken again at
-        the next call. What the sends hand over is announced in one produce per call."""
+        Called every ``poll_s`` (and at once when its queue of due notifications ran
+        dry while a slot is free) and never waits for a send: each send that ends hands
+        its slot to the next due notification (``_sent``), so a slow one (an SMS held
+        by its provider's rate) holds up no other. What the sends handed over is
+        announced in one produce per call."""
         # Sent before a crash (or a failed produce) or since the last call: announce.
         await self._announce(producer, self._outbox.unannounced(self._clock()))
-        free = max(1, self._config.concurrency) - len(self._in_flight)
-        if free <= 0:
-            return 0
-        digest = self._config.digest_window_s > 0  # 0 turns the digest off
-        started = 0
-        for rows in self._outbox.due_groups(self._clock(), digest=digest):
-            keys = frozenset(r.key for r in rows)
-            # Its own rows in flight are 'sending' under its name, so claimable by it:
-            # skip them here, not in the store.
-            if keys & self._in_flight_keys:
-                continue
-            task = asyncio.create_task(self._dispatch_group(producer, rows), name="notify:send")
-            self._in_flight[task] = keys
-            self._in_flight_keys |= keys
-            task.add_done_callback(self._sent)
-            started += 1
-            if started == free:
-                break
-        self._metrics.in_flight.set(len(self._in_flight))
+        if not self._queue:
+            digest = self._config.digest_window_s > 0  # 0 turns the digest off
+            limit = QUEUED_PER_SLOT * max(1, self._config.concurrency)
+            self._queue.extend(self._outbox.due_groups(self._clock(), digest=digest, limit=limit))
+        started = self._fill(producer)
         if self._in_flight and (self._renewing is None or self._renewing.done()):
             self._renewing = asyncio.create_task(self._renew_claims(), name="notify:renew")
         self._metrics.retry_backlog.set(self._outbox.retry_backlog())
         return started
 
-    def _sent(self, task: asyncio.Task[bool]) -> None:
-        self._in_flight_keys -= self._in_flight.pop(task, frozenset())
+    def _fill(self, producer: AIOKafkaProducer) -> int:
+        """Start queued notifications while a slot is free; how many it started."""
+        started = 0
+        while self._queue and len(self._in_flight) < max(1, self._config.concurrency):
+            rows = self._queue.popleft()
+            keys = frozenset(r.key for r in rows)
+            if keys & self._in_flight_keys:
+                continue  # fetched before its send began: that send has it
+            task = asyncio.create_task(self._dispatch_group(producer, rows), name="notify:send")
+            self._in_flight[task] = keys
+            self._in_flight_keys |= keys
+            task.add_done_callback(functools.partial(self._sent, producer))
+            started += 1
         self._metrics.in_flight.set(len(self._in_flight))
+        return started
+
+    def _sent(self, producer: AIOKafkaProducer, task: asyncio.Task[bool]) -> None:
+        """A send ended: give back the rows of one that failed, and take the next."""
+        keys = self._in_flight.pop(task, frozenset())
+        self._in_flight_keys -= keys
         if not task.cancelled() and task.exception() is not None:
-            # The rows stay 'sending' under this notifier: sent again at a next call.
             log.error("dispatch_failed", error=repr(task.exception()))
+            try:  # due again at once (one the channel took is 'handed': never resent)
+                now = self._clock()
+                self._outbox.defer(sorted(keys), now, now)
+            except Exception as exc:  # the store too: the claim's lease frees them
+                log.error("dispatch_give_back_failed", error=repr(exc))
+        if task.cancelled():
+            return  # stopping: nothing new is started
+        if self._queue:
+            self._fill(producer)
+        else:
+            self._metrics.in_flight.set(len(self._in_flight))
+            if self._wake is not None:
+                self._wake()  # fetch the next due notifications now, not at the next poll
 
     async def stop(self, producer: AIOKafkaProducer, timeout_s: float = 10.0) -> None:
         """Let the sends in flight finish (for up to ``timeout_s``) and announce them.
         One cut short stays claimed and is sent again, with its idempotency key, after
         a restart (or by another notifier once the lease is over)."""
+        self._queue.clear()
         tasks = list(self._in_flight)
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=timeout_s)

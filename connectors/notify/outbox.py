@@ -21,8 +21,9 @@ flight its owner renews the lease; every later change of the row (sent, failed, 
 to pending) is made only by the owner of the claim. A notifier that crashed leaves
 its rows ``sending``: once the lease runs out another notifier — or the same one,
 restarted — claims them and sends again with the same idempotency key, as after any
-crash. A notifier takes its own ``sending`` rows back at once (a send that failed
-half-way); it skips the ones its sends in flight hold (Notifier.dispatch_due).
+crash. Its own ``sending`` rows are never due to a notifier (its sends in flight hold
+them); a send that failed half-way gives its rows back (:meth:`~NotificationOutbox.defer`),
+due again at once.
 """
 
 from __future__ import annotations
@@ -78,9 +79,13 @@ class NotificationOutbox(Protocol):
         """Record a notification unless its key is recorded; True when it is new."""
         ...
 
-    def due_groups(self, now: float, digest: bool = True) -> list[list[Row]]:
+    def due_groups(
+        self, now: float, digest: bool = True, limit: int | None = None
+    ) -> list[list[Row]]:
         """Every claimable row of a (recipient, channel) pair whose first row is due;
-        without ``digest`` every due row on its own."""
+        without ``digest`` every due row on its own. The pairs longest due come first,
+        at most ``limit`` of them. Rows this outbox is sending are not due: its sends
+        in flight hold them (a send that failed gives them back with :meth:`defer`)."""
         ...
 
     def claim(self, keys: Sequence[str], now: float, until: float) -> list[str]:
@@ -158,11 +163,16 @@ class _SharedOutbox(ABC):
             == 1
         )
 
-    def due_groups(self, now: float, digest: bool = True) -> list[list[Row]]:
+    def due_groups(
+        self, now: float, digest: bool = True, limit: int | None = None
+    ) -> list[list[Row]]:
+        # No owner matches "": only a claim whose lease ran out is due again.
+        bound = "" if limit is None else f" LIMIT {int(limit)}"
         due = self._run(
-            "SELECT DISTINCT recipient_ref, channel FROM outbox"  # noqa: S608 - ours
-            f" WHERE {_CLAIMABLE} AND next_at <= ?",
-            (self.owner, now, now),
+            "SELECT recipient_ref, channel FROM outbox"  # noqa: S608 - ours
+            f" WHERE {_CLAIMABLE} AND next_at <= ?"
+            f" GROUP BY recipient_ref, channel ORDER BY MIN(next_at){bound}",
+            ("", now, now),
         )
         groups = []
         for recipient_ref, channel in due:
@@ -171,7 +181,7 @@ class _SharedOutbox(ABC):
                 for r in self._run(
                     f"SELECT {_COLUMNS} FROM outbox WHERE recipient_ref = ? AND channel = ?"  # noqa: S608 - ours
                     f" AND {_CLAIMABLE} ORDER BY key",
-                    (recipient_ref, channel, self.owner, now),
+                    (recipient_ref, channel, "", now),
                 )
             ]
             # A NemSMS is its own message: never folded into a digest.

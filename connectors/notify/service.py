@@ -107,6 +107,7 @@ class NotifierService(AsyncResource):
             sms=sms,
             metrics=NotifierMetrics(self._registry),
             config=self._config,
+            wake=self.dispatch.wake,
         )
         await self.dispatch.start()
 

@@ -121,15 +121,30 @@ def test_a_dead_notifiers_claim_is_taken_over_when_its_lease_runs_out(
     assert two.settle(["m-001|EMAIL"], "sent") == 1
 
 
-def test_a_notifier_takes_back_its_own_claim_at_once(pair: tuple[NotificationOutbox, ...]) -> None:
-    """A round that failed half-way leaves this notifier's rows 'sending': its next round
-    sees them due and claims them again at once; another notifier does not."""
+def test_a_notifiers_own_claim_is_not_due_to_it_until_it_gives_it_back(
+    pair: tuple[NotificationOutbox, ...],
+) -> None:
+    """Rows a notifier is sending are due to nobody, itself included (its send in
+    flight holds them, however often it asks what is due); a send that failed gives
+    them back with defer(), and they are due again at once, for any notifier."""
     one, two = pair
     one.add(row(1))
     one.claim(["m-001|EMAIL"], T, T + LEASE)
-    assert keys(one.due_groups(T + 1)) == [["m-001|EMAIL"]]
-    assert two.due_groups(T + 1) == []
+    assert one.due_groups(T + 1) == [] and two.due_groups(T + 1) == []
+    assert one.defer(["m-001|EMAIL"], T + 1, T + 1) == ["m-001|EMAIL"]
+    assert keys(two.due_groups(T + 1)) == [["m-001|EMAIL"]]
     assert one.claim(["m-001|EMAIL"], T + 1, T + 1 + LEASE) == ["m-001|EMAIL"]
+
+
+def test_the_longest_due_come_first_and_a_limit_bounds_the_fetch(
+    pair: tuple[NotificationOutbox, ...],
+) -> None:
+    """due_groups(limit=N) answers the N pairs whose first row has waited longest."""
+    one, _ = pair
+    for n, due in ((1, T - 5), (2, T - 50), (3, T - 20), (4, T + 100)):
+        one.add(row(n, recipient=f"ref-{n}", due=due))
+    assert keys(one.due_groups(T, limit=2)) == [["m-002|EMAIL"], ["m-003|EMAIL"]]
+    assert [g[0].key for g in one.due_groups(T)] == ["m-002|EMAIL", "m-003|EMAIL", "m-001|EMAIL"]
 
 
 def test_a_failure_puts_the_row_back_with_its_retry_time(

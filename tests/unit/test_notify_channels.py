@@ -432,6 +432,29 @@ async def test_email_refused_recipient_is_permanent(smtp: Smtp) -> None:
     assert smtp.recorder.messages == []
 
 
+@pytest.mark.parametrize(
+    "address",
+    [
+        "borger@example.dk\r\nBcc: everyone@example.dk",  # a header of its own
+        "borger@example.dk\nSubject: forged",
+        "Karen <borger@example.dk>",
+        "borger@example.dk, other@example.dk",
+        "no address",
+    ],
+)
+async def test_email_an_address_that_is_not_one_plain_address_is_refused_and_nothing_sent(
+    smtp: Smtp, address: str
+) -> None:
+    """A contact register address with a line break (header injection), a display
+    name or a second address is a permanent INVALID_ADDRESS; the server gets nothing,
+    and the error does not repeat the address (it is personal data)."""
+    with pytest.raises(PermanentNotificationError) as caught:
+        await EmailSender("127.0.0.1", smtp.port).send(address, "S", "T", "k")
+    assert caught.value.reason_code == "INVALID_ADDRESS"
+    assert "example.dk" not in str(caught.value)
+    assert smtp.recorder.messages == []
+
+
 async def test_email_greylisted_recipient_is_temporary(smtp: Smtp) -> None:
     """A 4xx for the recipient is a temporary SMTP_UNAVAILABLE error."""
     smtp.recorder.refuse["later@example.dk"] = "451 4.7.1 Try again later"
