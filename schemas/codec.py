@@ -152,6 +152,16 @@ class Codec:
 
     def encode(self, record: Record) -> bytes:
         """The single-object encoding of `record` with its family's current schema."""
+        return self._encode(record, to_avro(record))
+
+    def encode_with(self, record: Record, **fields: Any) -> bytes:
+        """``encode(dataclasses.replace(record, **fields))``, byte for byte, without building
+        (and re-validating) the new record: for an encoding that is never decoded back,
+        such as the signing input of a lifecycle event (brokers.security.signing). The
+        fields must be plain Avro values (strings, numbers, maps of strings)."""
+        return self._encode(record, {**to_avro(record), **fields})
+
+    def _encode(self, record: Record, value: dict[str, Any]) -> bytes:
         try:
             header, schema = self._writers[type(record)]
         except KeyError:
@@ -162,7 +172,7 @@ class Codec:
         out = io.BytesIO()
         out.write(header)
         try:
-            fastavro.schemaless_writer(out, schema, to_avro(record))
+            fastavro.schemaless_writer(out, schema, value)
         except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as exc:
             raise InvalidRecordError(
                 f"{type(record).__name__} does not fit schema {record.SCHEMA_NAME}: {exc}"
@@ -222,5 +232,6 @@ CODEC: Final = Codec(REGISTRY)
 """The codec over this package's schemas; immutable, so sharing it is safe."""
 
 encode: Final = CODEC.encode
+encode_with: Final = CODEC.encode_with
 decode: Final = CODEC.decode
 fingerprint_of: Final = CODEC.fingerprint_of

@@ -8,6 +8,10 @@ print(render(json.load(open(sys.argv[1]))))" bench/results/bench-20250101T120000
 
 Targets (issue 18, which sharpened issue 8's) are reported as measured against target,
 never asserted: a run on a shared laptop is evidence, not a gate.
+
+Why one module over 500 lines: figures, targets, text and plot all read the same
+result dictionary, and a reader checking what a printed figure means finds its
+computation and its rendering side by side.
 """
 
 from __future__ import annotations

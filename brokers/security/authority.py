@@ -43,6 +43,7 @@ from typing import Any, Final, Protocol
 from cryptography import x509
 from prometheus_client import Counter
 
+from brokers.runtime.lru import Lru
 from brokers.runtime.postgres import Database, Migration
 from brokers.runtime.settings import Settings
 from brokers.runtime.sqlite import connect
@@ -202,6 +203,8 @@ class EventJudge:
     def __init__(self, trust: Certificates | TrustStore, routes: Routes) -> None:
         self._trust = trust
         self._routes = routes
+        #: ``kind:name`` per signer fingerprint (certificate(fp) has that fingerprint).
+        self._signers: Lru[str, str] = Lru(4096)
 
     def judge(self, event: LifecycleEvent, at: datetime | None = None) -> Verdict:
         fingerprint = event.attributes.get("signer")
@@ -214,13 +217,16 @@ class EventJudge:
             cert = self._trust.certificate(fingerprint)
         except SecurityError:
             return _refused("", "EVENT_SIGNER_UNKNOWN", "no certificate of this CA signed it")
-        signer = principal_name(cert)
+        signer = self._signers.get(fingerprint) or self._signers.put(
+            fingerprint, principal_name(cert)
+        )
         try:
             self._trust.verify_certificate(cert, at or datetime.now(UTC))
         except SecurityError as exc:
             return _refused(signer, "EVENT_SIGNER_NOT_TRUSTED", f"{exc.reason_code}: {exc.message}")
         try:
-            signing.verify_event(event, cert)
+            known = self._trust.fingerprint(cert) if isinstance(self._trust, TrustStore) else None
+            signing.verify_event(event, cert, fingerprint=known)
         except SecurityError:
             return _refused(signer, "EVENT_SIGNATURE_INVALID", "the signature does not match")
         refusal = self._may_assert(event, cert, signer)

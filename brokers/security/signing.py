@@ -251,7 +251,9 @@ def verify_envelope(envelope: Envelope, certificate: x509.Certificate) -> None:
 def _event_signing_input(event: LifecycleEvent) -> bytes:
     """The event encoded without its signature attributes, the rest sorted by key."""
     attributes = {k: v for k, v in sorted(event.attributes.items()) if k not in _EVENT_SIGNATURE}
-    return codec.encode(dataclasses.replace(event, attributes=attributes))
+    # encode_with: the bytes of encode(replace(event, attributes=...)) without building
+    # and validating that copy, which was a third of judging an event.
+    return codec.encode_with(event, attributes=attributes)
 
 
 _EVENT_SIGNATURE: Final = ("signer", "signature")
@@ -275,8 +277,13 @@ def sign_event(
     return dataclasses.replace(event, attributes=attributes)
 
 
-def verify_event(event: LifecycleEvent, certificate: x509.Certificate) -> None:
-    """Raise SecurityError unless `certificate`'s key signed this event (see sign_event)."""
+def verify_event(
+    event: LifecycleEvent, certificate: x509.Certificate, *, fingerprint: str | None = None
+) -> None:
+    """Raise SecurityError unless `certificate`'s key signed this event (see sign_event).
+
+    ``fingerprint`` is the certificate's, when the caller knows it already (a trust
+    store that hashed it once); otherwise it is computed here."""
     signer, encoded = event.attributes.get("signer"), event.attributes.get("signature")
     if signer is None or encoded is None:
         raise SecurityError(
@@ -284,7 +291,7 @@ def verify_event(event: LifecycleEvent, certificate: x509.Certificate) -> None:
             reason_code="SIGNATURE_MISSING",
             hint="Sign lifecycle events with brokers.security.signing.sign_event.",
         )
-    if signer != certificate_fingerprint(certificate):
+    if signer != (fingerprint or certificate_fingerprint(certificate)):
         raise SecurityError(
             "the event names another certificate than the one given to verify it",
             reason_code="CERTIFICATE_MISMATCH",

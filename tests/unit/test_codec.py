@@ -1,5 +1,6 @@
 """The codec: every model round-trips, and bad input fails with a typed, coded error."""
 
+import dataclasses
 import io
 import json
 import shutil
@@ -22,6 +23,7 @@ from schemas.codec import (
     SchemaRegistry,
     decode,
     encode,
+    encode_with,
     fingerprint_of,
 )
 from schemas.errors import (
@@ -49,7 +51,7 @@ from schemas.models import (
     Sender,
     to_avro,
 )
-from tests.strategies import records
+from tests.strategies import lifecycle_events, records
 
 NOW = datetime(2025, 3, 1, 9, 30, 0, 123456, tzinfo=UTC)
 
@@ -263,3 +265,14 @@ def test_older_writer_is_resolved_to_current_reader(tmp_path: Path) -> None:
     fastavro.schemaless_writer(out, parse_schema(old), values)
 
     assert codec.decode(out.getvalue(), Envelope) == envelope  # labelIsSensitive defaults True
+
+
+@settings(max_examples=300, deadline=None)
+@given(lifecycle_events(), st.dictionaries(st.text(max_size=8), st.text(max_size=20), max_size=4))
+def test_encode_with_is_the_encoding_of_the_replaced_record(
+    event: LifecycleEvent, attributes: dict[str, str]
+) -> None:
+    """encode_with(record, field=x) is byte for byte encode(replace(record, field=x)):
+    the signatures of lifecycle events are over those bytes."""
+    replaced = dataclasses.replace(event, attributes=attributes)
+    assert encode_with(event, attributes=attributes) == encode(replaced)
