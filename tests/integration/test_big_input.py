@@ -318,8 +318,8 @@ async def test_a_995_mb_memo_goes_through_the_esdh_connector_in_flat_memory(
     stack: Stack, esdh: Esdh, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A 99.5 MB MeMo (133 MB of XML) posted to the ESDH connector is accepted and
-    delivered whole, the connector growing this process by at most 1.3 copies of the
-    document and the validator and mailbox (which stream it) by a few MB; the mailbox
+    delivered whole, the connector growing this process by less than 1.5 copies of the
+    document (never two) and the validator and mailbox (which stream it) by a few MB; the mailbox
     keeps it in its own folder, read back checked; one over 140 MiB is 413
     REQUEST_TOO_LARGE at once by Content-Length and, streamed without one, as soon as
     the count passes the limit, nothing submitted; a good letter after arrives."""
@@ -364,8 +364,11 @@ async def test_a_995_mb_memo_goes_through_the_esdh_connector_in_flat_memory(
     # The connector parses the MeMo and seals it: the plaintext once (the floor while
     # MeMo is parsed into an envelope of bytes), never twice; the validator reads the
     # blob a piece at a time; the mailbox decrypts it a chunk at a time into its own
-    # folder. With a process of ~60 MB at rest, each stays under 200 MB.
-    assert peak.stages["connector"] < 1.3 * BIG_DOCUMENT / MB, peak.stages
+    # folder. With a process of ~60 MB at rest, each stays under 200 MB. The connector
+    # measures about 1.07 copies alone; the bound leaves room for what the services
+    # sharing this test process allocate meanwhile (131 MB seen once in a full run),
+    # and still tells "once" from "twice".
+    assert peak.stages["connector"] < 1.5 * BIG_DOCUMENT / MB, peak.stages
     assert peak.stages["validator"] < CHUNKED_STAGE_MB, peak.stages
     assert peak.stages["mailbox"] < CHUNKED_STAGE_MB, peak.stages
 
