@@ -20,10 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from brokers.runtime.private import touch_private
+
+#: Tries at switching a new file to WAL while another process does the same.
+WAL_ATTEMPTS = 100
 
 
 def connect(path: Path | str) -> sqlite3.Connection:
@@ -33,7 +37,18 @@ def connect(path: Path | str) -> sqlite3.Connection:
         with contextlib.suppress(FileNotFoundError):
             touch_private(Path(path))
     db = sqlite3.connect(str(path))
-    db.execute("PRAGMA journal_mode=WAL")
+    # Two processes opening one new file at once (dp2 up --instances 2) both switch it
+    # to WAL; SQLite answers the second "database is locked" at once, without the busy
+    # wait, so it tries again for a few seconds (the first is done in milliseconds).
+    for attempt in range(WAL_ATTEMPTS):
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == WAL_ATTEMPTS - 1:
+                db.close()
+                raise
+            time.sleep(0.05)
     db.execute("PRAGMA synchronous=NORMAL")
     return db
 
@@ -43,18 +58,26 @@ def migrate_once(db: sqlite3.Connection, name: str, step: Callable[[], object]) 
 
     The names done are kept in the store's own ``dp2_migrations`` table, so a migration
     that scans a large table costs that scan once, not at every start. False when the
-    migration had run already.
+    migration had run already. Two processes opening one new file at once (``dp2 up
+    --instances 2``) run it once: the check is repeated under SQLite's write lock
+    (``BEGIN IMMEDIATE``), so the second waits for the first and then finds it done.
     """
     db.execute("CREATE TABLE IF NOT EXISTS dp2_migrations (name TEXT PRIMARY KEY, at TEXT)")
     db.commit()
-    if db.execute("SELECT 1 FROM dp2_migrations WHERE name = ?", (name,)).fetchone():
-        return False
-    with db:
+    done = "SELECT 1 FROM dp2_migrations WHERE name = ?"
+    if db.execute(done, (name,)).fetchone():
+        return False  # the usual case, without taking the lock
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if db.execute(done, (name,)).fetchone():
+            db.rollback()
+            return False
         step()
-        db.execute(
-            "INSERT INTO dp2_migrations VALUES (?, datetime('now'))",
-            (name,),
-        )
+        db.execute("INSERT INTO dp2_migrations VALUES (?, datetime('now'))", (name,))
+        db.commit()
+    except BaseException:
+        db.rollback()
+        raise
     return True
 
 

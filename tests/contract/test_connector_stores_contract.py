@@ -77,7 +77,7 @@ def test_claims_racing_from_threads_give_one_new(database: str | None, tmp_path:
     """Eight instances claim one UUID at the same moment: exactly one sends."""
     open_one = opener(database, tmp_path / "esdh.sqlite", esdh.TABLES)
     EsdhStore(open_one()).close()  # the tables exist before the race
-    start = threading.Barrier(8)
+    start = threading.Barrier(8, timeout=60)
     outcomes: list[str] = []
 
     def claim() -> None:

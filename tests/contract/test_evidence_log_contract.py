@@ -201,7 +201,7 @@ def test_two_instances_appending_at_once_give_one_gap_free_log(
     by either instance verify too."""
     count = 40
     shared = signed_event(parties, new_message())
-    start = threading.Barrier(2)
+    start = threading.Barrier(2, timeout=60)
     indices: dict[int, list[int]] = {}
     failures: list[BaseException] = []
 
@@ -219,6 +219,7 @@ def test_two_instances_appending_at_once_give_one_gap_free_log(
                 log.close()
         except BaseException as exc:  # reported by the test, not lost in the thread
             failures.append(exc)
+            start.abort()  # the other thread stops waiting for this one
 
     threads = [threading.Thread(target=writer, args=(n,)) for n in range(2)]
     for thread in threads:

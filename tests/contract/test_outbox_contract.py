@@ -172,7 +172,7 @@ def test_two_notifiers_claiming_at_once_send_each_row_once(backend: Opener) -> N
         setup.add(row(n, recipient=f"ref-{n}"))
     setup.close()
     claimed: dict[str, list[str]] = {}
-    start = threading.Barrier(2)
+    start = threading.Barrier(2, timeout=60)
     failures: list[BaseException] = []
 
     def notifier(owner: str) -> None:
@@ -185,6 +185,7 @@ def test_two_notifiers_claiming_at_once_send_each_row_once(backend: Opener) -> N
             ]
         except BaseException as exc:  # reported by the test, not lost in the thread
             failures.append(exc)
+            start.abort()  # the other thread stops waiting for this one
         finally:
             outbox.close()
 

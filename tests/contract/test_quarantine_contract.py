@@ -65,7 +65,7 @@ def test_two_instances_reading_one_record_keep_it_once(backend: Opener) -> None:
     """Two stores on one storage adding the same position at once: one of them adds it,
     and both list it."""
     event, wins = _event(str(uuid.uuid4())), []
-    start = threading.Barrier(2)
+    start = threading.Barrier(2, timeout=60)
 
     def add() -> None:
         store = backend()  # in its thread: a SQLite connection stays in its thread

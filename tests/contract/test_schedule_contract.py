@@ -67,7 +67,7 @@ def test_two_routers_releasing_at_once_release_each_letter_once(backend: Opener)
         setup.hold(str(uuid.uuid4()), DAY, "29189846", f"psn-{n}", b"envelope")
     setup.close()
     released: dict[int, list[str]] = {}
-    start = threading.Barrier(2)
+    start = threading.Barrier(2, timeout=60)
 
     def router(n: int) -> None:
         store = backend()  # in its thread: a SQLite connection stays in its thread
@@ -93,7 +93,7 @@ def test_a_recall_and_a_release_at_once_have_one_winner(backend: Opener) -> None
     setup.hold(message, DAY, "29189846", "psn-a", b"envelope")
     setup.close()
     won: dict[str, bool] = {}
-    start = threading.Barrier(2)
+    start = threading.Barrier(2, timeout=60)
 
     def change(state: str) -> None:
         store = backend()

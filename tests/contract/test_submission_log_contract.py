@@ -89,7 +89,7 @@ def test_another_instance_on_the_same_storage_sees_the_first(open_log: Opener) -
 def test_racing_instances_agree_on_one_first(database_url: str) -> None:
     """Eight instances recording one UUID at once from eight positions all get the same first."""
     logs = [PgSubmissionLog(database_url) for _ in range(8)]
-    start = threading.Barrier(len(logs))
+    start = threading.Barrier(len(logs), timeout=60)
     answers: dict[int, tuple[str, str, str | None, str]] = {}
 
     def submit(i: int) -> None:
