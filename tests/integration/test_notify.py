@@ -262,8 +262,15 @@ async def test_delivered_letter_gives_one_email_and_one_sms(
             and (peers.a.to(recipient.phone) or peers.b.to(recipient.phone))
         )
     )
-    doc = await stack.wait_trace(message_uuid, "NOTIFIED")
+    await stack.wait_trace(message_uuid, "NOTIFIED")
     await asyncio.sleep(1.0)  # anything extra would arrive now
+    # Each channel's NOTIFIED comes when its own send is done (no rounds): wait for both.
+    async with asyncio.timeout(30):
+        while True:
+            doc = await stack.wait_trace(message_uuid, "NOTIFIED")
+            if len({e["channel"] for e in doc["timeline"] if e["state"] == "NOTIFIED"}) == 2:
+                break
+            await asyncio.sleep(0.2)
     [mail] = peers.smtp.to(recipient.email)
     [sms] = peers.a.to(recipient.phone) + peers.b.to(recipient.phone)
     body = mail.get_payload(decode=True).decode()  # type: ignore[union-attr]
