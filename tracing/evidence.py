@@ -173,6 +173,9 @@ class OfflineTrust:
     def may_send_as(self, cert: x509.Certificate, cvr: str) -> bool:
         return cvr in sender_cvrs(cert)
 
+    def fingerprint(self, cert: x509.Certificate) -> str:
+        return signing.certificate_fingerprint(cert)
+
 
 def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> None:
     try:

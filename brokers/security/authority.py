@@ -196,6 +196,8 @@ class Certificates(Protocol):
 
     def may_send_as(self, cert: x509.Certificate, cvr: str) -> bool: ...
 
+    def fingerprint(self, cert: x509.Certificate) -> str: ...
+
 
 class EventJudge:
     """Checks each lifecycle event against the authority table (feed it in topic order)."""
@@ -225,8 +227,7 @@ class EventJudge:
         except SecurityError as exc:
             return _refused(signer, "EVENT_SIGNER_NOT_TRUSTED", f"{exc.reason_code}: {exc.message}")
         try:
-            known = self._trust.fingerprint(cert) if isinstance(self._trust, TrustStore) else None
-            signing.verify_event(event, cert, fingerprint=known)
+            signing.verify_event(event, cert, fingerprint=self._trust.fingerprint(cert))
         except SecurityError:
             return _refused(signer, "EVENT_SIGNATURE_INVALID", "the signature does not match")
         refusal = self._may_assert(event, cert, signer)
