@@ -135,6 +135,7 @@ class Prepared:
     uuid: str
     key: str
     sender: int
+    sender_cvr: str  # the SUBMITTED event names it, so the authority table believes it
 
 
 def sender_names(count: int) -> list[tuple[str, str]]:
@@ -198,7 +199,7 @@ async def prepare(
         raw = codec.encode(signed)
         seal_us.append((sealed - started) * 1e6)
         encode_us.append((time.perf_counter() - sealed) * 1e6)
-        prepared.append(Prepared(raw, signed.header.messageUUID, ref, k))
+        prepared.append(Prepared(raw, signed.header.messageUUID, ref, k, senders[k][1]))
         if j % 100 == 99:
             await asyncio.sleep(0)  # let the clients' connections breathe
     cost = {
@@ -213,7 +214,7 @@ async def _submit(client: Dp2Client, item: Prepared, index: int, collector: Coll
     collector.submitted[index] = time.time()
     collector.counts["submitted"] += 1
     try:
-        await client.submit(item.raw, item.uuid, item.key)
+        await client.submit(item.raw, item.uuid, item.key, sender_id=item.sender_cvr)
     except (KafkaError, Dp2Error) as exc:
         collector.failed.setdefault(index, f"SUBMIT_FAILED:{type(exc).__name__}")
         collector.counts["failed"] += 1

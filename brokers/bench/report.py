@@ -475,6 +475,11 @@ def render(result: dict[str, Any]) -> str:
     peers = result.get("peers", {})
     if peers:
         lines += ["", f"peers received: {peers.get('emails')} e-mails, {peers.get('sms')} SMS"]
+    refused = result.get("refused_events")
+    if refused is not None:
+        counts = ", ".join(f"{name} {count:,.0f}" for name, count in sorted(refused.items()))
+        warning = "" if not any(refused.values()) else "  <- the load or a service is wrong"
+        lines.append(f"lifecycle events refused by the authority table: {counts}{warning}")
     lines += [
         "",
         "targets (issue 18) - measured vs target, nothing asserted",

@@ -87,6 +87,7 @@ from brokers.bench.stack import (
     environment,
     issue_identities,
     load_register,
+    refused_events,
     service_env,
     service_ports,
 )
@@ -300,12 +301,14 @@ def run_bench(settings: Settings, config: Config) -> int:
             failed = False
             print(big.render(figures), flush=True)
             return 0 if figures["as_expected"] else 1
-        sampler = Sampler(pids, {s.name: f"http://127.0.0.1:{s.port}" for s in specs})
+        metrics_urls = {s.name: f"http://127.0.0.1:{s.port}" for s in specs}
+        sampler = Sampler(pids, metrics_urls)
         sampler.start()
         cleanup.callback(sampler.stop)
         outcome = asyncio.run(drive(bench_settings, config, sampler))
         sampler.stop()
         peer_counts = peers.counts()
+        refused = refused_events(metrics_urls)
         supervisor.stop_processes(bench_settings, say)
         ceilings = kafka_ceilings(
             java,
@@ -327,6 +330,7 @@ def run_bench(settings: Settings, config: Config) -> int:
         )
         result["parameters"] |= {"broker": bootstrap, "signature_algorithm": algorithm}
         result["peers"] = peer_counts
+        result["refused_events"] = refused
         result["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
         result["ratios"] = report.ratios(result)
         result["targets"] = report.targets(result)

@@ -106,16 +106,34 @@ class Sampler:
 
 def _scrape_lag(url: str) -> float | None:
     """The sum of a service's ``dp2_consumer_lag`` gauges, from its /metrics."""
+    return _scrape_sum(url, ("dp2_consumer_lag{",))
+
+
+#: Counters of lifecycle events a service refused (the authority table did not believe
+#: them). A bench run whose load is honest leaves every one at zero.
+REFUSAL_COUNTERS = ("dp2_quarantined_events_total{", "dp2_notifier_unbelieved_events_total{")
+
+
+def refused_events(metrics_urls: dict[str, str]) -> dict[str, float]:
+    """Lifecycle events each service refused so far (services that answered)."""
+    refused = {}
+    for name, url in metrics_urls.items():
+        count = _scrape_sum(url, REFUSAL_COUNTERS, timeout_s=5.0)
+        if count is not None:
+            refused[name] = count
+    return refused
+
+
+def _scrape_sum(url: str, prefixes: tuple[str, ...], timeout_s: float = 0.8) -> float | None:
+    """The sum of the samples whose line starts with one of ``prefixes``, from /metrics."""
     try:
-        with urllib.request.urlopen(f"{url}/metrics", timeout=0.8) as response:  # noqa: S310
+        with urllib.request.urlopen(f"{url}/metrics", timeout=timeout_s) as response:  # noqa: S310
             text = response.read().decode()
     except OSError:
         return None
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith("dp2_consumer_lag{"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefixes)
+    )
 
 
 # --- the stack under test ------------------------------------------------------------

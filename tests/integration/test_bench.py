@@ -67,6 +67,10 @@ def test_quick_bench_writes_a_complete_result(tmp_path: Path) -> None:
     assert all(services[name]["rss_peak_mb"] > 0 for name in services)
     sent = 200 + result["parameters"]["warmup"]
     assert sum(result["peers"].values()) == sent, "each letter notified once, warm-up included"
+    # Every event of the load is believed: a SUBMITTED that names no sender (the bench
+    # once sent those) is quarantined by tracing, and its trace has no SUBMITTED.
+    assert {"tracing", "notifier"} <= set(result["refused_events"])
+    assert not any(result["refused_events"].values()), result["refused_events"]
 
     assert result["ceilings"]["kafka_producer"]["records_per_s"] > 0
     assert result["ceilings"]["kafka_consumer"]["records_per_s"] > 0
