@@ -37,6 +37,7 @@ derived from provider and message, so re-processing re-emits the *same* event.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
@@ -119,6 +120,7 @@ class DeliveryHandler:
         self.provider_id = provider_id
         self.actor = actor or f"mailbox:{provider_id}"
         self._identity = identity
+        self._event_signer = EventSigner(identity)
         self._decryption_key = identity.encryption_key
         self._trust = trust
         self._receive = receiver.receive if hasattr(receiver, "receive") else receiver
@@ -203,7 +205,9 @@ class DeliveryHandler:
             source="delivered",  # one DELIVERED per message and provider, however often
             **common,
         )
-        return [self.signed(event_output)]
+        # Signed by this provider when the round is produced, with the other DELIVERED
+        # of the batch under one signature (brokers.runtime.kafka.sign_round).
+        return [dataclasses.replace(event_output, sign_as=self._event_signer)]
 
     def open(self, sealed: Envelope, record: ConsumerRecord[bytes, bytes]) -> Envelope:
         """The verified, decrypted message (raises a Dp2Error saying what failed)."""
@@ -227,7 +231,7 @@ class DeliveryHandler:
 
     def signed(self, event_output: Output) -> Output:
         """A lifecycle output signed by this provider (a receipt others can verify)."""
-        value = EventSigner(self._identity).sign_encoded(event_output.value)
+        value = self._event_signer.sign_encoded(event_output.value)
         return Output(event_output.topic, value, key=event_output.key)
 
     def _signer(self, sealed: Envelope, record: ConsumerRecord[bytes, bytes]) -> x509.Certificate:

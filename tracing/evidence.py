@@ -4,7 +4,7 @@ signed tree heads, and receipts anyone checks offline with the CA certificate al
 Why it exists: a trace in a database proves nothing to someone who does not trust
 DP2's operator. So the tracing service appends every event the authority table
 accepted (brokers.security.authority) to a tree in the shape of Certificate
-Transparency (RFC 9162; tracing.merkle) and signs its tree heads with its own
+Transparency (RFC 9162; brokers.security.merkle) and signs its tree heads with its own
 ``service:dp2-tracing`` certificate. A receipt (``dp2 receipt UUID``) holds one
 message's events as they were signed by their actors, their certificates, an
 inclusion proof of each, a signed tree head, and tracing's signed statement of
@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from brokers.runtime.postgres import StoreUnavailable
 from brokers.runtime.settings import redacted
-from brokers.security import signing
+from brokers.security import merkle, signing
 from brokers.security.authority import EventJudge, RouteBook
 from brokers.security.pki import Identity
 from brokers.security.signing import SecurityError
@@ -56,7 +56,6 @@ from brokers.security.trust import principal_name, sender_cvrs
 from schemas import codec
 from schemas.errors import Dp2Error
 from schemas.models import LifecycleEvent
-from tracing import merkle
 
 LOG_SIGNER = "service:dp2-tracing"
 #: The PostgreSQL schema of the log (tracing.evidence_log.PgEvidenceLog).

@@ -35,15 +35,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from brokers.runtime import sqlite
+from brokers.runtime.lru import Lru
 from brokers.runtime.postgres import Database, Migration
 from brokers.runtime.records import iso_z
 from brokers.runtime.settings import Settings
-from brokers.security import signing
+from brokers.security import merkle, signing
 from brokers.security.pki import Identity
 from brokers.security.signing import certificate_fingerprint
 from schemas import codec
 from schemas.models import LifecycleEvent
-from tracing import merkle
 from tracing.evidence import EVIDENCE_SCHEMA, TreeHead, head_input, receipt_document
 
 #: (index, the event's bytes, its signer's fingerprint) of one logged entry.
@@ -94,11 +94,14 @@ class _MerkleLog(ABC):
         self._leaves: list[bytes] = []
         # The few signers sign every event: keep each certificate once, not per event.
         self._kept: set[str] = set()
+        # ...and hash and serialise each once per object (a trust store hands out the
+        # same object for every event of a signer): (cert, fingerprint, DER) by id.
+        self._signers: Lru[int, tuple[x509.Certificate, str, bytes]] = Lru(256)
 
     # --- the storage of a backend -----------------------------------------------------
     @abstractmethod
     def _insert(self, event_id: str, values: tuple[str, bytes, bytes, str], der: bytes) -> int:
-        """Implemented by each backend."""
+        """Implemented by each backend (``values[3]`` is the fingerprint of ``der``)."""
 
     @abstractmethod
     def _leaves_from(self, start: int) -> list[tuple[int, bytes]]:
@@ -131,9 +134,13 @@ class _MerkleLog(ABC):
         return len(self._leaves)
 
     def append(self, event: LifecycleEvent, raw: bytes, signer: x509.Certificate) -> int:
-        fingerprint = certificate_fingerprint(signer)
+        known = self._signers.get(id(signer))
+        if known is None or known[0] is not signer:  # held here, so its id is not reused
+            known = (signer, certificate_fingerprint(signer), signer.public_bytes(Encoding.DER))
+            self._signers.put(id(signer), known)
+        _, fingerprint, der = known
         values = (event.messageUUID.lower(), raw, merkle.leaf_hash(raw), fingerprint)
-        return self._insert(event.eventId, values, signer.public_bytes(Encoding.DER))
+        return self._insert(event.eventId, values, der)
 
     def keep_certificate(self, cert: x509.Certificate) -> None:
         fingerprint = certificate_fingerprint(cert)
@@ -317,7 +324,7 @@ MIGRATIONS = (
             event_id     TEXT COLLATE "C" NOT NULL UNIQUE,
             message_uuid TEXT COLLATE "C" NOT NULL,
             event        BYTEA NOT NULL,  -- as read: the signed single-object encoding
-            leaf         BYTEA NOT NULL,  -- tracing.merkle.leaf_hash(event)
+            leaf         BYTEA NOT NULL,  -- brokers.security.merkle.leaf_hash(event)
             signer       TEXT NOT NULL    -- fingerprint, a key of certs
         );
         CREATE INDEX entries_by_message ON entries (message_uuid, idx);

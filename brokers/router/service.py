@@ -32,7 +32,7 @@ from brokers.contacts.register import ContactRegister
 from brokers.router.rules import Router
 from brokers.router.schedule import open_schedule
 from brokers.runtime.host import ServiceContext
-from brokers.runtime.kafka import ensure_topics, new_producer
+from brokers.runtime.kafka import ensure_topics, new_producer, sign_round
 from brokers.runtime.records import Output, lifecycle_first
 from brokers.runtime.tasks import AsyncResource, PeriodicTask
 from brokers.security.pseudonyms import Pseudonymizer, pseudonym_key
@@ -110,7 +110,8 @@ class RouterService(AsyncResource):
         await self._ensure_provider_topics(outputs)
         # ROUTED before the letter moves on, as in the worker (KafkaWorker._produce).
         for batch in lifecycle_first(outputs):
-            futures = [await self._producer.send(o.topic, o.value, key=o.key) for o in batch]
+            signed = sign_round(self._producer, batch)
+            futures = [await self._producer.send(o.topic, o.value, key=o.key) for o in signed]
             for future in futures:
                 await future
 

@@ -19,6 +19,7 @@ Which ACLs a deployment needs is brokers.stack.access's business.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -43,9 +44,12 @@ from aiokafka.protocol.admin import (
 )
 from aiokafka.protocol.api import Request
 
+from brokers.runtime.records import Output
 from brokers.runtime.settings import KafkaAccess
 from brokers.security.pki import EventSigner
-from schemas.errors import ConfigError, Dp2Error
+from schemas import codec
+from schemas.errors import ConfigError, Dp2Error, SchemaError
+from schemas.models import LifecycleEvent
 from schemas.vocabulary import LIFECYCLE_TOPIC, TopicSpec
 
 #: Kafka's refusals of a request the principal has no ACL for.
@@ -142,11 +146,23 @@ async def behind(consumer: AIOKafkaConsumer, end: dict[TopicPartition, int]) -> 
 
 
 class SigningProducer(AIOKafkaProducer):  # type: ignore[misc] # aiokafka is untyped here
-    """A producer that signs every unsigned lifecycle event with its identity's key."""
+    """A producer that signs every unsigned lifecycle event with its identity's key.
+
+    One at a time in ``send``; a round of outputs together with :func:`sign_round`
+    first (one signature over their hash tree), and ``send`` then passes those on
+    without decoding them again."""
 
     def __init__(self, signer: EventSigner, **settings: Any) -> None:
         super().__init__(**settings)
-        self._signer = signer
+        self.signer = signer
+        # Values sign_round signed, by id (held here, so the id is not reused until
+        # send takes it out). Only a shortcut: a signed event is never signed again.
+        self._presigned: dict[int, bytes] = {}
+
+    def presigned(self, value: bytes) -> None:
+        if len(self._presigned) >= _PRESIGNED_MAX:  # rounds that failed before sending
+            self._presigned.clear()
+        self._presigned[id(value)] = value
 
     async def send(  # noqa: PLR0917 - the signature of AIOKafkaProducer.send
         self,
@@ -157,9 +173,51 @@ class SigningProducer(AIOKafkaProducer):  # type: ignore[misc] # aiokafka is unt
         timestamp_ms: int | None = None,
         headers: list[tuple[str, bytes]] | None = None,
     ) -> Any:
-        if topic == LIFECYCLE_TOPIC and value:
-            value = self._signer.sign_encoded(value)
+        if topic == LIFECYCLE_TOPIC and value and self._presigned.pop(id(value), None) is not value:
+            value = self.signer.sign_encoded(value)
         return await super().send(topic, value, key, partition, timestamp_ms, headers)
+
+
+_PRESIGNED_MAX = 8192
+
+
+def sign_round(producer: AIOKafkaProducer, outputs: Sequence[Output]) -> list[Output]:
+    """``outputs`` with their unsigned lifecycle events signed, together per signer: each
+    output's ``sign_as``, else the producer's identity (a SigningProducer's).
+
+    One signature per round and signer instead of one per event, for the signer here
+    and for every reader that keeps the roots it verified (signing.VerifiedRoots).
+    Events nobody here can sign are left for ``send`` (which signs them, or sends them
+    unsigned without an identity, as before)."""
+    own = producer.signer if isinstance(producer, SigningProducer) else None
+    groups: dict[str, tuple[EventSigner, list[int]]] = {}  # by certificate fingerprint
+    events: dict[int, LifecycleEvent] = {}
+    for i, output in enumerate(outputs):
+        signer = output.sign_as or own
+        if output.topic != LIFECYCLE_TOPIC or output.tombstone or signer is None:
+            continue
+        event = output.event or _decoded(output.value)
+        if event is None or "signature" in event.attributes:
+            continue
+        events[i] = event
+        groups.setdefault(signer.identity.fingerprint, (signer, []))[1].append(i)
+    if not events:
+        return list(outputs)
+    signed = list(outputs)
+    for signer, indices in groups.values():
+        for i, event in zip(indices, signer.sign_all([events[i] for i in indices]), strict=True):
+            value = codec.encode(event)
+            if isinstance(producer, SigningProducer):
+                producer.presigned(value)
+            signed[i] = dataclasses.replace(outputs[i], value=value, event=None, sign_as=None)
+    return signed
+
+
+def _decoded(value: bytes) -> LifecycleEvent | None:
+    try:
+        return codec.decode(value, LifecycleEvent)
+    except SchemaError:
+        return None  # send signs it or fails on it, as for any other
 
 
 def new_producer(access: KafkaAccess, **overrides: Any) -> AIOKafkaProducer:

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import ConsumerRecord
 
@@ -21,6 +21,9 @@ from schemas import codec
 from schemas.errors import Dp2Error
 from schemas.models import LifecycleEvent, LifecycleState
 from schemas.vocabulary import LIFECYCLE_TOPIC, MESSAGE_UUID_HEADER
+
+if TYPE_CHECKING:
+    from brokers.security.pki import EventSigner
 
 _EVENT_NAMESPACE = uuid.UUID("0c5d3a8e-8f0e-4b8e-a3c6-6d1f4f2f9b21")
 
@@ -38,6 +41,13 @@ class Output:
     #: Produce a tombstone (no value; ``value`` is then empty): the dead letter of a
     #: tombstone stays one, so that a re-drive sends a tombstone again.
     tombstone: bool = False
+    #: The lifecycle event ``value`` encodes, unsigned (lifecycle_output sets it): the
+    #: producing round signs it with the others (brokers.runtime.kafka.sign_round)
+    #: without decoding it again.
+    event: LifecycleEvent | None = field(default=None, compare=False, repr=False)
+    #: Who signs that event (a provider signs its own DELIVERED); None: the producer's
+    #: identity.
+    sign_as: EventSigner | None = field(default=None, compare=False, repr=False)
 
 
 Handler = Callable[[ConsumerRecord[bytes, bytes]], Awaitable[Sequence[Output]]]
@@ -110,7 +120,7 @@ def lifecycle_output(
         attributes=attributes or {},
     )
     # The model folds the UUID to lower case: the key is the canonical form too.
-    return Output(LIFECYCLE_TOPIC, codec.encode(event), key=event.messageUUID.encode())
+    return Output(LIFECYCLE_TOPIC, codec.encode(event), key=event.messageUUID.encode(), event=event)
 
 
 def rejection_output(message_uuid: str, actor: str, error: Dp2Error, **kwargs: Any) -> Output:

@@ -63,6 +63,7 @@ from brokers.runtime.kafka import (
     new_consumer,
     new_producer,
     refusal,
+    sign_round,
 )
 from brokers.runtime.metrics import ServiceMetrics
 from brokers.runtime.records import (
@@ -412,20 +413,20 @@ class KafkaWorker:
         """
         sent: list[tuple[Output, asyncio.Future[Any]]] = []
         skip = Counter(self._already_acked)  # taken in an earlier try of this batch
+        if skip:  # only while retrying: no hashing on the hot path
+            outputs = [o for o in outputs if not _skipped(o, skip)]
         try:
-            for output in outputs:
-                if skip:  # only while retrying: no hashing on the hot path
-                    identity = _identity(output)
-                    if skip[identity] > 0:
-                        skip[identity] -= 1
-                        continue
+            # The round's lifecycle events signed together: one signature over their
+            # hash tree. (Identities above are of the unsigned outputs, which a retry
+            # recomputes; a signature differs every time.)
+            for output, signed in zip(outputs, sign_round(self._producer, outputs), strict=True):
                 if output.rejection is not None:
                     self._metrics.rejections.labels(self.name, output.rejection).inc()
                 future = await self._producer.send(
-                    output.topic,
-                    None if output.tombstone else output.value,
-                    key=output.key,
-                    headers=output.headers,
+                    signed.topic,
+                    None if signed.tombstone else signed.value,
+                    key=signed.key,
+                    headers=signed.headers,
                 )
                 sent.append((output, future))
                 self._metrics.records_out.labels(self.name, output.topic).inc()
@@ -450,6 +451,15 @@ class KafkaWorker:
             self._metrics.lag.labels(self.name, tp.topic, str(tp.partition)).set(
                 max(highwater - position, 0)
             )
+
+
+def _skipped(output: Output, skip: Counter[tuple[str, bytes | None, bytes]]) -> bool:
+    """Did an earlier try of this batch send ``output`` already? (Counts it off.)"""
+    identity = _identity(output)
+    if skip[identity] > 0:
+        skip[identity] -= 1
+        return True
+    return False
 
 
 def _identity(output: Output) -> tuple[str, bytes | None, bytes]:

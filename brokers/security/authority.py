@@ -207,6 +207,8 @@ class EventJudge:
         self._routes = routes
         #: ``kind:name`` per signer fingerprint (certificate(fp) has that fingerprint).
         self._signers: Lru[str, str] = Lru(4096)
+        #: Batch roots checked so far: a service's round of events costs one verify.
+        self._roots = signing.VerifiedRoots()
 
     def judge(self, event: LifecycleEvent, at: datetime | None = None) -> Verdict:
         fingerprint = event.attributes.get("signer")
@@ -227,7 +229,9 @@ class EventJudge:
         except SecurityError as exc:
             return _refused(signer, "EVENT_SIGNER_NOT_TRUSTED", f"{exc.reason_code}: {exc.message}")
         try:
-            signing.verify_event(event, cert, fingerprint=self._trust.fingerprint(cert))
+            signing.verify_event(
+                event, cert, fingerprint=self._trust.fingerprint(cert), roots=self._roots
+            )
         except SecurityError:
             return _refused(signer, "EVENT_SIGNATURE_INVALID", "the signature does not match")
         refusal = self._may_assert(event, cert, signer)

@@ -65,6 +65,7 @@ from brokers.security.signing import (
     certificate_fingerprint,
     generate_signing_key,
     sign_event,
+    sign_events,
     signature_algorithm,
 )
 from brokers.security.trust import (
@@ -136,6 +137,15 @@ class EventSigner:
         if "signature" in event.attributes:
             return event  # signed by the party that made it (a provider's DELIVERED, say)
         return sign_event(event, self.identity.private_key, self.identity.fingerprint)
+
+    def sign_all(self, events: list[LifecycleEvent]) -> list[LifecycleEvent]:
+        """``events`` with the unsigned ones signed together (signing.sign_events: one
+        signature over their hash tree); those signed already are left as they are."""
+        unsigned = [e for e in events if "signature" not in e.attributes]
+        if not unsigned:
+            return events
+        signed = iter(sign_events(unsigned, self.identity.private_key, self.identity.fingerprint))
+        return [next(signed) if "signature" not in e.attributes else e for e in events]
 
     def sign_encoded(self, value: bytes) -> bytes:
         """An encoded lifecycle event, signed (the same bytes if it was signed already)."""

@@ -15,6 +15,13 @@ Wire choices (changing any of them is a new algorithm name, not an edit):
   salt length = 32). The algorithm name must agree with the certificate's key type.
 - Lifecycle events (a provider's DELIVERED, a sender's recall) carry theirs in the
   attributes ``signer`` and ``signature`` (base64), over the event without them.
+- A service signs the lifecycle events of one produce round together
+  (:func:`sign_events`): the leaves of an RFC 9162 tree (brokers.security.merkle) are
+  the events' signing inputs, ``signature`` covers ``BATCH_DOMAIN || root``, and each
+  event carries its audit path in the attribute ``batchProof``:
+  ``"<index> <size> <base64 of the path's 32-byte hashes>"``. Each event stays
+  verifiable alone and offline (DESIGN.md: amortised public-key work); a reader that
+  keeps the roots it verified (:class:`VerifiedRoots`) checks one signature per batch.
 
 Errors are :class:`SecurityError` (the root of every security refusal) with the
 reason codes SIGNATURE_MISSING, SIGNATURE_INVALID, CERTIFICATE_MISMATCH,
@@ -37,6 +44,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from brokers.runtime.lru import Lru
+from brokers.security import merkle
 from schemas import codec
 from schemas.errors import Dp2Error
 from schemas.models import (
@@ -256,7 +264,16 @@ def _event_signing_input(event: LifecycleEvent) -> bytes:
     return codec.encode_with(event, attributes=attributes)
 
 
-_EVENT_SIGNATURE: Final = ("signer", "signature")
+#: The attributes a signature adds to an event; the signing input leaves them out.
+_EVENT_SIGNATURE: Final = ("signer", "signature", "batchProof")
+#: What a batch signature covers before the root: never a valid event signing input
+#: (those start with the Avro single-object marker), so one cannot stand for the other.
+BATCH_DOMAIN: Final = b"dp2-lifecycle-batch-v1\x00"
+#: The most events one signature covers: an audit path of at most 8 hashes (344
+#: characters of base64 per event), while signing costs a 256th of a signature each.
+MAX_BATCH: Final = 256
+_MAX_PATH: Final = 8
+_BATCH_PROOF: Final = re.compile(r"(\d{1,3}) (\d{1,3}) ([A-Za-z0-9+/=]{0,400})", re.ASCII)
 
 
 def sign_event(
@@ -277,13 +294,84 @@ def sign_event(
     return dataclasses.replace(event, attributes=attributes)
 
 
+def sign_events(
+    events: list[LifecycleEvent], private_key: SigningKey, certificate_fingerprint: str
+) -> list[LifecycleEvent]:
+    """``events`` signed together: one signature per :data:`MAX_BATCH` of them, over the
+    root of the hash tree of their signing inputs; each carries its audit path."""
+    signed: list[LifecycleEvent] = []
+    for start in range(0, len(events), MAX_BATCH):
+        batch = events[start : start + MAX_BATCH]
+        if len(batch) == 1:  # a batch of one is a plain signature, as sign_event makes
+            signed.append(sign_event(batch[0], private_key, certificate_fingerprint))
+            continue
+        root, paths = merkle.audit_paths(
+            [merkle.leaf_hash(_event_signing_input(event)) for event in batch]
+        )
+        signature = base64.b64encode(sign_bytes(private_key, BATCH_DOMAIN + root)).decode()
+        for index, (event, path) in enumerate(zip(batch, paths, strict=True)):
+            proof = f"{index} {len(batch)} {base64.b64encode(b''.join(path)).decode()}"
+            attributes = {
+                **event.attributes,
+                "signer": certificate_fingerprint,
+                "signature": signature,
+                "batchProof": proof,
+            }
+            signed.append(dataclasses.replace(event, attributes=attributes))
+    return signed
+
+
+class VerifiedRoots:
+    """Batch roots whose signature a reader checked: the next event of the same batch
+    costs its audit path (a few hashes), not a public-key operation.
+
+    Keyed by (signer fingerprint, signature): a signature stands for one root only, so
+    an event whose path leads elsewhere is checked in full — and fails."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self._roots: Lru[tuple[str, str], bytes] = Lru(size)
+
+    def get(self, signer: str, signature: str) -> bytes | None:
+        return self._roots.get((signer, signature))
+
+    def put(self, signer: str, signature: str, root: bytes) -> None:
+        self._roots.put((signer, signature), root)
+
+
+def _batch_root(event: LifecycleEvent, proof: str) -> bytes:
+    """The root an event's ``batchProof`` leads to (SIGNATURE_INVALID if it is no proof)."""
+    parts = _BATCH_PROOF.fullmatch(proof)
+    if parts is None:
+        raise _invalid("the event's batchProof is not '<index> <size> <base64 path>'")
+    index, size = int(parts[1]), int(parts[2])
+    try:
+        path = base64.b64decode(parts[3], validate=True)
+    except ValueError:
+        raise _invalid("the event's batchProof path is not base64") from None
+    if not 1 < size <= MAX_BATCH or len(path) % 32 or len(path) > 32 * _MAX_PATH:
+        raise _invalid("the event's batchProof does not fit a batch DP2 signs")
+    hashes_ = [path[i : i + 32] for i in range(0, len(path), 32)]
+    leaf = merkle.leaf_hash(_event_signing_input(event))
+    root = merkle.root_from_inclusion(leaf, index, size, hashes_)
+    if root is None:
+        raise _invalid("the event's batchProof does not lead to a root")
+    return root
+
+
 def verify_event(
-    event: LifecycleEvent, certificate: x509.Certificate, *, fingerprint: str | None = None
+    event: LifecycleEvent,
+    certificate: x509.Certificate,
+    *,
+    fingerprint: str | None = None,
+    roots: VerifiedRoots | None = None,
 ) -> None:
-    """Raise SecurityError unless `certificate`'s key signed this event (see sign_event).
+    """Raise SecurityError unless `certificate`'s key signed this event (see sign_event
+    and sign_events).
 
     ``fingerprint`` is the certificate's, when the caller knows it already (a trust
-    store that hashed it once); otherwise it is computed here."""
+    store that hashed it once); otherwise it is computed here. ``roots`` keeps the
+    batch roots checked so far (a reader's, never shared between trust decisions that
+    differ: the caller checks the certificate itself first)."""
     signer, encoded = event.attributes.get("signer"), event.attributes.get("signature")
     if signer is None or encoded is None:
         raise SecurityError(
@@ -297,8 +385,18 @@ def verify_event(
             reason_code="CERTIFICATE_MISMATCH",
             hint="Verify with the certificate named in the event's signer attribute.",
         )
+    proof = event.attributes.get("batchProof")
+    if proof is not None:
+        root = _batch_root(event, proof)
+        if roots is not None and roots.get(signer, encoded) == root:
+            return
     try:
         value = base64.b64decode(encoded, validate=True)
     except ValueError:
         raise _invalid("the event's signature is not base64") from None
-    verify_bytes(certificate.public_key(), value, _event_signing_input(event))
+    if proof is None:
+        verify_bytes(certificate.public_key(), value, _event_signing_input(event))
+        return
+    verify_bytes(certificate.public_key(), value, BATCH_DOMAIN + root)
+    if roots is not None:
+        roots.put(signer, encoded, root)

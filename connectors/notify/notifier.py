@@ -42,6 +42,7 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from brokers.contacts.register import ContactRegister
+from brokers.runtime.kafka import sign_round
 from brokers.runtime.records import Output, lifecycle_output
 from brokers.runtime.tasks import cancel_and_wait
 from connectors.notify import templates
@@ -448,6 +449,7 @@ def quiet_hours_end(now: datetime, hours: tuple[int, int]) -> datetime | None:
 
 
 async def _produce(producer: AIOKafkaProducer, outputs: Sequence[Output]) -> None:
-    futures = [await producer.send(o.topic, o.value, key=o.key) for o in outputs]
+    signed = sign_round(producer, outputs)  # the NOTIFIED events of a round: one signature
+    futures = [await producer.send(o.topic, o.value, key=o.key) for o in signed]
     for future in futures:
         await future

@@ -166,6 +166,39 @@ def test_a_receipt_holds_every_event_of_its_message_and_verifies(
     assert len(verify_receipt(doc, parties.ca)) == 2
 
 
+def test_a_receipt_of_batch_signed_events_verifies_offline(
+    backend: Backend, parties: Parties
+) -> None:
+    """A service signs a produce round's events under one signature (signing.sign_events):
+    the receipt of one message carries its events with their audit paths only, never
+    the rest of their batch, and verifies with the CA alone; a batch-signed event
+    changed in the log is refused."""
+    log = backend.open()
+    messages = [new_message() for _ in range(5)]
+    events = [signed_event(parties, m, i)[0] for i, m in enumerate(messages)]
+    who = parties.validator
+    unsigned = [
+        replace(
+            e,
+            attributes={k: v for k, v in e.attributes.items() if k not in ("signer", "signature")},
+        )
+        for e in events
+    ]
+    batch = signing.sign_events(unsigned, who.private_key, who.fingerprint)
+    assert len({e.attributes["signature"] for e in batch}) == 1
+    for event in batch:
+        log.append(event, codec.encode(event), who.certificate)
+    doc = log.receipt(messages[3], parties.log)
+    assert doc is not None and len(doc["events"]) == 1
+    [believed] = verify_receipt(doc, parties.ca)
+    assert believed.messageUUID == messages[3] and "batchProof" in believed.attributes
+
+    changed = replace(batch[3], state=LifecycleState.REJECTED)
+    backend.tamper(3, codec.encode(changed))
+    with pytest.raises(LogInvalid, match="entry 3"):
+        verify_log(backend.source, parties.ca)
+
+
 def test_a_rewritten_entry_is_named(backend: Backend, parties: Parties) -> None:
     """An entry whose event was changed in the store fails the check, by its index."""
     log = backend.open()

@@ -528,7 +528,7 @@ async def test_log_verify_names_a_rewritten_entry(stack: Stack, tmp_path: Path) 
     ).fetchone()
     event = codec.decode(bytes(raw), LifecycleEvent)
     forged = codec.encode(dataclasses.replace(event, reasonText="rewritten later"))
-    from tracing.merkle import leaf_hash  # noqa: PLC0415
+    from brokers.security.merkle import leaf_hash  # noqa: PLC0415
 
     target.execute(  # the forger keeps the leaf hash consistent; the signature still tells
         "UPDATE entries SET event = ?, leaf = ? WHERE idx = ?", (forged, leaf_hash(forged), idx)

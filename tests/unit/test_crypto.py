@@ -15,8 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from brokers.runtime.blobstore import BlobMissingError, FileBlobStore
+from brokers.runtime.kafka import SigningProducer, sign_round
+from brokers.runtime.records import Output, lifecycle_output
 from brokers.security import sealing, signing
-from brokers.security.pki import Identity, Pki
+from brokers.security.pki import EventSigner, Identity, Pki
 from brokers.security.pseudonyms import Pseudonymizer
 from brokers.security.signing import SecurityError
 from schemas import codec
@@ -316,6 +318,148 @@ def test_changed_event_is_refused(signers: dict[str, Identity]) -> None:
         with pytest.raises(SecurityError) as error:
             signing.verify_event(candidate, identity.certificate)
         expect(code, error)
+
+
+def batch(n: int) -> list[LifecycleEvent]:
+    return [
+        dataclasses.replace(event(n=str(i)), eventId=f"e{i}", messageUUID=f"m{i}") for i in range(n)
+    ]
+
+
+@pytest.mark.parametrize("algorithm", signing.SIGNATURE_ALGORITHMS)
+@pytest.mark.parametrize("size", [2, 3, 7, 64, 300])
+def test_events_signed_as_a_batch_each_verify_alone_and_offline(
+    algorithm: str, size: int, signers: dict[str, Identity]
+) -> None:
+    """sign_events: one signature per batch of at most MAX_BATCH events; every event,
+    re-encoded and read back on its own, verifies with the certificate alone (a receipt
+    carries one event, never its batch)."""
+    signer = signers[algorithm]
+    signed = signing.sign_events(batch(size), signer.private_key, signer.fingerprint)
+    assert [e.eventId for e in signed] == [f"e{i}" for i in range(size)]
+    signatures = {e.attributes["signature"] for e in signed}
+    assert len(signatures) == -(-size // signing.MAX_BATCH)  # one per MAX_BATCH
+    for one in signed:
+        assert one.attributes["signer"] == signer.fingerprint
+        signing.verify_event(codec.decode(codec.encode(one), LifecycleEvent), signer.certificate)
+
+
+def test_a_batch_of_one_is_a_plain_signature(signers: dict[str, Identity]) -> None:
+    signer = signers[signing.ECDSA_P256_SHA256]
+    [only] = signing.sign_events(batch(1), signer.private_key, signer.fingerprint)
+    assert "batchProof" not in only.attributes
+    signing.verify_event(only, signer.certificate)
+
+
+def test_a_reader_checks_one_signature_per_batch(
+    signers: dict[str, Identity], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With VerifiedRoots, the events of one batch after the first cost their audit path
+    only: one public-key verify for the batch."""
+    signer = signers[signing.ECDSA_P256_SHA256]
+    signed = signing.sign_events(batch(50), signer.private_key, signer.fingerprint)
+    checks: list[bytes] = []
+    real = signing.verify_bytes
+    monkeypatch.setattr(
+        signing,
+        "verify_bytes",
+        lambda key, sig, data, *a: (checks.append(data), real(key, sig, data, *a)),
+    )
+    roots = signing.VerifiedRoots()
+    for one in signed:
+        signing.verify_event(one, signer.certificate, roots=roots)
+    assert len(checks) == 1 and checks[0].startswith(signing.BATCH_DOMAIN)
+
+
+def test_a_changed_or_misplaced_event_of_a_batch_is_refused_even_after_its_root_was_checked(
+    signers: dict[str, Identity],
+) -> None:
+    """The attacks on batch signatures, each SIGNATURE_INVALID, with the batch's root
+    already verified (the cache must not let them through): an event changed after
+    signing; one event's proof on another event of the batch; a forged batch reusing
+    the real signature over another tree; a proof at another index or size; garbage."""
+    signer = signers[signing.ECDSA_P256_SHA256]
+    signed = signing.sign_events(batch(8), signer.private_key, signer.fingerprint)
+    roots = signing.VerifiedRoots()
+    signing.verify_event(signed[0], signer.certificate, roots=roots)  # the root is cached
+    proof = signed[1].attributes["batchProof"]
+    index, size, path = proof.split(" ")
+    forged = signing.sign_events(
+        [dataclasses.replace(e, state=LifecycleState.FAILED) for e in batch(8)],
+        signer.private_key,
+        signer.fingerprint,
+    )
+    cases = {
+        "changed": dataclasses.replace(signed[1], state=LifecycleState.FAILED),
+        "proof of another": dataclasses.replace(
+            signed[2], attributes={**signed[2].attributes, "batchProof": proof}
+        ),
+        "reused signature": dataclasses.replace(
+            forged[1],
+            attributes={**forged[1].attributes, "signature": signed[1].attributes["signature"]},
+        ),
+        "other index": dataclasses.replace(
+            signed[1], attributes={**signed[1].attributes, "batchProof": f"2 {size} {path}"}
+        ),
+        "other size": dataclasses.replace(
+            signed[1], attributes={**signed[1].attributes, "batchProof": f"{index} 9 {path}"}
+        ),
+        "too big": dataclasses.replace(
+            signed[1], attributes={**signed[1].attributes, "batchProof": f"{index} 999 {path}"}
+        ),
+        "not a proof": dataclasses.replace(
+            signed[1], attributes={**signed[1].attributes, "batchProof": "1 8 %%%"}
+        ),
+        "proof on a plain signature": dataclasses.replace(
+            signing.sign_event(event(), signer.private_key, signer.fingerprint),
+            attributes={
+                **signing.sign_event(event(), signer.private_key, signer.fingerprint).attributes,
+                "batchProof": proof,
+            },
+        ),
+    }
+    for name, candidate in cases.items():
+        with pytest.raises(SecurityError) as error:
+            signing.verify_event(candidate, signer.certificate, roots=roots)
+        assert getattr(error.value, "reason_code", None) == "SIGNATURE_INVALID", name
+
+
+async def test_a_round_of_outputs_is_signed_per_signer_and_nothing_else_is_touched(
+    signers: dict[str, Identity],
+) -> None:
+    """kafka.sign_round, what every worker does before it produces a round: the unsigned
+    events under the producer's identity share one signature, a provider's own (sign_as)
+    another, a record that is not an event and an event signed already stay as they were;
+    every signed one verifies alone."""
+    own, provider = signers[signing.ECDSA_P256_SHA256], signers[signing.ED25519]
+    producer = SigningProducer(EventSigner(own), bootstrap_servers="127.0.0.1:9")
+    mine = [lifecycle_output(f"m{i}", LifecycleState.ACCEPTED, "validator") for i in range(3)]
+    theirs = [
+        dataclasses.replace(
+            lifecycle_output(f"m{i}", LifecycleState.DELIVERED, "mailbox"),
+            sign_as=EventSigner(provider),
+        )
+        for i in range(2)
+    ]
+    already = lifecycle_output("m9", LifecycleState.ROUTED, "router")
+    already = Output(already.topic, EventSigner(provider).sign_encoded(already.value), already.key)
+    other = Output("dp2.accepted", b"an envelope", b"m1")
+    outputs = [mine[0], theirs[0], other, mine[1], already, theirs[1], mine[2]]
+
+    signed = sign_round(producer, outputs)
+    await producer.stop()  # never started: it only signs here
+
+    assert signed[2] is other and signed[4].value == already.value
+    events = [codec.decode(o.value, LifecycleEvent) for o in signed if o is not other]
+    by_signer: dict[str, set[str]] = {}
+    for one in events:
+        by_signer.setdefault(one.attributes["signer"], set()).add(one.attributes["signature"])
+    assert by_signer[own.fingerprint] == {events[0].attributes["signature"]}
+    assert len(by_signer[provider.fingerprint]) == 2  # its batch of two, and the one signed before
+    for one, output in zip(events, [o for o in signed if o is not other], strict=True):
+        identity = own if one.attributes["signer"] == own.fingerprint else provider
+        signing.verify_event(one, identity.certificate)
+        assert output.event is None and output.sign_as is None
 
 
 # --- pseudonyms ------------------------------------------------------------------------

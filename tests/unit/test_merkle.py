@@ -1,4 +1,4 @@
-"""tracing.merkle: RFC 9162's tree hash, inclusion and consistency proofs."""
+"""brokers.security.merkle: RFC 9162's tree hash, inclusion and consistency proofs."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from tracing import merkle
+from brokers.security import merkle
 
 
 def _leaves(n: int) -> list[bytes]:
@@ -34,6 +34,21 @@ def test_every_leaf_has_an_inclusion_proof_and_no_other_leaf_fits_it(size: int) 
         assert not merkle.verify_inclusion(merkle.leaf_hash(b"forged"), index, size, proof, root)
         if size > 1:
             assert not merkle.verify_inclusion(leaf, (index + 1) % size, size, proof, root)
+
+
+def test_a_batch_gets_the_same_root_and_paths_as_the_tree_of_the_rfc() -> None:
+    """audit_paths (bottom-up, what batch signing uses) builds the tree of section 2.1.1:
+    its root and every path equal MTH and PATH for every size up to 70."""
+    with pytest.raises(ValueError, match="at least one"):
+        merkle.audit_paths([])
+    for size in range(1, 71):
+        leaves = _leaves(size)
+        root, paths = merkle.audit_paths(leaves)
+        assert root == merkle.root(leaves), size
+        assert paths == [merkle.inclusion_proof(i, leaves) for i in range(size)], size
+        assert merkle.root_from_inclusion(leaves[-1], size - 1, size, paths[-1]) == root
+        # A path of the wrong length for the size leads nowhere.
+        assert merkle.root_from_inclusion(leaves[0], 0, size, [*paths[0], root]) is None
 
 
 @pytest.mark.parametrize("size", [2, 3, 7, 8, 9, 20])

@@ -5,7 +5,9 @@ court that a letter was served, with a file anyone checks offline. Every verifie
 lifecycle event is a leaf of one append-only tree (tracing.evidence); a signed tree
 head commits to all of them, an inclusion proof shows one event is in it, and a
 consistency proof shows a later head extends an earlier one (so nothing was
-rewritten or dropped in between).
+rewritten or dropped in between). The same tree amortises signing: a service signs
+the root over a batch of its lifecycle events once, and each event carries its
+audit path (brokers.security.signing.sign_events).
 
 Hashes (SHA-256): a leaf is ``H(0x00 || data)``, an inner node ``H(0x01 || left ||
 right)``; the tree over n leaves splits at the largest power of two below n. The
@@ -61,17 +63,40 @@ def inclusion_proof(index: int, leaves: Sequence[bytes]) -> list[bytes]:
     return [*inclusion_proof(index - k, leaves[k:]), root(leaves[:k])]
 
 
-def verify_inclusion(
-    leaf: bytes, index: int, size: int, proof: Sequence[bytes], expected_root: bytes
-) -> bool:
-    """RFC 9162 2.1.3.2: does ``proof`` put leaf hash ``leaf`` at ``index`` under ``root``?"""
+def audit_paths(leaves: Sequence[bytes]) -> tuple[bytes, list[list[bytes]]]:
+    """The root over leaf hashes ``leaves`` and every leaf's audit path, in O(n log n).
+
+    The same paths as :func:`inclusion_proof` (which recomputes subtrees, O(n) per
+    leaf): built bottom-up, where a level's last node without a sibling moves up
+    unchanged — that is the tree RFC 9162 splits at the largest power of two."""
+    if not leaves:
+        raise ValueError("a batch has at least one leaf")
+    paths: list[list[bytes]] = [[] for _ in leaves]
+    positions = list(range(len(leaves)))  # each leaf's node on the current level
+    level = list(leaves)
+    while len(level) > 1:
+        for leaf, position in enumerate(positions):
+            sibling = position ^ 1
+            if sibling < len(level):
+                paths[leaf].append(level[sibling])
+        pairs = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            pairs.append(level[-1])
+        level = pairs
+        positions = [p >> 1 for p in positions]
+    return level[0], paths
+
+
+def root_from_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes]) -> bytes | None:
+    """The root that ``proof`` leads to from leaf hash ``leaf`` at ``index`` of ``size``
+    (RFC 9162 2.1.3.2), or None if the proof does not fit a tree of that size."""
     if not 0 <= index < size:
-        return False
+        return None
     fn, sn = index, size - 1
     r = leaf
     for p in proof:
         if sn == 0:
-            return False
+            return None
         if fn & 1 or fn == sn:
             r = node_hash(p, r)
             if not fn & 1:
@@ -82,7 +107,14 @@ def verify_inclusion(
             r = node_hash(r, p)
         fn >>= 1
         sn >>= 1
-    return sn == 0 and r == expected_root
+    return r if sn == 0 else None
+
+
+def verify_inclusion(
+    leaf: bytes, index: int, size: int, proof: Sequence[bytes], expected_root: bytes
+) -> bool:
+    """RFC 9162 2.1.3.2: does ``proof`` put leaf hash ``leaf`` at ``index`` under ``root``?"""
+    return root_from_inclusion(leaf, index, size, proof) == expected_root
 
 
 def consistency_proof(old_size: int, leaves: Sequence[bytes]) -> list[bytes]:
