@@ -137,6 +137,7 @@ class Codec:
         self.registry = registry
         self._writers: dict[type, tuple[bytes, dict[str, Any]]] = {}
         self._readers: dict[bytes, _Reader] = {}
+        self._enum_layouts: dict[tuple[int, str], tuple[Any, ...]] = {}
         for model in RECORD_TYPES:
             current = registry.current(model.SCHEMA_NAME)
             self._writers[model] = (MAGIC + current.fingerprint, current.parsed)
@@ -145,6 +146,40 @@ class Codec:
                 self._readers[v.fingerprint] = _Reader(
                     model, v.parsed, None if same else current.parsed
                 )
+
+    def peek_enum(self, data: bytes, expected: type[Record], field: str) -> str | None:
+        """The symbol of enum ``field`` of an encoded ``expected`` record, read without
+        decoding the rest: for a reader that skips the records it does not act on.
+
+        None when that is not possible — not such a record, a writer whose fields before
+        ``field`` are not all strings, enums or numbers, or bytes that end too soon — and
+        the caller then decodes as usual (which says what is wrong). The symbol is the
+        writer's: ``decode`` gives the reader's symbol of that name (or, for one the
+        reader does not know, the enum's default)."""
+        if len(data) < HEADER_SIZE or data[:2] != MAGIC:
+            return None
+        reader = self._readers.get(bytes(data[2:HEADER_SIZE]))
+        if reader is None or reader.model is not expected:
+            return None
+        # Keyed by the known writers only (a record cannot grow it), with the field.
+        layout = self._enum_layouts.get((id(reader), field))
+        if layout is None:
+            layout = self._enum_layouts[(id(reader), field)] = _enum_layout(reader, field)
+        if not layout:
+            return None
+        *skips, symbols = layout
+        pos = HEADER_SIZE
+        try:
+            for kind in skips:
+                value, pos = _zigzag(data, pos)
+                if kind == "sized":
+                    if value < 0:
+                        return None
+                    pos += value
+            index, _ = _zigzag(data, pos)
+        except IndexError:
+            return None
+        return symbols[index] if 0 <= index < len(symbols) else None
 
     def fingerprint_of(self, model: type[Record]) -> bytes:
         """The 8-byte fingerprint that `encode` writes for records of `model`."""
@@ -228,10 +263,43 @@ class Codec:
         return from_avro(reader.model, value)
 
 
+def _enum_layout(reader: _Reader, field: str) -> tuple[Any, ...]:
+    """("sized" | "number", ..., enum symbols) of the writer's fields up to ``field``;
+    () if ``field`` is not an enum or a field before it cannot be skipped unread."""
+    skips: list[str] = []
+    for f in reader.writer["fields"]:
+        kind = f["type"]["type"] if isinstance(f["type"], dict) else f["type"]
+        if f["name"] == field:
+            symbols = f["type"].get("symbols") if isinstance(f["type"], dict) else None
+            return (*skips, tuple(symbols)) if kind == "enum" and symbols else ()
+        if kind in ("string", "bytes"):
+            skips.append("sized")
+        elif kind in ("int", "long", "enum"):
+            skips.append("number")
+        else:
+            return ()
+    return ()
+
+
+def _zigzag(data: bytes, pos: int) -> tuple[int, int]:
+    """An Avro int or long (zig-zag varint) at ``pos``; the position after it."""
+    shift = result = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return (result >> 1) ^ -(result & 1), pos
+        shift += 7
+        if shift > 63:  # a long has at most ten varint bytes: not an Avro long
+            raise IndexError("an Avro long of more than ten bytes")
+
+
 CODEC: Final = Codec(REGISTRY)
 """The codec over this package's schemas; immutable, so sharing it is safe."""
 
 encode: Final = CODEC.encode
 encode_with: Final = CODEC.encode_with
 decode: Final = CODEC.decode
+peek_enum: Final = CODEC.peek_enum
 fingerprint_of: Final = CODEC.fingerprint_of

@@ -6,7 +6,10 @@ baseline. It times, on one core with ``time.perf_counter`` and the best of
 several rounds (the least disturbed run): sign and verify of a realistic signing
 input per algorithm, sealing and opening an envelope with a 1 KB document, and
 unwrapping its content key (ECDH + HKDF + AES key unwrap, the public-key part of
-opening). Figures are microseconds per operation.
+opening), and a lifecycle event's signature and its check as DP2's services make
+them (ECDSA P-256): alone, and as one of a batch of 64 signed under one hash tree
+(signing.sign_events; the reader keeps the roots it checked). Figures are
+microseconds per operation (per event for the batch figures).
 """
 
 from __future__ import annotations
@@ -14,9 +17,12 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import x25519
+from cryptography.x509.oid import NameOID
 
 from brokers.runtime.blobstore import MemoryBlobStore
 from brokers.security import sealing, signing
@@ -28,6 +34,8 @@ from schemas.models import (
     File,
     IdType,
     InlineContent,
+    LifecycleEvent,
+    LifecycleState,
     MainDocument,
     MessageBody,
     MessageHeader,
@@ -104,7 +112,62 @@ def measure(iterations: int = 300) -> dict[str, dict[str, float]]:
         "pseudonym": best_of(lambda: pseudonyms.ref("CPR", "0101701234"), iterations),
     }
     results["envelope"]["signed input bytes"] = float(len(data))
+    results["events"] = _event_figures(max(1, iterations // EVENT_BATCH))
     return results
+
+
+EVENT_BATCH = 64
+
+
+def _event_figures(batches: int) -> dict[str, float]:
+    """Per event: sign and verify alone, and within a batch of EVENT_BATCH."""
+    key = signing.generate_signing_key(signing.ECDSA_P256_SHA256)
+    cert = _self_signed(key)
+    fingerprint = signing.certificate_fingerprint(cert)
+    events = [
+        LifecycleEvent(
+            eventId=f"00000000-0000-4000-8000-{i:012d}",
+            messageUUID=f"5a0c6d1e-8f2b-4b7e-9a1c-{i:012d}",
+            state=LifecycleState.ACCEPTED,
+            actor="validator",
+            occurredAt=datetime(2025, 1, 1, tzinfo=UTC),
+            sequence=i,
+            senderID="55133018",
+        )
+        for i in range(EVENT_BATCH)
+    ]
+    alone = [signing.sign_event(e, key, fingerprint) for e in events]
+    together = signing.sign_events(events, key, fingerprint)
+
+    def verify_all(signed: list[LifecycleEvent], roots: signing.VerifiedRoots | None) -> None:
+        for event in signed:
+            signing.verify_event(event, cert, fingerprint=fingerprint, roots=roots)
+
+    per_event = 1 / EVENT_BATCH
+    return {
+        "event sign, alone": per_event
+        * best_of(lambda: [signing.sign_event(e, key, fingerprint) for e in events], batches),
+        "event sign, batch of 64": per_event
+        * best_of(lambda: signing.sign_events(events, key, fingerprint), batches),
+        "event verify, alone": per_event * best_of(lambda: verify_all(alone, None), batches),
+        "event verify, batch of 64": per_event
+        * best_of(lambda: verify_all(together, signing.VerifiedRoots()), batches),
+    }
+
+
+def _self_signed(key: signing.SigningKey) -> x509.Certificate:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench")])
+    now = datetime.now(UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
 
 
 def _signature_steps(
@@ -130,7 +193,7 @@ def render(results: dict[str, dict[str, float]]) -> str:
         sign, verify = results["sign"][algorithm], results["verify"][algorithm]
         lines.append(f"{algorithm:<20}{sign:>10.1f}{verify:>12.1f}")
     lines.append("")
-    for step, value in results["envelope"].items():
+    for step, value in [*results["envelope"].items(), *results.get("events", {}).items()]:
         unit = "bytes" if step.endswith("bytes") else "us"
         lines.append(f"{step:<30}{value:>10.1f} {unit}")
     return "\n".join(lines)

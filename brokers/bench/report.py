@@ -418,7 +418,16 @@ def _ceiling_lines(result: dict[str, Any]) -> list[str]:
         f" = {_num(verify.get('per_s'))} /s (+{_num(verify.get('signing_input_us'), 1)} us to"
         f" re-encode the signing input)   validator = {pct(r.get('validator_vs_verify_ceiling'))}"
         f", per validator CPU-second = {pct(r.get('validator_cpu_vs_verify'))}",
+        *_event_signature_lines(verify.get("bench_crypto", {}).get("events", {})),
     ]
+
+
+def _event_signature_lines(events: dict[str, float]) -> list[str]:
+    """The lifecycle event's signature per event, alone and in a batch (if measured)."""
+    if not events:
+        return []
+    figures = "; ".join(f"{step} {_num(us, 1)} us" for step, us in events.items())
+    return [f"  ECDSA P-256 per lifecycle event: {figures}"]
 
 
 def _rate_table(result: dict[str, Any]) -> list[str]:

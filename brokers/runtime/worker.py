@@ -113,6 +113,7 @@ class KafkaWorker:
         batch_size: int = 500,
         auto_offset_reset: str = "earliest",
         batch: Callable[[], contextlib.AbstractContextManager[object]] | None = None,
+        wants: Callable[[ConsumerRecord[bytes, bytes]], bool] | None = None,
     ) -> None:
         self.name = name
         self._kafka = kafka
@@ -125,6 +126,11 @@ class KafkaWorker:
         self._batch_size = batch_size
         self._auto_offset_reset = auto_offset_reset
         self._batch = batch
+        # A cheap look at a record (a peek at its state, never a decode) that says the
+        # handler would do nothing with it: skipped before the span, the log context
+        # and the handler, and committed with its batch. Records it cannot judge are
+        # handled (so a poison record is still parked).
+        self._wants = wants
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self.processed = 0
@@ -278,10 +284,15 @@ class KafkaWorker:
         count = 0
         with self._batch() if self._batch is not None else contextlib.nullcontext():
             for records in batch.values():
+                if not records:
+                    continue
+                records_in = self._metrics.records_in.labels(self.name, records[0].topic)
                 for record in records:
-                    self._metrics.records_in.labels(self.name, record.topic).inc()
-                    outputs.extend(await self._handle_one(record))
+                    records_in.inc()
                     count += 1
+                    if self._wants is not None and not self._wants(record):
+                        continue
+                    outputs.extend(await self._handle_one(record))
                     if count % 50 == 0 and self._batch is None:
                         await asyncio.sleep(0)
         await self._produce(outputs)

@@ -82,7 +82,13 @@ class NotifierService(AsyncResource):
             "notifier-dispatch", self._dispatch_due, self._config.poll_s, metrics=ctx.metrics
         )
         self.workers = [
-            ctx.worker("notifier", [LIFECYCLE_TOPIC], self._handle, producer=self._producer)
+            ctx.worker(
+                "notifier",
+                [LIFECYCLE_TOPIC],
+                self._handle,
+                producer=self._producer,
+                wants=_acted_on,
+            )
         ]
 
     async def start(self) -> None:
@@ -153,6 +159,16 @@ class NotifierService(AsyncResource):
 
     async def _dispatch_due(self) -> None:
         await self._require().dispatch_due(self._producer)
+
+
+#: The states the notifier acts on; a letter's other events (most of dp2.lifecycle)
+#: are skipped by a peek at their state, without decoding or judging them.
+_ACTED_ON = frozenset({LifecycleState.ROUTED.value, LifecycleState.DELIVERED.value})
+
+
+def _acted_on(record: ConsumerRecord[bytes, bytes]) -> bool:
+    state = codec.peek_enum(record.value or b"", LifecycleEvent, "state")
+    return state is None or state in _ACTED_ON  # None: decode it, and say what is wrong
 
 
 def create(ctx: ServiceContext) -> NotifierService:

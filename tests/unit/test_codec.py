@@ -25,6 +25,7 @@ from schemas.codec import (
     encode,
     encode_with,
     fingerprint_of,
+    peek_enum,
 )
 from schemas.errors import (
     Dp2Error,
@@ -276,3 +277,41 @@ def test_encode_with_is_the_encoding_of_the_replaced_record(
     the signatures of lifecycle events are over those bytes."""
     replaced = dataclasses.replace(event, attributes=attributes)
     assert encode_with(event, attributes=attributes) == encode(replaced)
+
+
+@settings(max_examples=300, deadline=None)
+@given(lifecycle_events())
+def test_peek_enum_reads_the_state_decode_reads(event: LifecycleEvent) -> None:
+    """peek_enum (the notifier skips the events it does not act on with it) gives the
+    state decode gives, for every recorded writer version of lifecycle_event."""
+    for version in REGISTRY.versions("lifecycle_event"):
+        out = io.BytesIO()
+        out.write(MAGIC + version.fingerprint)
+        fastavro.schemaless_writer(out, version.parsed, to_avro(event))
+        raw = out.getvalue()
+        assert peek_enum(raw, LifecycleEvent, "state") == decode(raw, LifecycleEvent).state.value
+
+
+@given(lifecycle_events())
+def test_peek_enum_says_none_where_it_cannot_know(event: LifecycleEvent) -> None:
+    """None, never a guess, for bytes cut short before the state, for another record
+    type or a field that is not an enum, an unknown fingerprint and garbage: the caller
+    then decodes, and decode says what is wrong."""
+    raw = encode(event)
+    state_at = (
+        HEADER_SIZE + len(encode_string(event.eventId)) + len(encode_string(event.messageUUID))
+    )
+    for cut in range(state_at + 1):
+        assert peek_enum(raw[:cut], LifecycleEvent, "state") is None, cut
+    assert peek_enum(encode(sample_envelope()), LifecycleEvent, "state") is None
+    assert peek_enum(raw, Envelope, "state") is None
+    assert peek_enum(raw, LifecycleEvent, "actor") is None  # a string, not an enum
+    assert peek_enum(MAGIC + b"\x00" * 8 + raw[HEADER_SIZE:], LifecycleEvent, "state") is None
+    assert peek_enum(b"\xff" * 40, LifecycleEvent, "state") is None
+
+
+def encode_string(text: str) -> bytes:
+    """An Avro string: its UTF-8 length as a zig-zag varint, then the bytes."""
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, {"type": "string"}, text)
+    return out.getvalue()
