@@ -69,9 +69,10 @@ class TraceService:
         for state in LifecycleState:  # every series exists from the start, at 0
             self._events.labels(state=state.value)
 
-    def ingest(self, event: LifecycleEvent) -> bool:
-        """Store `event`; False when it was already stored (a redelivery)."""
-        stored = self.store.add(event)
+    def ingest(self, event: LifecycleEvent, raw: bytes | None = None) -> bool:
+        """Store `event` (read from ``raw``, if given); False when it was already stored
+        (a redelivery)."""
+        stored = self.store.add(event, raw)
         if stored:
             self._events.labels(state=event.state.value).inc()
         else:

@@ -32,6 +32,7 @@ from brokers.runtime.records import Output, source_of
 from brokers.runtime.tasks import AsyncResource, PeriodicTask
 from brokers.security.authority import EventJudge, open_route_book, report_refusal
 from brokers.security.pki import Pki
+from brokers.security.signing import SecurityError
 from brokers.security.trust import TrustStore, principal_name
 from schemas import codec
 from schemas.errors import Dp2Error
@@ -83,6 +84,7 @@ class TracingService(AsyncResource):
             settings, ctx.data_dir / "tracing-routes.sqlite", book="tracing"
         )
         self._trust = TrustStore(settings.pki_dir)
+        self._reloaded = False  # True inside a batch whose _batch re-read the CA and CRL
         self._judge = EventJudge(self._trust, self._routes)
         self._quarantined = Counter(
             "dp2_quarantined_events",
@@ -156,9 +158,9 @@ class TracingService(AsyncResource):
 
     async def _ingest(self, record: ConsumerRecord[bytes, bytes]) -> list[Output]:
         event = codec.decode(record.value or b"", LifecycleEvent)
-        verdict = self._judge.judge(event)
+        verdict = self._judge.judge(event, reload=not self._reloaded)
         if verdict.ok:
-            self.trace.ingest(event)
+            self.trace.ingest(event, record.value)
             if verdict.certificate is not None:
                 # Logged once per event id: a record read again (a retried batch, a
                 # partition moved to another instance) keeps its first index, and one
@@ -170,9 +172,18 @@ class TracingService(AsyncResource):
 
     @contextlib.contextmanager
     def _batch(self) -> Iterator[None]:
-        """One transaction per fetched batch in the trace store and in the evidence log."""
-        with self.store.batch(), self.evidence.batch():
-            yield
+        """One transaction per fetched batch in the trace store and in the evidence log;
+        the CA and the CRL re-read once for the batch (a revocation counts from the next)."""
+        try:
+            self._trust.reload()
+            self._reloaded = True
+        except SecurityError:  # each event's judgement re-reads them, and says what failed
+            self._reloaded = False
+        try:
+            with self.store.batch(), self.evidence.batch():
+                yield
+        finally:
+            self._reloaded = False
 
     async def _park(self, record: ConsumerRecord[bytes, bytes]) -> list[Output]:
         self.deadletters.park(record)

@@ -80,8 +80,11 @@ class Page:
 class TraceStore(Protocol):
     """The trace's storage seam; the HTTP API and the consumer depend only on this."""
 
-    def add(self, event: LifecycleEvent) -> bool:
-        """Store `event`; False when its eventId is already stored (nothing changes)."""
+    def add(self, event: LifecycleEvent, raw: bytes | None = None) -> bool:
+        """Store `event`; False when its eventId is already stored (nothing changes).
+
+        ``raw``: the bytes it was read from (they decode to ``event``), kept as they are
+        instead of encoding the event again."""
         ...
 
     def timeline(self, message_uuid: str) -> list[LifecycleEvent]:
@@ -240,14 +243,15 @@ def summary_values(message_uuid: str, rows: Sequence[tuple[Any, ...]]) -> tuple[
     )
 
 
-def event_values(event: LifecycleEvent) -> tuple[Any, ...]:
-    """The events row of `event`, in the order of the events table's columns."""
+def event_values(event: LifecycleEvent, raw: bytes | None = None) -> tuple[Any, ...]:
+    """The events row of `event` (read from ``raw``, if given), in the order of the
+    events table's columns."""
     return (
         event.eventId,
         event.messageUUID,
         event.state.value,
         micros(event.occurredAt),
-        codec.encode(event),
+        codec.encode(event) if raw is None else raw,
         *_summary_fields(event),
     )
 
@@ -352,13 +356,13 @@ class SqliteTraceStore:
             with db:
                 yield db
 
-    def add(self, event: LifecycleEvent) -> bool:
+    def add(self, event: LifecycleEvent, raw: bytes | None = None) -> bool:
         with self._tx() as db:  # one transaction: the event and its message's summary, or neither
             inserted = db.execute(
                 "INSERT OR IGNORE INTO events (event_id, message_uuid, state, occurred_at,"
                 " record, rank, sequence, sender_id, recipient_ref, reason_code)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                event_values(event),
+                event_values(event, raw),
             ).rowcount
             if inserted:
                 self._refresh_summary(db, event.messageUUID)

@@ -101,7 +101,7 @@ class PgTraceStore:
         one long transaction would hold those locks across the batch."""
         return contextlib.nullcontext()
 
-    def add(self, event: LifecycleEvent) -> bool:
+    def add(self, event: LifecycleEvent, raw: bytes | None = None) -> bool:
         with self._db.transaction() as conn:
             self._db.lock(conn, event.messageUUID)
             inserted = conn.execute(
@@ -109,7 +109,7 @@ class PgTraceStore:
                 " sequence, sender_id, recipient_ref, reason_code)"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
                 " ON CONFLICT (event_id) DO NOTHING",
-                event_values(event),
+                event_values(event, raw),
             ).rowcount
             if inserted:
                 self._refresh_summary(conn, event.messageUUID)

@@ -210,14 +210,19 @@ class EventJudge:
         #: Batch roots checked so far: a service's round of events costs one verify.
         self._roots = signing.VerifiedRoots()
 
-    def judge(self, event: LifecycleEvent, at: datetime | None = None) -> Verdict:
+    def judge(
+        self, event: LifecycleEvent, at: datetime | None = None, *, reload: bool = True
+    ) -> Verdict:
+        """The table's verdict on ``event``. ``reload=False``: the caller re-read the CA
+        and the CRL (TrustStore.reload) itself, once for a fetched batch of events."""
         fingerprint = event.attributes.get("signer")
         if not fingerprint or "signature" not in event.attributes:
             return _refused(
                 "", "EVENT_UNSIGNED", f"a {event.state.value} event carries no signature"
             )
         try:
-            self._trust.reload()
+            if reload:
+                self._trust.reload()
             cert = self._trust.certificate(fingerprint)
         except SecurityError:
             return _refused("", "EVENT_SIGNER_UNKNOWN", "no certificate of this CA signed it")

@@ -9,17 +9,21 @@ has (WAL files, upgrading old files) stays in tests/unit/test_trace_store.py.
 from __future__ import annotations
 
 import dataclasses
+import io
 import itertools
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import fastavro
 import psycopg
 import pytest
 
 from brokers.runtime import postgres
+from schemas import codec
+from schemas.codec import MAGIC, REGISTRY
 from schemas.errors import Dp2Error
-from schemas.models import LifecycleEvent, LifecycleState
+from schemas.models import LifecycleEvent, LifecycleState, to_avro
 from tests.unit import test_stats as stats_cases
 from tracing.lifecycle import order_timeline
 from tracing.store import BadQueryError, MessageSummary, SqliteTraceStore, TraceStore
@@ -102,6 +106,19 @@ def test_add_is_idempotent_per_event_id(store: TraceStore) -> None:
     assert summary is not None
     assert summary.eventCount == 1
     assert store.timeline("m-1") == [event]
+
+
+def test_an_event_is_kept_as_the_bytes_it_was_read_from(store: TraceStore) -> None:
+    """add(event, raw): tracing hands over the record as read (an older writer's bytes
+    among them), and the timeline reads it back as that event."""
+    event = ev("m-raw", S.ACCEPTED, 1)
+    out = io.BytesIO()
+    v1 = REGISTRY.versions("lifecycle_event")[0]
+    out.write(MAGIC + v1.fingerprint)
+    fastavro.schemaless_writer(out, v1.parsed, to_avro(event))
+    assert store.add(event, out.getvalue()) is True
+    assert store.add(event, codec.encode(event)) is False
+    assert store.timeline("m-raw") == [event]
 
 
 def test_timeline_is_in_lifecycle_order(store: TraceStore) -> None:
