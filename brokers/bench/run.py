@@ -1,9 +1,11 @@
 """``dp2 bench`` / ``make bench``: the end-to-end benchmark of the whole pipeline (issue 8).
 
-Why it exists: DP2 promises ≥5,000 letters a second from submit to DELIVERED, a p99
-of ≤100 ms at 500 a second, a validator that gets ≥80% of what one core can verify,
-and services that stay under 200 MB. Those claims are only worth something measured
-the same way every time, on the real broker, next to the ceilings that bound them.
+Why it exists: the cost of a letter decides how many machines a deployment needs,
+and issue 18 sets the targets on two cores: ≥1,000 letters a second submit →
+DELIVERED with NOTIFIED keeping pace (≥90%, each letter once), a p99 of ≤100 ms at
+500 a second, ≤2 ms of CPU per letter for DP2 and Kafka, and services that stay under
+200 MB. Those claims are only worth something measured the same way every time, on
+the real broker, next to the ceilings that bound them.
 This harness does that in one command and keeps every run as a JSON file.
 
 What a run does:
