@@ -324,6 +324,7 @@ def check_log(
     """Check a stored log, whichever store holds it (see verify_log)."""
     certs = {fp: signing.load_certificate_der(der) for fp, der in certificates.items()}
     leaves: list[bytes] = []
+    roots = signing.VerifiedRoots()  # a batch-signed round: one verify (each cert checked)
     for expected, (idx, message_uuid, raw, leaf, signer) in enumerate(entries):
         where = f"entry {idx} (message {message_uuid})"
         if idx != expected:
@@ -336,7 +337,7 @@ def check_log(
         try:
             _issued_by(cert, ca)
             event = codec.decode(bytes(raw), LifecycleEvent)
-            signing.verify_event(event, cert)
+            signing.verify_event(event, cert, roots=roots)
         except (SecurityError, Dp2Error) as exc:
             raise LogInvalid(f"{where}: its signature does not hold ({exc})") from exc
         if event.messageUUID != message_uuid:
@@ -345,10 +346,11 @@ def check_log(
     # Several instances (or a renewed certificate) may have signed heads: any of the
     # log's certificates that this CA issued will do.
     log_certs = [c for c in certs.values() if principal_name(c) == LOG_SIGNER]
+    tree_hashes = _tree_hashes(leaves, {int(head[0]) for head in heads})
     for size, root, at, signature in heads:
         if size > len(leaves):
             raise LogInvalid(f"the head of size {size} covers entries that are gone")
-        if merkle.root(leaves[:size]) != bytes(root):
+        if tree_hashes[size] != bytes(root):
             raise LogInvalid(
                 f"the signed head of size {size} does not match the entries: "
                 + _first_difference(leaves, size, bytes(root))
@@ -358,6 +360,19 @@ def check_log(
         ):
             raise LogInvalid(f"the head of size {size} is not signed by the log")
     return LogReport(entries=len(leaves), heads=len(heads))
+
+
+def _tree_hashes(leaves: list[bytes], sizes: set[int]) -> dict[int, bytes]:
+    """MTH over the first n leaves for each n in ``sizes`` (up to len(leaves)), in one
+    pass: the log signs a head every few seconds, and hashing the tree again for each
+    would make checking a long log quadratic."""
+    log = merkle.LeafLog()
+    found = {0: log.root()} if 0 in sizes else {}
+    for leaf in leaves:
+        log.append(leaf)
+        if len(log) in sizes:
+            found[len(log)] = log.root()
+    return found
 
 
 def _signed_by(cert: x509.Certificate, signature: bytes, data: bytes) -> bool:

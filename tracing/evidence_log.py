@@ -91,7 +91,7 @@ class _MerkleLog(ABC):
     """What both backends share: the leaf cache, heads and receipts over their storage."""
 
     def __init__(self) -> None:
-        self._leaves: list[bytes] = []
+        self._leaves = merkle.LeafLog()  # every leaf so far, and the root over them
         # The few signers sign every event: keep each certificate once, not per event.
         self._kept: set[str] = set()
         # ...and hash and serialise each once per object (a trust store hands out the
@@ -158,7 +158,7 @@ class _MerkleLog(ABC):
             return latest
         if size == 0:
             return None
-        root = merkle.root(self._leaves)
+        root = self._leaves.root()
         at = iso_z(datetime.now(UTC))
         signature = signing.sign_bytes(identity.private_key, head_input(size, root, at))
         return self._store_head(TreeHead(size, root, at, signature))
@@ -175,7 +175,12 @@ class _MerkleLog(ABC):
         entries = self._entries_of(uuid, below=head.size)
         certs = self._certificates(sorted({signer for _, _, signer in entries}))
         return receipt_document(
-            uuid, entries, head, self._leaves[: head.size], certificates=certs, identity=identity
+            uuid,
+            entries,
+            head,
+            self._leaves.prefix(head.size),
+            certificates=certs,
+            identity=identity,
         )
 
     def _refresh(self) -> None:

@@ -18,7 +18,8 @@ the RFC's description.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import overload
 
 LeafHashes = Callable[[int, int], list[bytes]]  # (start, end) -> leaf hashes [start, end)
 
@@ -115,6 +116,89 @@ def verify_inclusion(
 ) -> bool:
     """RFC 9162 2.1.3.2: does ``proof`` put leaf hash ``leaf`` at ``index`` under ``root``?"""
     return root_from_inclusion(leaf, index, size, proof) == expected_root
+
+
+HASH_SIZE = 32
+
+
+class Packed(Sequence[bytes]):
+    """Leaf hashes packed 32 bytes each in one immutable buffer; a slice shares it.
+
+    What the proofs above take instead of a list of bytes objects: a log of millions
+    of leaves costs 32 bytes each, not a Python object each, and the recursive
+    proofs' slices cost nothing."""
+
+    __slots__ = ("_buffer", "_length", "_start")
+
+    def __init__(self, buffer: bytes, start: int = 0, length: int | None = None) -> None:
+        self._buffer = buffer
+        self._start = start
+        self._length = len(buffer) // HASH_SIZE - start if length is None else length
+
+    def __len__(self) -> int:
+        return self._length
+
+    @overload
+    def __getitem__(self, index: int) -> bytes: ...
+    @overload
+    def __getitem__(self, index: slice) -> Packed: ...
+    def __getitem__(self, index: int | slice) -> bytes | Packed:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(self._length)
+            if step != 1:
+                raise ValueError("packed leaves slice with step 1 only")
+            return Packed(self._buffer, self._start + start, max(0, stop - start))
+        if index < 0:
+            index += self._length
+        if not 0 <= index < self._length:
+            raise IndexError(f"leaf {index} is not in {self._length}")
+        offset = (self._start + index) * HASH_SIZE
+        return self._buffer[offset : offset + HASH_SIZE]
+
+    def __iter__(self) -> Iterator[bytes]:
+        for i in range(self._length):
+            yield self[i]
+
+
+class LeafLog:
+    """The leaves of an append-only log with its tree hash kept current.
+
+    Why: the tracing service signs a head over every event it ever logged, every few
+    seconds; hashing the whole tree for each head costs time that grows with the log.
+    The roots of the perfect subtrees the leaves fill so far (at most log2 n: the
+    compact range of RFC 9162) give the root in O(log n), and an append costs O(1)
+    hashes amortised, like carrying in a binary counter. The leaves stay (packed) for
+    the proofs that receipts and consistency checks need."""
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+        self._frontier: list[tuple[int, bytes]] = []  # (size, root) of the full subtrees
+
+    def __len__(self) -> int:
+        return len(self._data) // HASH_SIZE
+
+    def append(self, leaf: bytes) -> None:
+        if len(leaf) != HASH_SIZE:
+            raise ValueError(f"a leaf hash is {HASH_SIZE} bytes, not {len(leaf)}")
+        self._data += leaf
+        size, node = 1, bytes(leaf)
+        while self._frontier and self._frontier[-1][0] == size:
+            _, left = self._frontier.pop()
+            size, node = size * 2, node_hash(left, node)
+        self._frontier.append((size, node))
+
+    def root(self) -> bytes:
+        """MTH over every leaf: the subtree roots folded from the right."""
+        if not self._frontier:
+            return hashlib.sha256(b"").digest()
+        node = self._frontier[-1][1]
+        for _, left in reversed(self._frontier[:-1]):
+            node = node_hash(left, node)
+        return node
+
+    def prefix(self, size: int) -> Packed:
+        """The first ``size`` leaves, as they are now (a copy: later appends do not show)."""
+        return Packed(bytes(self._data[: size * HASH_SIZE]))
 
 
 def consistency_proof(old_size: int, leaves: Sequence[bytes]) -> list[bytes]:

@@ -62,3 +62,27 @@ def test_a_later_head_extends_every_earlier_one_and_a_rewrite_is_caught(size: in
         if old < size:
             rewritten = [merkle.leaf_hash(b"rewritten"), *leaves[1:old]]
             assert not merkle.verify_consistency(old, size, merkle.root(rewritten), root, proof)
+
+
+def test_the_log_keeps_its_root_current_as_leaves_are_appended() -> None:
+    """LeafLog (the tracing service's leaves): after every append its root is MTH over
+    all leaves so far, a prefix is those leaves, and proofs over the packed leaves are
+    the proofs over a plain list."""
+    log = merkle.LeafLog()
+    assert len(log) == 0 and log.root() == merkle.root([])
+    leaves = _leaves(70)
+    for n, leaf in enumerate(leaves, start=1):
+        log.append(leaf)
+        assert len(log) == n
+        assert log.root() == merkle.root(leaves[:n]), n
+    packed = log.prefix(33)
+    assert list(packed) == leaves[:33] and packed[-1] == leaves[32]
+    assert list(packed[5:9]) == leaves[5:9] and len(packed[40:]) == 0
+    assert merkle.inclusion_proof(17, packed) == merkle.inclusion_proof(17, leaves[:33])
+    assert merkle.consistency_proof(20, packed) == merkle.consistency_proof(20, leaves[:33])
+    log.append(leaves[0])
+    assert len(packed) == 33  # a prefix is what was there when it was taken
+    with pytest.raises(ValueError, match="32 bytes"):
+        log.append(b"short")
+    with pytest.raises(IndexError):
+        packed[33]
