@@ -35,7 +35,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from brokers.runtime import sqlite
-from brokers.runtime.lru import Lru
 from brokers.runtime.postgres import Database, Migration
 from brokers.runtime.records import iso_z
 from brokers.runtime.settings import Settings
@@ -94,14 +93,15 @@ class _MerkleLog(ABC):
         self._leaves = merkle.LeafLog()  # every leaf so far, and the root over them
         # The few signers sign every event: keep each certificate once, not per event.
         self._kept: set[str] = set()
-        # ...and hash and serialise each once per object (a trust store hands out the
-        # same object for every event of a signer): (cert, fingerprint, DER) by id.
-        self._signers: Lru[int, tuple[x509.Certificate, str, bytes]] = Lru(256)
+        self._fingerprints = signing.Fingerprints(256)
 
     # --- the storage of a backend -----------------------------------------------------
     @abstractmethod
-    def _insert(self, event_id: str, values: tuple[str, bytes, bytes, str], der: bytes) -> int:
-        """Implemented by each backend (``values[3]`` is the fingerprint of ``der``)."""
+    def _insert(
+        self, event_id: str, values: tuple[str, bytes, bytes, str], signer: x509.Certificate
+    ) -> int:
+        """Implemented by each backend (``values[3]`` is ``signer``'s fingerprint; its DER
+        is stored only the first time)."""
 
     @abstractmethod
     def _leaves_from(self, start: int) -> list[tuple[int, bytes]]:
@@ -134,13 +134,8 @@ class _MerkleLog(ABC):
         return len(self._leaves)
 
     def append(self, event: LifecycleEvent, raw: bytes, signer: x509.Certificate) -> int:
-        known = self._signers.get(id(signer))
-        if known is None or known[0] is not signer:  # held here, so its id is not reused
-            known = (signer, certificate_fingerprint(signer), signer.public_bytes(Encoding.DER))
-            self._signers.put(id(signer), known)
-        _, fingerprint, der = known
-        values = (event.messageUUID.lower(), raw, merkle.leaf_hash(raw), fingerprint)
-        return self._insert(event.eventId, values, der)
+        values = (event.messageUUID.lower(), raw, merkle.leaf_hash(raw), self._fingerprints(signer))
+        return self._insert(event.eventId, values, signer)
 
     def keep_certificate(self, cert: x509.Certificate) -> None:
         fingerprint = certificate_fingerprint(cert)
@@ -254,13 +249,16 @@ class EvidenceLog(_MerkleLog):
             raise
         self._db.commit()
 
-    def _insert(self, event_id: str, values: tuple[str, bytes, bytes, str], der: bytes) -> int:
+    def _insert(
+        self, event_id: str, values: tuple[str, bytes, bytes, str], signer: x509.Certificate
+    ) -> int:
         with self._write_lock() as db:
             found = db.execute("SELECT idx FROM entries WHERE event_id = ?", (event_id,)).fetchone()
             if found is not None:
                 return int(found[0])
             index = int(db.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM entries").fetchone()[0])
             if values[3] not in self._kept:
+                der = signer.public_bytes(Encoding.DER)
                 db.execute("INSERT OR IGNORE INTO certs VALUES (?, ?)", (values[3], der))
             db.execute(
                 "INSERT INTO entries (idx, message_uuid, event, leaf, signer, event_id)"
@@ -359,7 +357,9 @@ class PgEvidenceLog(_MerkleLog):
         instance, and one held across a batch would make the others wait for it."""
         return contextlib.nullcontext()
 
-    def _insert(self, event_id: str, values: tuple[str, bytes, bytes, str], der: bytes) -> int:
+    def _insert(
+        self, event_id: str, values: tuple[str, bytes, bytes, str], signer: x509.Certificate
+    ) -> int:
         with self._db.transaction() as conn:
             self._db.lock(conn, "evidence-append")  # until commit: the next index is ours
             found = conn.execute(
@@ -370,6 +370,7 @@ class PgEvidenceLog(_MerkleLog):
             row = conn.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM entries").fetchone()
             index = int(row[0]) if row else 0
             if values[3] not in self._kept:
+                der = signer.public_bytes(Encoding.DER)
                 conn.execute(
                     "INSERT INTO certs VALUES (%s, %s) ON CONFLICT DO NOTHING", (values[3], der)
                 )

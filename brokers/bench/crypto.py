@@ -15,17 +15,17 @@ microseconds per operation (per event for the batch figures).
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
+from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import x25519
-from cryptography.x509.oid import NameOID
 
 from brokers.runtime.blobstore import MemoryBlobStore
 from brokers.security import sealing, signing
+from brokers.security.pki import Pki
 from brokers.security.pseudonyms import Pseudonymizer
 from schemas.models import (
     ContentData,
@@ -121,9 +121,11 @@ EVENT_BATCH = 64
 
 def _event_figures(batches: int) -> dict[str, float]:
     """Per event: sign and verify alone, and within a batch of EVENT_BATCH."""
-    key = signing.generate_signing_key(signing.ECDSA_P256_SHA256)
-    cert = _self_signed(key)
-    fingerprint = signing.certificate_fingerprint(cert)
+    with tempfile.TemporaryDirectory(prefix="dp2-bench-crypto-") as root:
+        pki = Pki(Path(root))
+        pki.init(signing.ECDSA_P256_SHA256)
+        service = pki.issue_service("dp2-validator")  # services sign with ECDSA P-256
+    key, cert, fingerprint = service.private_key, service.certificate, service.fingerprint
     events = [
         LifecycleEvent(
             eventId=f"00000000-0000-4000-8000-{i:012d}",
@@ -153,21 +155,6 @@ def _event_figures(batches: int) -> dict[str, float]:
         "event verify, batch of 64": per_event
         * best_of(lambda: verify_all(together, signing.VerifiedRoots()), batches),
     }
-
-
-def _self_signed(key: signing.SigningKey) -> x509.Certificate:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench")])
-    now = datetime.now(UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
 
 
 def _signature_steps(

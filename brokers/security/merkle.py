@@ -18,7 +18,7 @@ the RFC's description.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import overload
 
 LeafHashes = Callable[[int, int], list[bytes]]  # (start, end) -> leaf hashes [start, end)
@@ -154,10 +154,6 @@ class Packed(Sequence[bytes]):
             raise IndexError(f"leaf {index} is not in {self._length}")
         offset = (self._start + index) * HASH_SIZE
         return self._buffer[offset : offset + HASH_SIZE]
-
-    def __iter__(self) -> Iterator[bytes]:
-        for i in range(self._length):
-            yield self[i]
 
 
 class LeafLog:

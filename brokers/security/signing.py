@@ -127,6 +127,28 @@ def certificate_fingerprint(certificate: x509.Certificate) -> str:
     return certificate.fingerprint(hashes.SHA256()).hex()
 
 
+class Fingerprints:
+    """``certificate_fingerprint(cert)``, hashed once per certificate object.
+
+    Keyed by the object's id, and holding the object, so an id is not reused while it
+    is remembered: a trust store hands out the same object for every event of a
+    signer, and hashing its DER per event was a visible share of judging one."""
+
+    def __init__(self, size: int) -> None:
+        self._known: Lru[int, tuple[x509.Certificate, str]] = Lru(size)
+
+    def __call__(self, cert: x509.Certificate) -> str:
+        known = self._known.get(id(cert))
+        if known is not None and known[0] is cert:
+            return known[1]
+        return self.remember(cert, certificate_fingerprint(cert))
+
+    def remember(self, cert: x509.Certificate, fingerprint: str) -> str:
+        """Note a fingerprint the caller has computed already."""
+        self._known.put(id(cert), (cert, fingerprint))
+        return fingerprint
+
+
 #: The largest signer certificate DP2 parses (a DP2 certificate is 0.5-2 KB; OCES ones
 #: with long chains of policies stay well below this).
 MAX_CERTIFICATE_BYTES: Final = 16 * 1024

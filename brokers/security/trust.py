@@ -38,6 +38,7 @@ from cryptography.x509.oid import NameOID, ObjectIdentifier
 
 from brokers.runtime.lru import Lru
 from brokers.security.signing import (
+    Fingerprints,
     SecurityError,
     certificate_fingerprint,
 )
@@ -107,7 +108,7 @@ class TrustStore:
         # it, so an id is never mistaken for a later object's): the certificates come
         # from caches, so the same objects recur, and hashing the DER per event was a
         # tenth of the tracing service's time in `dp2 bench`.
-        self._fingerprints: Lru[int, tuple[x509.Certificate, str]] = Lru(VERDICT_CACHE_SIZE)
+        self._fingerprints = Fingerprints(VERDICT_CACHE_SIZE)
         self._ca_path = root / "ca" / "cert.pem"
         self._crl_path = root / "crl.pem"
 
@@ -168,17 +169,12 @@ class TrustStore:
                 "Remove the file; dp2 pki writes certs/<fingerprint>.pem itself.",
             )
         self._certs[fingerprint] = cert
-        self._fingerprints.put(id(cert), (cert, fingerprint))
+        self._fingerprints.remember(cert, fingerprint)
         return cert
 
     def fingerprint(self, cert: x509.Certificate) -> str:
         """``certificate_fingerprint(cert)``, hashed once per certificate object."""
-        known = self._fingerprints.get(id(cert))
-        if known is not None and known[0] is cert:
-            return known[1]
-        fingerprint = certificate_fingerprint(cert)
-        self._fingerprints.put(id(cert), (cert, fingerprint))
-        return fingerprint
+        return self._fingerprints(cert)
 
     def verify_certificate(self, cert: x509.Certificate, at: datetime) -> None:
         """Raise SecurityError unless `cert` is issued by our CA, unrevoked and valid `at`."""
