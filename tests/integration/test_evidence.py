@@ -193,6 +193,63 @@ async def test_no_forged_event_of_any_state_changes_a_trace(stack: Stack) -> Non
     assert _timeline(after) == _timeline(before)
 
 
+async def test_a_batch_signature_cannot_be_borrowed_through_kafka(stack: Stack) -> None:
+    """The router's events signed as one batch (as its rounds are, signing.sign_events)
+    are believed; then an intruder publishes on dp2.lifecycle: one of them moved onto
+    the victim's letter with its signature and proof, one carrying another's proof,
+    and a tree of its own under the router's real signature. Tracing has checked the
+    batch's root already; each is quarantined EVENT_SIGNATURE_INVALID, the victim's
+    trace is unchanged."""
+    intruder = await _intruder(stack)
+    victim = await _scheduled_letter(stack)
+    before = await asyncio.to_thread(stack.trace, victim)
+    router = stack.pki.identity("dp2-router")
+    others = [str(uuid.uuid4()) for _ in range(3)]
+    batch = signing.sign_events(
+        [_event(m, S.SCHEDULED, actor="router") for m in others],
+        router.private_key,
+        router.fingerprint,
+    )
+    for event in batch:
+        await _produce(
+            stack,
+            "dp2-router",
+            LIFECYCLE_TOPIC,
+            codec.encode(event),
+            key=event.messageUUID.encode(),
+        )
+    for event in batch:
+        await stack.wait_trace(event.messageUUID, "SCHEDULED")
+    own = [_event(victim, S.RECALLED, actor="router") for _ in range(3)]
+    forged_tree = signing.sign_events(own, *_own_key(stack, intruder))
+    signature = batch[0].attributes["signature"]
+    attacks = [
+        dataclasses.replace(batch[0], messageUUID=victim, state=S.RECALLED),
+        dataclasses.replace(
+            batch[1],
+            attributes={**batch[1].attributes, "batchProof": batch[2].attributes["batchProof"]},
+        ),
+        *(
+            dataclasses.replace(
+                e, attributes={**e.attributes, "signer": router.fingerprint, "signature": signature}
+            )
+            for e in forged_tree
+        ),
+    ]
+    for event in attacks:
+        await _produce(stack, intruder, LIFECYCLE_TOPIC, codec.encode(event), key=victim.encode())
+    reasons = await _quarantined(stack, {e.eventId for e in attacks})
+    assert set(reasons.values()) == {"EVENT_SIGNATURE_INVALID"}, reasons
+    after = await asyncio.to_thread(stack.trace, victim)
+    assert after is not None and _timeline(after) == _timeline(before)
+
+
+def _own_key(stack: Stack, identity: str) -> tuple[signing.SigningKey, str]:
+    """An identity's own key and fingerprint (the intruder builds trees, as anyone can)."""
+    own = stack.pki.identity(identity)
+    return own.private_key, own.fingerprint
+
+
 async def test_another_provider_and_a_revoked_sender_are_not_believed(stack: Stack) -> None:
     """DELIVERED and READ from a provider the letter was not routed to, and SUBMITTED
     signed by a revoked certificate that could send for the CVR, are quarantined."""
