@@ -36,7 +36,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from brokers.contacts.register import ContactRegister
@@ -375,7 +375,7 @@ class Dp2Client:
         # it is, whatever becomes of the event after it.
         try:
             delivery = await producer.send(SUBMITTED_TOPIC, raw, key=key.encode(), headers=headers)
-            metadata = await delivery
+            metadata = await self._answer_to(delivery)
         except AUTHORIZATION_ERRORS as exc:  # nothing was sent: not even SUBMITTED
             raise refusal(exc, self._kafka, f"writing to {SUBMITTED_TOPIC}") from exc
         except KafkaError as exc:
@@ -417,6 +417,19 @@ class Dp2Client:
             COMMANDS_TOPIC, self._signer.sign_encoded(request.value), key=message_uuid.encode()
         )
 
+    async def _answer_to(self, delivery: asyncio.Future[Any]) -> Any:
+        """Kafka's answer to an envelope, within the producer timeout. An idempotent
+        producer never gives a batch up (aiokafka retries it until a broker takes
+        it), so with every broker down a send would wait for ever; the caller hears
+        NotSubmitted instead, and a resend with the same UUID is caught as a duplicate
+        if the first try lands after all."""
+        timeout = self._kafka.topology.producer_timeout_ms / 1000
+        try:
+            return await asyncio.wait_for(asyncio.shield(delivery), timeout)
+        except TimeoutError:
+            delivery.add_done_callback(_retrieved)  # its late answer is nobody's now
+            raise KafkaTimeoutError(f"no answer from Kafka within {timeout:g} s") from None
+
     async def _after_failed_send(self, producer: AIOKafkaProducer, exc: KafkaError) -> None:
         """Start a fresh producer when this one cannot recover: an idempotent producer
         whose sequence broke with a broker's failure (BROKEN_PRODUCER_ERRORS) fails
@@ -431,7 +444,14 @@ class Dp2Client:
             if self._producer is not producer:
                 return  # another failed send replaced it already
             fresh = new_producer(self._kafka)
-            await fresh.start()
+            try:
+                await fresh.start()
+            except KafkaError:
+                # No broker answers (Kafka is down): keep the old one, and try again
+                # at the next failed send; the caller's NotSubmitted stands.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(fresh.stop(), timeout=5)
+                return
             self._producer, self._failed_sends = fresh, 0
             self.producers_replaced += 1
             log.warning("sdk_producer_replaced after %s", type(exc).__name__)
@@ -598,6 +618,12 @@ class Dp2Client:
         event = found()
         assert event is not None  # noqa: S101 - wait_for returned because it exists
         return event
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Take a future's outcome, so asyncio does not report it as never retrieved."""
+    if not future.cancelled():
+        future.exception()
 
 
 class NotSubmitted(Dp2Error):

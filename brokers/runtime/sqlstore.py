@@ -230,8 +230,15 @@ class PostgresStore:
             return True
 
     def close(self) -> None:
+        # Closing the connection releases the session's locks too, but only once the
+        # server has noticed the client went: another instance asking at once could
+        # still be refused. Unlocking first hands the lead over before close returns.
+        if self._leading:
+            # (A broken connection holds no locks: nothing to unlock.)
+            with contextlib.suppress(Exception), self.database.use() as conn:
+                conn.execute("SELECT pg_advisory_unlock_all()")
         self._leading.clear()
-        self.database.close()  # the server releases the session's locks with it
+        self.database.close()
 
 
 def open_store(
