@@ -314,7 +314,10 @@ class Dp2Client:
             await self._contacts.stop()
         producer, self._producer = self._producer, None
         if producer is not None:
-            await producer.stop()
+            # A letter answered NotSubmitted may still sit in the producer, retried
+            # until a broker takes it: with Kafka down, stopping must not wait for ever.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(producer.stop(), STOP_RESEND_S)
 
     # --- sending ---------------------------------------------------------------
     def seal_and_sign(self, message: Envelope) -> tuple[Envelope, str]:
