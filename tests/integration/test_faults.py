@@ -329,14 +329,7 @@ async def _load_with_faults(
     report counts the deliveries before the last fault and between the last two."""
 
     def letter(n: int) -> Envelope:
-        return build_message(
-            sender_cvr="29189846",
-            sender_label="Demo Kommune",
-            recipient_id=PAPER_CITIZEN if paper_every and n % paper_every == 0 else CITIZEN,
-            label=f"Brev {n}",
-            documents=[Document("brev.txt", "text/plain", f"Brev nummer {n}".encode())],
-            notification="Du har fået post fra Demo Kommune",
-        )
+        return _letter(n, PAPER_CITIZEN if paper_every and n % paper_every == 0 else CITIZEN)
 
     messages: list[Envelope] = []
     resends = 0
@@ -536,11 +529,13 @@ async def _send_through_an_outage(settings: Settings, kafka: LocalKafka) -> None
     assert client.unsent_events == 0
 
 
-def _letter(n: int) -> Envelope:
+def _letter(n: int, recipient: str = CITIZEN) -> Envelope:
+    """Letter number ``n`` from the demo municipality, notified when it is delivered."""
     return build_message(
         sender_cvr="29189846",
         sender_label="Demo Kommune",
-        recipient_id=CITIZEN,
+        recipient_id=recipient,
         label=f"Brev {n}",
         documents=[Document("brev.txt", "text/plain", f"Brev nummer {n}".encode())],
+        notification="Du har fået post fra Demo Kommune",
     )
