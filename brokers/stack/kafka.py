@@ -52,6 +52,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
+from typing import Final
 
 from aiokafka.admin import NewTopic
 
@@ -211,15 +212,27 @@ def ephemeral_ports_start(default: int = 32768) -> int:
         return default
 
 
-def free_base_port(nodes: int = 1, start: int = 20000, stop: int | None = None) -> int:
+#: Local brokers that tests and the bench start take their ports from here; the HTTP
+#: ports of the ``dp2 up`` stacks they run (and the capture's SMTP port) lie from
+#: LOCAL_KAFKA_PORTS.stop upwards. Disjoint, because a stack's HTTP ports are checked
+#: free before its broker binds: a broker drawn from the same range once took the
+#: capture's SMTP port, and the capture never came up.
+LOCAL_KAFKA_PORTS: Final = range(20000, 24000)
+
+
+def free_base_port(
+    nodes: int = 1, start: int = LOCAL_KAFKA_PORTS.start, stop: int | None = None
+) -> int:
     """A base port whose client and controller ports are free for every node.
 
     Used by tests so that their broker never collides with a developer's
-    ``make run`` broker on 9092. The ports lie below the kernel's ephemeral range
-    (``stop`` defaults to its start): a port in it that is free when checked can be
-    taken by any process's outgoing connection before the broker binds it.
+    ``make run`` broker on 9092, nor with the HTTP ports of a test's stack (see
+    LOCAL_KAFKA_PORTS). The ports lie below the kernel's ephemeral range too: a port
+    in it that is free when checked can be taken by any process's outgoing
+    connection before the broker binds it.
     """
-    stop = max(start + 1000, ephemeral_ports_start() if stop is None else stop)
+    stop = min(LOCAL_KAFKA_PORTS.stop, ephemeral_ports_start()) if stop is None else stop
+    stop = max(start + 1000, stop)
     rng = int.from_bytes(os.urandom(2), "big")
     span = stop - start - 100 * nodes
     for attempt in range(200):

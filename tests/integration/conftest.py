@@ -33,7 +33,7 @@ from brokers.security.pki import Pki
 from brokers.security.pseudonyms import Pseudonymizer, pseudonym_key
 from brokers.security.trust import TrustStore
 from brokers.stack.access import REGISTER_IDENTITY
-from brokers.stack.kafka import ephemeral_ports_start, port_is_free
+from brokers.stack.kafka import LOCAL_KAFKA_PORTS, ephemeral_ports_start, port_is_free
 from brokers.stack.registry import build_service
 from brokers.stack.supervisor import prepare_kafka
 from connectors.authorities import AuthorityTokens
@@ -342,7 +342,9 @@ def free_http_base(first: int) -> int:
     services' ports and the local capture's SMTP port (DP2_PORT_BASE + 25). Each test
     file starts at its own ``first``, so stacks of different tests never overlap; all
     lie below the kernel's ephemeral range, where an outgoing connection could take a
-    port between the check and the bind."""
+    port between the check and the bind. They lie above the ports local brokers take
+    (LOCAL_KAFKA_PORTS), since a test checks its HTTP ports before its broker binds."""
+    assert first >= LOCAL_KAFKA_PORTS.stop, "below it, a test's broker could take the ports"
     for base in range(first, ephemeral_ports_start() - 30, 59):
         if all(port_is_free(base + i) for i in range(30)):
             return base

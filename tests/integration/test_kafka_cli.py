@@ -18,7 +18,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from brokers.runtime.kafka import new_admin, new_consumer, new_producer
 from brokers.runtime.settings import KafkaAccess
 from brokers.stack.access import ADMIN_IDENTITY
-from brokers.stack.kafka import free_base_port
+from brokers.stack.kafka import LOCAL_KAFKA_PORTS, free_base_port
 from tests.integration.conftest import free_http_base, run_dp2
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -125,6 +125,19 @@ def test_port_in_use_and_stale_pid_get_clear_messages(tmp_path: Path) -> None:
         assert "stale pid file" in started.stderr
     finally:
         dp2(tmp_path, "kafka", "stop", "--port", str(port))
+
+
+def test_a_test_broker_never_takes_a_port_of_a_test_stack() -> None:
+    """A stack's HTTP ports (and its capture's SMTP port, DP2_PORT_BASE + 25) are
+    checked free before its broker starts. CI once drew the broker 26025..26225 and the
+    stack 26000..26029: the capture could not bind SMTP and never became healthy."""
+    lowest_stack_port = min(free_http_base(first) for first in (24000, 26000, 28000, 31000))
+    for _ in range(200):
+        base = free_base_port(nodes=3)
+        broker_ports = [base + 100 * node + offset for node in range(3) for offset in (0, 1)]
+        assert max(broker_ports) < LOCAL_KAFKA_PORTS.stop <= lowest_stack_port, broker_ports
+    with pytest.raises(AssertionError):
+        free_http_base(LOCAL_KAFKA_PORTS.start)
 
 
 def test_three_node_cluster_replicates_and_dp2_up_comes_back_on_it(tmp_path: Path) -> None:
