@@ -87,7 +87,8 @@ def _fetch(url: str, token: str) -> list[dict[str, Any]]:
             body: dict[str, list[dict[str, Any]]] = json.loads(response.read())
     except (urllib.error.URLError, OSError) as exc:
         raise Dp2Error(
-            f"the local capture at {url.split('/captured', maxsplit=1)[0]} did not answer",
+            f"the local capture at {url.split('/captured', maxsplit=1)[0]} did not answer"
+            f" ({getattr(exc, 'reason', exc)})",
             reason_code="CAPTURE_NOT_RUNNING",
             hint="Run dp2 status; dp2 up starts it again.",
         ) from exc

@@ -220,11 +220,7 @@ def _decoded(value: bytes) -> LifecycleEvent | None:
         return None  # send signs it or fails on it, as for any other
 
 
-#: Bytes one partition's batch may hold. aiokafka keeps one open batch per partition
-#: and sends one request per broker at a time, so a 16 KiB batch (its default) carried
-#: 8 envelopes per partition per round trip: a service's round of 200 outputs took
-#: a dozen round trips, and a sender's 50 sends in flight queued behind each other.
-#: Under Kafka's default max.message.bytes (1 MiB), which bounds a whole batch.
+#: A partition's batch, under Kafka's 1 MiB; 16 KiB starved busy senders (bench/README.md).
 PRODUCER_BATCH_BYTES: Final = 512 * 1024
 
 

@@ -163,10 +163,23 @@ def _pipes_and_ctrl_c_end_quietly(env: dict[str, str], letter: str, waiting: str
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C as a terminal delivers it, also when the suite itself was started in
+        # the background: a shell's `&` ignores SIGINT for its children, and an
+        # ignored SIGINT stays ignored across exec (the follow would never end).
+        preexec_fn=_sigint_by_default,  # noqa: PLW1509 - before any thread of the child
     )
-    time.sleep(3.0)  # it prints the timeline so far, then waits for more
-    follower.send_signal(signal.SIGINT)
-    out, err = follower.communicate(timeout=30)
+    try:
+        time.sleep(3.0)  # it prints the timeline so far, then waits for more
+        follower.send_signal(signal.SIGINT)
+        out, err = follower.communicate(timeout=30)
+    finally:
+        if follower.poll() is None:  # a failed test leaves no process or pipe behind
+            follower.kill()
+            follower.communicate()
     assert follower.returncode == 130, (out, err)
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert "SCHEDULED" in out
+
+
+def _sigint_by_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
