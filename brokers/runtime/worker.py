@@ -88,6 +88,11 @@ from schemas.vocabulary import (
 )
 
 _MAX_BACKOFF_S = 30.0
+#: What a consumer fetches ahead (per partition, per fetch) stays in memory until
+#: handled: a lagging worker held all of 8/16 MiB. 1 MiB is still ~1,400 events or 500
+#: envelopes, over a batch; a bigger record still comes (the broker sends the first).
+FETCH_PARTITION_BYTES = 1024 * 1024
+FETCH_BYTES = 4 * 1024 * 1024
 #: Failed produce rounds in a row after which the producer is replaced anyway.
 REPLACE_AFTER = 3
 
@@ -160,8 +165,8 @@ class KafkaWorker:
             enable_auto_commit=False,
             auto_offset_reset=self._auto_offset_reset,
             max_poll_records=self._batch_size,
-            fetch_max_bytes=16 * 1024 * 1024,
-            max_partition_fetch_bytes=8 * 1024 * 1024,
+            fetch_max_bytes=FETCH_BYTES,
+            max_partition_fetch_bytes=FETCH_PARTITION_BYTES,
         )
         try:
             await self._consumer.start()

@@ -1,4 +1,6 @@
-"""A rebalance in the middle of a batch: the worker goes on, and no record is lost.
+"""The worker on the session's real broker: a rebalance mid-batch, a record over its fetch limit.
+
+A rebalance in the middle of a batch: the worker goes on, and no record is lost.
 
 Found by the whole-deployment fault run (tests/integration/test_faults.py): a second
 instance joined while the first was handling a batch, the first's commit was refused
@@ -11,6 +13,7 @@ partition from it; then ``one`` finishes the batch.
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 from aiokafka import ConsumerRecord
@@ -20,7 +23,7 @@ from brokers.runtime.kafka import new_producer
 from brokers.runtime.metrics import ServiceMetrics
 from brokers.runtime.records import Output
 from brokers.runtime.settings import KafkaAccess
-from brokers.runtime.worker import KafkaWorker
+from brokers.runtime.worker import FETCH_PARTITION_BYTES, KafkaWorker
 from tests.conftest import TopicFactory
 
 pytestmark = [pytest.mark.kafka]
@@ -99,3 +102,45 @@ async def _scenario(kafka_admin: KafkaAccess, topic: str, group: str) -> bool:
     finally:
         await two.stop()
         await one.stop()
+
+
+async def test_a_record_larger_than_the_fetch_limits_reaches_its_handler_in_order(
+    kafka_admin: KafkaAccess, new_topic: TopicFactory, group_id: str
+) -> None:
+    """A worker fetches ahead at most FETCH_PARTITION_BYTES per partition, so that a
+    lagging service's memory stays bounded; a record three times that size (a letter
+    with its files inline) must still come through, between its neighbours."""
+    topic = await new_topic("big-record", partitions=1)
+    big = os.urandom(3 * FETCH_PARTITION_BYTES)
+    sent = [b"before-1", b"before-2", big, b"after"]
+    producer = new_producer(kafka_admin)
+    await producer.start()
+    try:
+        for value in sent:
+            await producer.send_and_wait(topic, value, partition=0)
+    finally:
+        await producer.stop()
+
+    handled: list[bytes] = []
+
+    async def handle(record: ConsumerRecord[bytes, bytes]) -> list[Output]:
+        handled.append(record.value or b"")
+        return []
+
+    worker = KafkaWorker(
+        "big",
+        kafka_admin,
+        [topic],
+        group_id=group_id,
+        handler=handle,
+        metrics=ServiceMetrics(CollectorRegistry()),
+    )
+    await worker.start()
+    try:
+        async with asyncio.timeout(60):
+            while len(handled) < len(sent):
+                await asyncio.sleep(0.2)
+    finally:
+        await worker.stop()
+    assert [len(v) for v in handled] == [len(v) for v in sent]
+    assert handled == sent
