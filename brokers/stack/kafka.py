@@ -231,7 +231,8 @@ def free_base_port(
     in it that is free when checked can be taken by any process's outgoing
     connection before the broker binds it.
     """
-    stop = min(LOCAL_KAFKA_PORTS.stop, ephemeral_ports_start()) if stop is None else stop
+    if stop is None:
+        stop = min(LOCAL_KAFKA_PORTS.stop, ephemeral_ports_start())
     stop = max(start + 1000, stop)
     rng = int.from_bytes(os.urandom(2), "big")
     span = stop - start - 100 * nodes
